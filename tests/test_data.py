@@ -1,0 +1,199 @@
+"""Data sources: image folders, named datasets from their standard files, downloads, decoding, splits."""
+import http.server
+import pickle
+import threading
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vitkit.data import Augment, BatchLoader, ImageSet, load_data, load_image, read_manifest, write_manifest
+from vitkit.data import named
+from vitkit.data.dataset import stratified_split
+from vitkit.data.images import BadImage, to_mode
+from vitkit.errors import DataError
+
+from .conftest import write_folder
+
+
+def test_folder_is_split_stratified_and_reproducibly(image_folder):
+    a = load_data(str(image_folder), img_size=16, val_fraction=0.2, test_fraction=0.1, seed=3)
+    b = load_data(str(image_folder), img_size=16, val_fraction=0.2, test_fraction=0.1, seed=3)
+    assert a.classes == ["ankle", "bag", "coat"]  # hidden folders are never classes
+    # 30 good images per class (+1 broken in bag): 6 val and 3 test per class, the broken one skipped
+    assert sum(len(s) for s in a.splits.values()) == 90
+    for split, per_class in (("val", 6), ("test", 3)):
+        counts = torch.bincount(a.splits[split].labels, minlength=3).tolist()
+        assert all(per_class - 1 <= c <= per_class for c in counts), counts
+    assert a.splits["val"].ids == b.splits["val"].ids
+    assert not set(a.splits["train"].ids) & set(a.splits["val"].ids)
+    assert a.bad_files == [("bag/broken.jpg", a.bad_files[0][1])]  # reported, with a reason
+    assert a.channels == 3 and a.splits["train"].images.shape[1:] == (3, 16, 16)
+
+
+def test_manifest_is_reused_instead_of_a_new_split(image_folder, tmp_path):
+    first = load_data(str(image_folder), img_size=16, val_fraction=0.2, seed=0)
+    manifest = tmp_path / "split.csv"
+    write_manifest(manifest, first.manifest)
+    again = load_data(str(image_folder), img_size=16, val_fraction=0.5, seed=99, manifest=manifest)
+    assert again.splits["val"].ids == first.splits["val"].ids
+    assert read_manifest(manifest)[0][2] in ("train", "val")
+
+
+def test_train_val_folders_are_used_as_given(tmp_path):
+    write_folder(tmp_path / "d" / "train", per_class=4)
+    write_folder(tmp_path / "d" / "val", per_class=2, seed=1)
+    data = load_data(str(tmp_path / "d"), img_size=16)
+    assert len(data.splits["train"]) == 12 and len(data.splits["val"]) == 6
+    assert all(i.startswith("val/") for i in data.splits["val"].ids)
+
+
+def test_folder_errors_name_the_problem(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_data(str(tmp_path / "nope"), img_size=16)
+    (tmp_path / "flat").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "flat" / "a.png")
+    with pytest.raises(DataError, match="no class subfolders"):
+        load_data(str(tmp_path / "flat"), img_size=16)
+    write_folder(tmp_path / "e", per_class=3)
+    (tmp_path / "e" / "dress").mkdir()
+    with pytest.raises(DataError, match="empty class folder.*dress.*--allow-empty-classes"):
+        load_data(str(tmp_path / "e"), img_size=16)
+    data = load_data(str(tmp_path / "e"), img_size=16, allow_empty_classes=True)
+    assert data.classes == ["ankle", "bag", "coat", "dress"]  # indices of the other classes do not shift
+
+
+def test_named_dataset_from_idx_files(fake_mnist):
+    data = load_data("fashion-mnist", data_root=str(fake_mnist), val_fraction=0.1, seed=0)
+    assert data.classes[0] == "T-shirt/top" and data.channels == 1 and data.img_size == 28
+    assert len(data.splits["train"]) == 540 and len(data.splits["val"]) == 60 and len(data.splits["test"]) == 200
+    assert data.splits["val"].ids[0].startswith("train:") and data.splits["test"].ids[0] == "test:0"
+    resized = load_data("fashion-mnist", data_root=str(fake_mnist), img_size=32, channels=3, splits=("test",))
+    assert resized.splits["test"].images.shape == (200, 3, 32, 32) and list(resized.splits) == ["test"]
+
+
+def test_missing_named_dataset_says_where_to_put_which_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITKIT_DATA", str(tmp_path / "user"))
+    monkeypatch.setitem(named.DATASETS, "mnist", named.DATASETS["mnist"].__class__(
+        **{**named.DATASETS["mnist"].__dict__, "base_url": "http://127.0.0.1:9/"}))
+    with pytest.raises(DataError, match=r"download failed.*download train-images-idx3-ubyte.gz.*t10k-labels-idx1-ubyte.gz from .* and put them in \S*root/mnist "):
+        load_data("mnist", data_root=str(tmp_path / "root"))
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield served, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+
+def test_download_checks_the_md5_and_never_leaves_a_bad_file(file_server, tmp_path):
+    served, url = file_server
+    (served / "a.bin").write_bytes(b"hello")
+    named.download_file(url + "a.bin", tmp_path / "a.bin", named.md5sum(served / "a.bin"))
+    assert (tmp_path / "a.bin").read_bytes() == b"hello"
+    with pytest.raises(DataError, match="checksum mismatch"):
+        named.download_file(url + "a.bin", tmp_path / "b.bin", "0" * 32)
+    assert not list(tmp_path.glob("b.bin*"))
+
+
+def test_named_dataset_is_downloaded_when_missing(file_server, fake_mnist, tmp_path, monkeypatch):
+    served, url = file_server
+    files = {}
+    for f in sorted((fake_mnist / "fashion-mnist").iterdir()):
+        (served / f.name).write_bytes(f.read_bytes())
+        files[f.name] = named.md5sum(f)
+    spec = named.DATASETS["mnist"]
+    monkeypatch.setitem(named.DATASETS, "mnist", spec.__class__(**{**spec.__dict__, "base_url": url, "files": files}))
+    monkeypatch.setenv("VITKIT_DATA", str(tmp_path / "user"))
+    data = load_data("mnist", splits=("test",))
+    assert len(data.splits["test"]) == 200
+    assert (tmp_path / "user" / "mnist" / "t10k-images-idx3-ubyte.gz").exists()
+
+
+def _cifar_batch(n, rng, key="labels"):
+    return {b"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8), key.encode(): list(rng.integers(0, 10, n)),
+            b"batch_label": b"x"}
+
+
+def test_cifar10_pickles_are_read_without_running_code(tmp_path):
+    rng = np.random.default_rng(0)
+    base = tmp_path / "cifar10" / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    for i in range(1, 6):
+        (base / f"data_batch_{i}").write_bytes(pickle.dumps(_cifar_batch(10, rng), protocol=2))
+    (base / "test_batch").write_bytes(pickle.dumps(_cifar_batch(10, rng), protocol=2))
+    (base / "batches.meta").write_bytes(pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(10)]}))
+    data = load_data("cifar10", data_root=str(tmp_path), val_fraction=0.2)
+    assert data.classes[3] == "c3" and data.splits["test"].images.shape == (10, 3, 32, 32)
+    assert len(data.splits["train"]) + len(data.splits["val"]) == 50
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "pwned",))
+
+    (base / "test_batch").write_bytes(pickle.dumps({b"data": Evil()}))
+    with pytest.raises(DataError, match="refusing to load"):
+        load_data("cifar10", data_root=str(tmp_path), splits=("test",))
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_decoding_applies_exif_orientation_and_scales_16_bit(tmp_path):
+    img = Image.new("L", (40, 20), 0)
+    img.paste(255, (0, 0, 20, 20))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    img.save(tmp_path / "r.jpg", exif=exif, quality=100)
+    arr = load_image(tmp_path / "r.jpg", 20, 1)[0]  # displayed 20x40 (portrait) -> centre crop
+    assert arr.shape == (20, 20)
+    wide = np.asarray(Image.open(tmp_path / "r.jpg").convert("L").transpose(Image.Transpose.ROTATE_270))
+    assert wide.shape == (40, 20)  # the decoder turned the image the way the viewer does
+    sixteen = Image.fromarray(np.array([[0, 1000], [2000, 4000]], dtype=np.uint16))
+    assert sixteen.mode.startswith("I")
+    out = np.asarray(to_mode(sixteen, 1))
+    assert out.max() == 255 and out.min() == 0 and 0 < out[0, 1] < out[1, 0] < 255  # scaled, not clipped
+    rgba = Image.new("RGBA", (2, 2), (255, 0, 0, 0))
+    assert np.asarray(to_mode(rgba, 3)).max() == 0  # transparent composited on black
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(BadImage, match="empty file"):
+        load_image(tmp_path / "empty.png", 8, 3)
+
+
+def test_stratified_split_keeps_a_training_image_per_class():
+    labels = np.array([0] * 10 + [1] * 2 + [2])
+    parts = stratified_split(labels, {"val": 0.2}, seed=0)
+    assert sorted(np.concatenate([parts["train"], parts["val"]]).tolist()) == list(range(13))
+    assert set(labels[parts["train"]]) == {0, 1, 2}
+
+
+def test_batch_loader_order_and_augmentation_are_seeded():
+    images = torch.randint(0, 255, (50, 1, 8, 8), dtype=torch.uint8)
+    data = ImageSet(images, torch.arange(50) % 5, [str(i) for i in range(50)])
+    loader = BatchLoader(data, 16, (0.5,), (0.25,), torch.device("cpu"), shuffle=True, augment=Augment(hflip=0.5))
+    loader.set_epoch_seed(7)
+    first = [(x.clone(), y.clone()) for x, y in loader]
+    loader.set_epoch_seed(7)
+    again = list(loader)
+    assert len(first) == 4 and first[-1][0].shape == (2, 1, 8, 8)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
+    assert sorted(torch.cat([y for _, y in first]).tolist()) == sorted(data.labels.tolist())
+
+
+def test_augment_with_full_crop_and_no_flip_is_identity():
+    x = torch.rand(3, 2, 8, 8)
+    aug = Augment(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0)
+    torch.testing.assert_close(aug(x, torch.Generator().manual_seed(0)), x, rtol=1e-5, atol=1e-5)
+    flip = Augment(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=1.0)
+    torch.testing.assert_close(flip(x, torch.Generator().manual_seed(0)), x.flip(-1), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,96 @@
+"""Every registered model, and interchange with timm's VisionTransformer."""
+import pytest
+import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+from vitkit.engine.checkpoint import load_model, model_meta, save_model
+from vitkit.errors import UserError
+from vitkit.models import count_flops, create_model, get_spec, list_models, model_kwargs, num_params
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_trains_a_step_and_round_trips(name, tmp_path):
+    torch.manual_seed(0)
+    # 224 px models run on a 2x2 patch grid: the same layers and weights but the position embedding, in seconds.
+    small = {"img_size": 2 * get_spec(name).kwargs["patch_size"]} if get_spec(name).kwargs["img_size"] > 64 else {}
+    model = create_model(name, num_classes=7, drop_path_rate=0.1, **small)
+    kwargs = model_kwargs(name, num_classes=7, drop_path_rate=0.1, **small)
+    size, chans = kwargs["img_size"], kwargs["in_chans"]
+    x = torch.randn(2, chans, size, size)
+    logits = model(x)
+    assert logits.shape == (2, 7) and torch.isfinite(logits).all()
+    logits.logsumexp(1).mean().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    path = tmp_path / "m.safetensors"
+    save_model(path, model, model_meta(name, kwargs, [str(i) for i in range(7)], [0.5] * chans, [0.5] * chans))
+    loaded, meta = load_model(path)
+    model.eval()
+    assert meta["classes"] == [str(i) for i in range(7)] and meta["img_size"] == size
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "vit_small_patch16_224", "vit_small_patch32_224",
+                                  "vit_base_patch16_224", "vit_base_patch32_224", "vit_large_patch16_224",
+                                  "vit_large_patch32_224"])
+def test_parameter_counts_match_timm(name):
+    ours = num_params(create_model(name))
+    theirs = sum(p.numel() for p in timm.create_model(name, pretrained=False, num_classes=1000).parameters())
+    assert ours == theirs
+
+
+def test_tiny_patch32_matches_timm_constructor():
+    kw = get_spec("vit_tiny_patch32_224").kwargs
+    theirs = TimmViT(img_size=224, patch_size=32, embed_dim=kw["embed_dim"], depth=kw["depth"], num_heads=kw["num_heads"])
+    assert num_params(create_model("vit_tiny_patch32_224")) == sum(p.numel() for p in theirs.parameters())
+
+
+@pytest.mark.parametrize("pool,in_chans", [("token", 3), ("avg", 3), ("token", 1)])
+def test_state_dicts_interchange_with_timm_with_identical_outputs(pool, in_chans):
+    cfg = dict(img_size=32, patch_size=8, in_chans=in_chans, num_classes=5, embed_dim=64, depth=3, num_heads=4,
+               global_pool=pool)
+    torch.manual_seed(0)
+    theirs = TimmViT(**cfg).eval()
+    ours = create_model("vit_tiny_patch16_224", **cfg).eval()
+    assert set(ours.state_dict()) == set(theirs.state_dict())
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(4, in_chans, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-5)
+        torch.testing.assert_close(ours.forward_features(x), theirs.forward_features(x), rtol=0, atol=1e-5)
+    # and back: our random init loads into timm
+    torch.manual_seed(1)
+    ours2 = create_model("vit_tiny_patch16_224", **cfg).eval()
+    theirs.load_state_dict(ours2.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), ours2(x), rtol=0, atol=1e-5)
+
+
+def test_vit_tiny_224_outputs_match_timm():
+    torch.manual_seed(0)
+    theirs = timm.create_model("vit_tiny_patch16_224", pretrained=False).eval()
+    ours = create_model("vit_tiny_patch16_224").eval()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-5)
+
+
+def test_flops_of_vit_base_match_the_published_figure():
+    # ViT-B/16 at 224: about 17.6 G multiply-adds, i.e. ~35 GFLOPs
+    assert abs(count_flops(create_model("vit_base_patch16_224")) / 1e9 - 35.1) < 0.3
+
+
+def test_overrides_and_errors():
+    model = create_model("vit_small_patch16_224", img_size=64, num_classes=3)
+    assert model.patch_embed.num_patches == 16 and model.head.out_features == 3
+    with pytest.raises(UserError, match="did you mean 'vit_small_patch16_224'"):
+        create_model("vit_smal_patch16_224")
+    with pytest.raises(UserError, match="unknown model option 'img_sizee'"):
+        create_model("vit_small_patch16_224", img_sizee=32)
+    with pytest.raises(UserError, match="not divisible by patch size"):
+        create_model("vit_small_patch16_224", img_size=100)
+    with pytest.raises(UserError, match="not divisible by num_heads"):
+        create_model("vit_small_patch16_224", embed_dim=100)

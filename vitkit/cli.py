@@ -1,0 +1,255 @@
+"""The `vitkit` command: each subcommand is a short function over the Python API.
+
+Errors a user can cause end in one line on stderr and exit code 2; Ctrl-C exits 130.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import UserError
+
+# Piped output keeps whole table rows rather than wrapping them at 80 columns.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+log = logging.getLogger("vitkit")
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        return prefix + record.getMessage()
+
+
+def setup_logging(verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger("vitkit")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+# ------------------------------------------------------------------------------------------------------ train
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import build_config, describe_keys
+    from .engine.train import resume_config, train
+
+    if args.help_config:
+        out.print(describe_keys(), markup=False)
+        return 0
+    options = {"data.source": args.data, "model.name": args.model, "model.img_size": args.img_size,
+               "train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.lr": args.lr,
+               "train.optimizer": args.optimizer, "train.precision": args.precision, "train.device": args.device,
+               "train.seed": args.seed, "train.patience": args.patience, "data.root": args.data_root,
+               "output.dir": args.out, "output.name": args.name,
+               "data.allow_empty_classes": True if args.allow_empty_classes else None}
+    if args.resume:
+        cfg = resume_config(args.resume, {k: v for k, v in options.items() if k.startswith("train.")}, args.set)
+    else:
+        cfg = build_config(args.config, options, args.set)
+    result = train(cfg, resume=args.resume, show_progress=not args.no_progress)
+    out.print(f"best val top-1 {result.best_val_top1:.4f} (epoch {result.best_epoch}), {result.epochs} epochs "
+              f"in {result.seconds:.0f}s")
+    out.print(f"run directory: {result.run_dir}")
+    out.print(f"best model:    {result.best_checkpoint}")
+    out.print(f"next: vitkit evaluate {result.best_checkpoint} {cfg.data.source}", markup=False)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- evaluate
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .engine.evaluate import evaluate_checkpoint
+    from .fileio import atomic_write
+
+    report = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.data_root, args.batch_size,
+                                 args.device, args.precision)
+    text = json.dumps(report, indent=2)
+    json_path = Path(args.json) if args.json else Path(args.checkpoint).with_name(
+        f"{Path(args.checkpoint).stem}-eval-{report['split']}.json")
+    atomic_write(json_path, text + "\n")
+    if args.format == "json":
+        out.print(text, markup=False)
+        return 0
+    print_report(report)
+    out.print(f"written: {json_path}")
+    return 0
+
+
+def print_report(report: dict) -> None:
+    out.print(f"[bold]{report['data']}[/bold] {report['split']} split, {report['num_images']} images: "
+              f"top-1 [bold]{report['top1']:.4f}[/bold]  top-5 {report['top5']:.4f}  loss {report['loss']:.4f}  "
+              f"MCC {report['mcc']:.4f}" + (f"  macro ROC AUC {report['roc_auc_ovr_macro']:.4f}"
+                                           if "roc_auc_ovr_macro" in report else ""))
+    table = Table("class", "precision", "recall", "F1", "support", title="per class")
+    for row in report["per_class"]:
+        table.add_row(row["class"], f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}",
+                      str(row["support"]))
+    for avg in ("macro", "weighted"):
+        r = report[avg]
+        table.add_row(f"[italic]{avg} avg[/italic]", f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}",
+                      str(report["num_images"]))
+    out.print(table)
+    classes = [r["class"] for r in report["per_class"]]
+    if len(classes) <= 20:
+        cm = Table("true \\ predicted", *[c[:10] for c in classes], title="confusion matrix")
+        for name, row in zip(classes, report["confusion_matrix"]):
+            cm.add_row(name, *[str(v) for v in row])
+        out.print(cm)
+    if "binary" in report:
+        b = report["binary"]
+        out.print(f"positive class {b['positive_class']!r}: sensitivity {b['sensitivity']:.4f}  specificity "
+                  f"{b['specificity']:.4f}  precision {b['precision']:.4f}  F1 {b['f1']:.4f}  MCC {b['mcc']:.4f}  "
+                  f"ROC AUC {b['roc_auc']:.4f}", markup=False)
+
+
+# ---------------------------------------------------------------------------------------------------- predict
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .engine.predict import Classifier, collect_images
+
+    clf = Classifier(args.checkpoint, device=args.device, precision=args.precision)
+    files = collect_images(args.paths)
+    if not files:
+        raise UserError("no image files found in the given paths: give image files or folders of images")
+    results = clf.predict(files, top_k=args.top_k, batch_size=args.batch_size)
+    if args.format == "json":
+        out.print(json.dumps([r.to_dict() for r in results], indent=2), markup=False)
+    elif args.format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["file", "rank", "class", "probability", "error"])
+        for r in results:
+            for rank, (c, p) in enumerate(r.top or [], 1):
+                writer.writerow([r.source, rank, c, f"{p:.6f}", ""])
+            if r.top is None:
+                writer.writerow([r.source, "", "", "", r.error])
+    else:
+        table = Table("file", *[f"top-{i + 1}" for i in range(min(args.top_k, len(clf.classes)))])
+        for r in results:
+            cells = [f"{c} {p:.1%}" for c, p in r.top] if r.top is not None else [f"[red]unreadable: {r.error}[/red]"]
+            table.add_row(r.source, *cells)
+        out.print(table)
+    bad = [r for r in results if r.top is None]
+    for r in bad:
+        log.warning("could not read %s: %s", r.source, r.error)
+    return 1 if len(bad) == len(results) else 0
+
+
+# ------------------------------------------------------------------------------------------------ models, info
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import count_flops, create_model, get_spec, list_models, num_params
+
+    table = Table("model", "params", "GFLOPs", "image", "patch", "description")
+    for name in list_models():
+        spec = get_spec(name)
+        model = create_model(name, **({"num_classes": args.num_classes} if args.num_classes else {}))
+        table.add_row(name, f"{num_params(model) / 1e6:.2f}M", f"{count_flops(model) / 1e9:.3f}",
+                      f"{spec.kwargs['img_size']}", str(spec.kwargs["patch_size"]), spec.description)
+    out.print(table)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .config import parse_assignment
+    from .models import count_flops, create_model, model_kwargs, num_params
+
+    overrides = dict(parse_assignment(a) for a in args.set)
+    kwargs = model_kwargs(args.model, **overrides)
+    model = create_model(args.model, **overrides)
+    n_tokens = model.patch_embed.num_patches + 1
+    out.print(f"[bold]{args.model}[/bold]")
+    for key, value in kwargs.items():
+        out.print(f"  {key}: {value}", markup=False)
+    out.print(f"  tokens: {n_tokens}  parameters: {num_params(model):,}  FLOPs/image: "
+              f"{count_flops(model) / 1e9:.3f} G")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vitkit", description="Train, evaluate and use Vision Transformer classifiers.")
+    p.add_argument("--version", action="version", version=f"vitkit {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    t = sub.add_parser("train", help="train a model on an image folder or a named dataset")
+    t.add_argument("data", nargs="?", metavar="DATA",
+                   help="image folder (class subfolders, or train/ val/ [test/]) or fashion-mnist|mnist|cifar10|cifar100")
+    t.add_argument("--config", metavar="FILE", help="YAML config (see configs/); options below override it")
+    t.add_argument("--model", help="registered model name (vitkit models)")
+    t.add_argument("--img-size", type=int, help="input size in pixels")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float, help="peak learning rate")
+    t.add_argument("--optimizer", choices=["adamw", "sgd"])
+    t.add_argument("--precision", choices=["auto", "bf16", "fp32"])
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--seed", type=int)
+    t.add_argument("--patience", type=int, help="early stopping patience in epochs (0: off)")
+    t.add_argument("--data-root", help="folder holding named datasets' files")
+    t.add_argument("--out", help="parent folder of run directories (default runs)")
+    t.add_argument("--name", help="run directory name")
+    t.add_argument("--allow-empty-classes", action="store_true", help="warn about empty class folders instead of failing")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. train.lr=3e-4")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--help-config", action="store_true", help="list every config key with its default and meaning")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="metrics of a checkpoint on a data split")
+    e.add_argument("checkpoint", metavar="CHECKPOINT")
+    e.add_argument("data", metavar="DATA")
+    e.add_argument("--split", choices=["train", "val", "test"], help="default: test if the data has one, else val")
+    e.add_argument("--data-root")
+    e.add_argument("--json", metavar="FILE", help="where to write the JSON report (default: beside the checkpoint)")
+    e.add_argument("--format", choices=["table", "json"], default="table")
+    e.add_argument("--batch-size", type=int, default=512)
+    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    e.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("predict", help="top-k classes of image files and folders")
+    r.add_argument("checkpoint", metavar="CHECKPOINT")
+    r.add_argument("paths", nargs="+", metavar="PATH")
+    r.add_argument("--top-k", type=int, default=5)
+    r.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    r.add_argument("--batch-size", type=int, default=256)
+    r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    r.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    r.set_defaults(func=cmd_predict)
+
+    m = sub.add_parser("models", help="list the registered models")
+    m.add_argument("--num-classes", type=int, help="count parameters for this many classes")
+    m.set_defaults(func=cmd_models)
+
+    i = sub.add_parser("info", help="a model's configuration, parameters and FLOPs")
+    i.add_argument("model", metavar="MODEL")
+    i.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. img_size=384")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except UserError as err:
+        print(f"vitkit: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vitkit: interrupted", file=sys.stderr)
+        return 130
+    except RuntimeError as err:
+        from .engine.trainer import NonFiniteLoss
+
+        if isinstance(err, NonFiniteLoss):
+            print(f"vitkit: error: {err}", file=sys.stderr)
+            return 1
+        raise

@@ -1,0 +1,212 @@
+"""One entry point for every kind of DATA: a named dataset or an image folder, split into train/val[/test].
+
+Everything is decoded once into memory as uint8 tensors at the model's resolution. The split is written as a
+manifest (id, label, split) and read back by resume and evaluate, so the validation set is never the training set.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import DataError
+from .folder import decode_all, detect_channels, scan_folder
+from .named import DATASETS, load_named
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "split.csv"
+
+
+@dataclass
+class ImageSet:
+    """Images (N, C, H, W) uint8, labels (N,) int64 and an id per image (a relative path or 'train:123')."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class DataBundle:
+    source: str
+    classes: list[str]
+    splits: dict[str, ImageSet]
+    img_size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    hflip: bool
+    bad_files: list[tuple[str, str]] = field(default_factory=list)
+    root: str | None = None
+    manifest: list[tuple[str, str, str]] = field(default_factory=list)  # (id, class, split) of every item, decoded or not
+
+
+def is_named(source: str) -> bool:
+    return source.lower() in DATASETS
+
+
+# --------------------------------------------------------------------------------------------------- splits
+def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
+    """Split indices per class with a seeded permutation; every class keeps at least one training image."""
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {"train": [], **{k: [] for k in fractions}}
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        start = 0
+        for split, frac in fractions.items():
+            n = int(round(len(idx) * frac))
+            if frac > 0 and n == 0 and len(idx) - start > 1:
+                n = 1  # a tiny class still gets one held-out image
+            n = min(n, len(idx) - start - 1)
+            parts[split].append(idx[start:start + n])
+            start += n
+        parts["train"].append(idx[start:])
+    return {k: np.sort(np.concatenate(v)) if v else np.array([], dtype=np.int64) for k, v in parts.items()}
+
+
+def write_manifest(path: Path, rows: list[tuple[str, str, str]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "label", "split"])
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def read_manifest(path: Path) -> list[tuple[str, str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header != ["id", "label", "split"]:
+            raise DataError(f"{path} is not a vitkit split manifest (header {header}): remove it to make a new split")
+        return [tuple(row) for row in reader]
+
+
+# ----------------------------------------------------------------------------------------- tensor transforms
+def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) to `channels` channels: gray is repeated, RGB is reduced to ITU-R 601 luma (as Pillow)."""
+    if images.shape[1] == channels:
+        return images
+    if channels == 3:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+
+
+def resize_images(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """uint8 (N, C, H, W) to (N, C, size, size), antialiased bilinear, in chunks to bound memory."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    out = [F.interpolate(images[i:i + chunk].float(), size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False).round().clamp(0, 255).to(torch.uint8)
+           for i in range(0, len(images), chunk)]
+    return torch.cat(out)
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def load_data(source: str, *, img_size: int | None = None, channels: int | None = None,
+              data_root: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.0, seed: int = 0,
+              manifest: Path | None = None, splits: tuple[str, ...] | None = None,
+              allow_empty_classes: bool = False) -> DataBundle:
+    """Load DATA into memory, split it (or reuse `manifest`), at `img_size` with `channels` (None: the data's own).
+
+    `splits` limits which splits are decoded (evaluate needs only one).
+    """
+    rows = read_manifest(manifest) if manifest is not None and manifest.exists() else None
+    if is_named(source):
+        return _load_named(source.lower(), img_size, channels, data_root, val_fraction, seed, rows, splits)
+    return _load_folder(Path(source), img_size, channels, val_fraction, test_fraction, seed, rows, splits,
+                        allow_empty_classes)
+
+
+def _load_named(name, img_size, channels, data_root, val_fraction, seed, rows, wanted) -> DataBundle:
+    spec = DATASETS[name]
+    arrays, classes = load_named(name, data_root)
+    train_x, train_y = arrays["train"]
+    if rows is not None:
+        held = {int(i.split(":")[1]) for i, _, s in rows if s == "val"}
+        val_idx = np.array(sorted(held), dtype=np.int64)
+        train_idx = np.setdiff1d(np.arange(len(train_y)), val_idx)
+    else:
+        parts = stratified_split(train_y, {"val": val_fraction}, seed)
+        train_idx, val_idx = parts["train"], parts["val"]
+    channels = channels or spec.channels
+    img_size = img_size or spec.img_size
+    chosen = {"train": (train_x, train_y, train_idx, "train"), "val": (train_x, train_y, val_idx, "train"),
+              "test": (*arrays["test"], np.arange(len(arrays["test"][1])), "test")}
+    out = {}
+    for split, (x, y, idx, origin) in chosen.items():
+        if wanted and split not in wanted:
+            continue
+        images = resize_images(convert_channels(torch.from_numpy(x[idx]), channels), img_size)
+        out[split] = ImageSet(images, torch.from_numpy(y[idx]), [f"{origin}:{i}" for i in idx])
+    mean, std = _adapt_stats(spec.mean, spec.std, channels)
+    manifest = [(f"train:{i}", classes[int(train_y[i])], split) for split, idx in (("train", train_idx), ("val", val_idx))
+                for i in idx]
+    return DataBundle(name, list(classes), out, img_size, channels, mean, std, spec.hflip, manifest=manifest)
+
+
+def _adapt_stats(mean, std, channels):
+    if len(mean) == channels:
+        return tuple(mean), tuple(std)
+    m, s = float(np.mean(mean)), float(np.mean(std))
+    return (m,) * channels, (s,) * channels
+
+
+def _load_folder(root, img_size, channels, val_fraction, test_fraction, seed, rows, wanted,
+                 allow_empty_classes) -> DataBundle:
+    scan = scan_folder(root, allow_empty_classes)
+    if img_size is None:
+        raise DataError("an image folder needs an image size: pass --img-size or choose a model with one")
+    label_of = {c: i for i, c in enumerate(scan.classes)}
+    if rows is not None:
+        assigned = [(path, label, split) for path, label, split in rows]
+        known = {p for p, _, _ in scan.items}
+        missing = [p for p, _, _ in assigned if p not in known]
+        if missing:
+            log.warning("%d file(s) of the split manifest are gone from %s (first: %s)", len(missing), root,
+                        missing[0])
+        assigned = [r for r in assigned if r[0] in known]
+    elif scan.items and scan.items[0][2] is not None:
+        assigned = [(p, c, s) for p, c, s in scan.items]
+    else:
+        labels = np.array([label_of[c] for _, c, _ in scan.items])
+        parts = stratified_split(labels, {"val": val_fraction, "test": test_fraction}, seed)
+        split_of = {int(i): s for s, idx in parts.items() for i in idx}
+        assigned = [(p, c, split_of[i]) for i, (p, c, _) in enumerate(scan.items)]
+    channels = channels or detect_channels(root, [p for p, _, _ in assigned])
+    out, bad = {}, []
+    for split in ("train", "val", "test"):
+        chosen = [(p, c) for p, c, s in assigned if s == split]
+        if not chosen or (wanted and split not in wanted):
+            continue
+        arrays, bad_here = decode_all(root, [p for p, _ in chosen], img_size, channels, desc=f"decoding {split}")
+        bad += bad_here
+        keep = [i for i, a in enumerate(arrays) if a is not None]
+        images = torch.from_numpy(np.stack([arrays[i] for i in keep])) if keep else \
+            torch.empty(0, channels, img_size, img_size, dtype=torch.uint8)
+        out[split] = ImageSet(images, torch.tensor([label_of[chosen[i][1]] for i in keep], dtype=torch.int64),
+                              [chosen[i][0] for i in keep])
+    mean, std = folder_stats(out.get("train") or next(iter(out.values()), None), channels)
+    return DataBundle(str(root), scan.classes, out, img_size, channels, mean, std, True, bad, str(root.resolve()),
+                      assigned)
+
+
+def folder_stats(images: ImageSet | None, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of the training images (on up to 10,000 of them)."""
+    if images is None or len(images) == 0:
+        return (0.5,) * channels, (0.5,) * channels
+    x = images.images[:: max(1, len(images) // 10_000)].float() / 255.0
+    mean = x.mean(dim=(0, 2, 3)).tolist()
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    return tuple(round(m, 4) for m in mean), tuple(round(s, 4) for s in std)

@@ -1,0 +1,100 @@
+"""Image folders: class subfolders (split by us) or train/ val/ [test/] subfolders (split by the user)."""
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..errors import DataError
+from .images import GRAY_MODES, BadImage, image_mode, is_hidden, load_image
+
+log = logging.getLogger(__name__)
+
+SPLIT_DIRS = ("train", "val", "test")
+
+
+@dataclass
+class FolderScan:
+    """Every candidate file of a folder dataset: (path relative to root, class name, split or None)."""
+
+    root: Path
+    classes: list[str]
+    items: list[tuple[str, str, str | None]]
+
+
+def _class_dirs(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.is_dir() and not is_hidden(p))
+
+
+def _files(directory: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(directory):
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(Path(d)))
+        found += [Path(dirpath) / f for f in sorted(filenames) if not is_hidden(Path(f))]
+    return found
+
+
+def scan_folder(root: str | os.PathLike, allow_empty_classes: bool = False) -> FolderScan:
+    """List the images of `root`; hidden files and folders are never classes or images."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist: give a folder of class subfolders or a named dataset")
+    top = _class_dirs(root)
+    has_splits = {p.name for p in top} >= {"train", "val"}
+    split_dirs = [(root / s, s) for s in SPLIT_DIRS if (root / s).is_dir()] if has_splits else [(root, None)]
+    classes = sorted({c.name for d, _ in split_dirs for c in _class_dirs(d)})
+    if not classes:
+        raise DataError(f"{root} has no class subfolders: put each class's images in a subfolder named after it "
+                        "(e.g. data/cat/*.jpg, data/dog/*.jpg), or train/ and val/ folders of those")
+    items, empty = [], []
+    for directory, split in split_dirs:
+        for cls in classes:
+            files = _files(directory / cls) if (directory / cls).is_dir() else []
+            if not files and (split in (None, "train")):
+                empty.append(str((directory / cls).relative_to(root)))
+            items += [(str(f.relative_to(root)), cls, split) for f in files]
+    if empty:
+        message = f"empty class folder(s): {', '.join(empty)}"
+        if not allow_empty_classes:
+            raise DataError(f"{message}: add images, remove the folder, or pass --allow-empty-classes")
+        log.warning("%s (kept as classes with no images)", message)
+    if len(classes) < 2:
+        raise DataError(f"{root} has only one class ({classes[0]}): a classifier needs at least two class folders")
+    return FolderScan(root, classes, items)
+
+
+def detect_channels(root: Path, paths: list[str], sample: int = 200) -> int:
+    """1 if the (sampled) images are all grayscale, else 3."""
+    step = max(1, len(paths) // sample)
+    for rel in paths[::step]:
+        try:
+            if image_mode(root / rel) not in GRAY_MODES:
+                return 3
+        except BadImage:
+            continue
+    return 1
+
+
+def decode_all(root: Path, paths: list[str], size: int, channels: int, desc: str = "decoding"
+               ) -> tuple[list[np.ndarray | None], list[tuple[str, str]]]:
+    """Decode every file (threads: Pillow releases the GIL while decoding). Bad files come back as None + reason."""
+    def one(rel: str):
+        try:
+            return load_image(root / rel, size, channels), None
+        except BadImage as err:
+            return None, str(err)
+
+    arrays, bad = [], []
+    workers = min(8, (os.cpu_count() or 1) * 2)
+    with ThreadPoolExecutor(workers) as pool:
+        for rel, (arr, reason) in zip(paths, tqdm(pool.map(one, paths, chunksize=64), total=len(paths), desc=desc,
+                                                  unit="img", leave=False, disable=len(paths) < 500)):
+            arrays.append(arr)
+            if reason is not None:
+                bad.append((rel, reason))
+    return arrays, bad

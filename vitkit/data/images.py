@@ -1,0 +1,87 @@
+"""Decoding one image file into the model's input: Pillow, EXIF orientation, channels, size.
+
+The same function prepares images for training, evaluation and prediction, so a checkpoint's numbers mean the same
+thing everywhere.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+class BadImage(Exception):
+    """A file that could not be decoded as an image; the message says why."""
+
+
+def is_hidden(path: Path) -> bool:
+    return path.name.startswith(".") or path.name in {"__MACOSX", "Thumbs.db", "desktop.ini"}
+
+
+def to_mode(img: Image.Image, channels: int) -> Image.Image:
+    """Convert any Pillow mode to RGB (3 channels) or L (1 channel); transparency is composited on black."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit and float images: scale the value range into 8 bits instead of clipping it.
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray(arr.round().astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB" if channels == 3 else "L")
+
+
+def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to `size` (bicubic, antialiased), then crop the centre square."""
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def prepare(img: Image.Image, size: int, channels: int) -> np.ndarray:
+    """A Pillow image to a uint8 array (C, size, size): EXIF orientation, channels, resize and centre crop."""
+    img = ImageOps.exif_transpose(img)
+    img = resize_center_crop(to_mode(img, channels), size)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
+
+
+def load_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
+    """Decode `path` into a uint8 array (C, size, size). Raises `BadImage` with the reason when it cannot."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return prepare(img, size, channels)
+    except Image.DecompressionBombError as err:
+        raise BadImage(f"refused as a decompression bomb ({err})") from None
+    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as err:
+        reason = "empty file" if os.path.exists(path) and os.path.getsize(path) == 0 else str(err) or type(err).__name__
+        raise BadImage(reason) from None
+
+
+def image_mode(path: str | os.PathLike) -> str:
+    """The Pillow mode from the file header, without decoding pixels. Raises `BadImage`."""
+    try:
+        with Image.open(path) as img:
+            return img.mode
+    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as err:
+        reason = "empty file" if os.path.getsize(path) == 0 else str(err) or type(err).__name__
+        raise BadImage(reason) from None
+
+
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+
+
+def to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
+    """Stack uint8 (C, H, W) arrays into one uint8 tensor (N, C, H, W)."""
+    return torch.from_numpy(np.stack(arrays)) if arrays else torch.empty(0, dtype=torch.uint8)

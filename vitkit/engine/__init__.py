@@ -1,0 +1,1 @@
+"""Training, evaluation and prediction over the models and data of this package."""

@@ -1,0 +1,91 @@
+"""Model files and training state.
+
+A model file is safetensors with one JSON metadata entry that says everything inference needs (architecture, class
+names, image size, channels, mean/std, vitkit version), so `evaluate`, `predict` and `vitkit.load` need nothing
+else and never unpickle. Training state (optimizer, scheduler, RNG, epoch) is a torch file read with
+`weights_only=True`. Both are written atomically.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .. import __version__
+from ..errors import UserError
+from ..fileio import atomic_write
+from ..models import VisionTransformer, model_kwargs
+
+FORMAT = "vitkit-model/1"
+MODEL_FILE = {"best": "best.safetensors", "last": "last.safetensors"}
+STATE_FILE = "state.pt"
+
+
+def model_meta(name: str, kwargs: dict, classes: list[str], mean, std, **extra) -> dict:
+    return {"format": FORMAT, "vitkit_version": __version__, "model": name, "model_kwargs": kwargs,
+            "classes": list(classes), "img_size": kwargs["img_size"], "in_chans": kwargs["in_chans"],
+            "mean": list(mean), "std": list(std), "preprocess": "resize-shorter-side-center-crop", **extra}
+
+
+def save_model(path: str | os.PathLike, model: torch.nn.Module, meta: dict) -> None:
+    model = getattr(model, "module", model)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for key, value in tensors.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise RuntimeError(f"refusing to save non-finite weights ({key}); the previous checkpoint is kept")
+    atomic_write(path, st_save(tensors, metadata={"vitkit": json.dumps(meta)}))
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found: give the .safetensors file written by 'vitkit train' "
+                        "(e.g. runs/NAME/best.safetensors)")
+    try:
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            if not 0 < header_len < 100_000_000:
+                raise ValueError
+            header = json.loads(f.read(header_len))
+        meta = json.loads(header["__metadata__"]["vitkit"])
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+        raise UserError(f"{path} is not a vitkit model file (safetensors with vitkit metadata): "
+                        "give a checkpoint written by 'vitkit train'") from None
+    if not str(meta.get("format", "")).startswith("vitkit-model/"):
+        raise UserError(f"{path} has unknown format {meta.get('format')!r}: upgrade vitkit")
+    return meta
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[VisionTransformer, dict]:
+    """Build the model a checkpoint describes and load its weights: (model in eval mode, metadata)."""
+    meta = read_meta(path)
+    model = VisionTransformer(**model_kwargs(meta["model"], **meta["model_kwargs"]))
+    try:
+        state = st_load(Path(path).read_bytes())
+    except SafetensorError as err:
+        raise UserError(f"{path} is damaged ({err}): use another checkpoint, e.g. last.safetensors") from None
+    model.load_state_dict(state)
+    return model.to(device).eval(), meta
+
+
+def save_state(path: str | os.PathLike, state: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, buffer.getvalue())
+
+
+def load_state(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found: the run has no completed epoch to resume from; start it again")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors come in many types; none of them may run code with weights_only
+        raise UserError(f"{path} cannot be loaded safely ({type(err).__name__}): it was not written by vitkit "
+                        "or is damaged") from None

@@ -1,0 +1,52 @@
+"""Choosing the device and the numeric precision."""
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"device must be auto, cpu or cuda, not {name!r}")
+    return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX-512 BF16: bf16 matmuls are several times faster than fp32 there."""
+    cpu = torch.cpu
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        fn = getattr(cpu, probe, None)
+        if fn is not None and fn():
+            return True
+    return False
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (torch.bfloat16) or None for plain fp32."""
+    if name == "fp32":
+        return None
+    if device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported()
+    else:
+        supported = cpu_has_fast_bf16()
+    if name == "bf16":
+        if not supported:
+            log.warning("bf16 was asked for but this %s has no fast bf16 support; it will run, slowly", device.type)
+        return torch.bfloat16
+    return torch.bfloat16 if supported else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -1,0 +1,72 @@
+"""Batched inference over in-memory images and the evaluation of a checkpoint on a data split."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from ..data import MANIFEST, ImageSet, Normalize, is_named, load_data
+from ..errors import DataError, UserError
+from ..metrics import classification_report
+from .checkpoint import load_model
+from .device import autocast, resolve_device, resolve_precision
+
+log = logging.getLogger(__name__)
+
+
+@torch.inference_mode()
+def predict_logits(model: torch.nn.Module, images: torch.Tensor, mean, std, device: torch.device,
+                   amp_dtype: torch.dtype | None, batch_size: int = 512) -> torch.Tensor:
+    """uint8 images (N, C, H, W) to float32 logits (N, K) on the CPU."""
+    model.eval()
+    normalize = Normalize(mean, std, device)
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = normalize(images[start:start + batch_size].to(device, non_blocking=True))
+        with autocast(device, amp_dtype):
+            out.append(model(x).float().cpu())
+    return torch.cat(out) if out else torch.empty(0, getattr(model, "num_classes", 0))
+
+
+def remap_labels(data: ImageSet, data_classes: list[str], model_classes: list[str]) -> ImageSet:
+    """Express the data's labels in the checkpoint's class indices (matched by name)."""
+    if data_classes == model_classes:
+        return data
+    unknown = sorted(set(data_classes) - set(model_classes))
+    if unknown:
+        raise DataError(f"the data has classes the model was not trained on: {', '.join(unknown)}; "
+                        f"the model knows {', '.join(model_classes)}")
+    index = torch.tensor([model_classes.index(c) for c in data_classes])
+    return ImageSet(data.images, index[data.labels], data.ids)
+
+
+def source_key(source: str) -> str:
+    """How a run records its DATA: a named dataset's name, or a folder's absolute path."""
+    return source.lower() if is_named(source) else str(Path(source).resolve())
+
+
+def evaluate_checkpoint(checkpoint: str | Path, source: str, split: str | None = None, data_root: str | None = None,
+                        batch_size: int = 512, device: str = "auto", precision: str = "auto") -> dict:
+    """Metrics of `checkpoint` on `split` of `source` (default: test if the data has one, else val)."""
+    dev = resolve_device(device)
+    model, meta = load_model(checkpoint, dev)
+    manifest = Path(checkpoint).resolve().parent / MANIFEST
+    same_source = meta.get("data_source") == source_key(source)
+    bundle = load_data(source, img_size=meta["img_size"], channels=meta["in_chans"], data_root=data_root,
+                       manifest=manifest if same_source else None,
+                       val_fraction=meta.get("val_fraction", 0.1), test_fraction=meta.get("test_fraction", 0.0),
+                       seed=meta.get("split_seed", 0), splits=(split,) if split else None)
+    if split is None:
+        split = "test" if "test" in bundle.splits else "val"
+    if split not in bundle.splits or len(bundle.splits[split]) == 0:
+        have = ", ".join(s for s, v in bundle.splits.items() if len(v)) or "none"
+        raise UserError(f"{source} has no {split!r} split (it has: {have}): choose --split from those")
+    if not same_source and not is_named(source):
+        log.warning("no split manifest of this checkpoint matches %s: a fresh split with the same seed was made", source)
+    data = remap_labels(bundle.splits[split], bundle.classes, meta["classes"])
+    logits = predict_logits(model, data.images, meta["mean"], meta["std"], dev, resolve_precision(precision, dev),
+                            batch_size)
+    report = classification_report(logits, data.labels, meta["classes"])
+    report.update({"checkpoint": str(checkpoint), "data": source, "split": split})
+    return report

@@ -1,0 +1,166 @@
+"""`train(config)`: data, model, run directory and trainer put together; the CLI's `train` calls this."""
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import Config, build_config, load_yaml, save_config
+from ..data import MANIFEST, DataBundle, is_named, load_data, write_manifest
+from ..errors import DataError, UserError
+from ..fileio import atomic_write
+from ..models import count_flops, get_spec, model_kwargs, num_params
+from ..models.vit import VisionTransformer
+from . import dist
+from .checkpoint import MODEL_FILE, STATE_FILE, load_model, load_state, model_meta
+from .device import resolve_device, resolve_precision
+from .evaluate import source_key
+from .trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    best_checkpoint: Path
+    best_val_top1: float
+    best_epoch: int
+    epochs: int
+    seconds: float
+
+
+def new_run_dir(cfg: Config) -> Path:
+    parent = Path(cfg.output.dir)
+    if cfg.output.name:
+        run_dir = parent / cfg.output.name
+        if (run_dir / STATE_FILE).exists():
+            raise UserError(f"run directory {run_dir} already holds a run: resume it with --resume {run_dir}, "
+                            "or choose another --name")
+        return run_dir
+    stem = Path(cfg.data.source.rstrip("/")).name or "data"
+    base = parent / f"{stem}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir, n = base, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
+    return run_dir
+
+
+def resume_config(run_dir: str | Path, options: dict | None = None, assignments: list[str] | None = None) -> Config:
+    """The saved config of `run_dir` with the few changes a resume may make (e.g. more epochs)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a vitkit run directory (no config.yaml): give the folder 'vitkit train' "
+                        "printed")
+    saved = load_yaml(run_dir / "config.yaml")
+    cfg = build_config(options=options, assignments=assignments, base=saved)
+    before = build_config(base=saved)
+    for section in ("model", "data"):
+        if getattr(cfg, section) != getattr(before, section):
+            raise UserError(f"--resume cannot change the {section} settings of a run: start a new run instead")
+    if cfg.train.epochs != before.train.epochs:
+        log.warning("epochs changed from %d to %d: the learning-rate schedule follows the new length from here on",
+                    before.train.epochs, cfg.train.epochs)
+    return cfg
+
+
+def build_model_for(cfg: Config, data: DataBundle) -> tuple[VisionTransformer, dict]:
+    m = cfg.model
+    kwargs = model_kwargs(m.name, img_size=data.img_size, in_chans=data.channels, num_classes=len(data.classes),
+                          patch_size=m.patch_size, embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
+                          mlp_ratio=m.mlp_ratio, global_pool=m.global_pool, drop_rate=m.drop_rate,
+                          attn_drop_rate=m.attn_drop_rate, drop_path_rate=m.drop_path_rate, attn_impl=m.attn_impl)
+    torch.manual_seed(cfg.train.seed)
+    return VisionTransformer(**kwargs), kwargs
+
+
+def _load_bundle(cfg: Config, manifest: Path) -> DataBundle:
+    if not cfg.data.source:
+        raise UserError("no DATA given: pass an image folder or a named dataset (fashion-mnist, mnist, cifar10, "
+                        "cifar100)")
+    img_size = cfg.model.img_size
+    if img_size is None and not is_named(cfg.data.source):
+        img_size = get_spec(cfg.model.name).kwargs.get("img_size", 224)
+    return load_data(cfg.data.source, img_size=img_size, channels=cfg.model.in_chans, data_root=cfg.data.root,
+                     val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction, seed=cfg.train.seed,
+                     manifest=manifest, splits=("train", "val"), allow_empty_classes=cfg.data.allow_empty_classes)
+
+
+def _report_bad_files(data: DataBundle, run_dir: Path, max_fraction: float) -> None:
+    if not data.bad_files:
+        return
+    total = sum(len(s) for s in data.splits.values()) + len(data.bad_files)
+    lines = ["path,reason"] + [f'"{p}","{r}"' for p, r in data.bad_files]
+    if dist.is_main():
+        atomic_write(run_dir / "bad_files.csv", "\n".join(lines) + "\n")
+    shown = "; ".join(f"{p} ({r})" for p, r in data.bad_files[:3])
+    log.warning("skipped %d unreadable file(s) of %d, listed in %s: %s%s", len(data.bad_files), total,
+                run_dir / "bad_files.csv", shown, " ..." if len(data.bad_files) > 3 else "")
+    if len(data.bad_files) / total > max_fraction:
+        raise DataError(f"{len(data.bad_files)} of {total} files cannot be read (more than data.max_bad_fraction="
+                        f"{max_fraction}): fix the data (see 'bad_files.csv' in {run_dir}) or raise the limit")
+
+
+def train(cfg: Config, resume: str | Path | None = None, show_progress: bool = True) -> RunResult:
+    """Train a model as `cfg` says and write its run directory; with `resume`, continue that run."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    run_dir = Path(resume) if resume else new_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.train.device)
+    amp_dtype = resolve_precision(cfg.train.precision, device)
+    data = _load_bundle(cfg, run_dir / MANIFEST)
+    if "train" not in data.splits or len(data.splits["train"]) == 0:
+        raise DataError(f"{cfg.data.source} has no training images")
+    _report_bad_files(data, run_dir, cfg.data.max_bad_fraction)
+    model, kwargs = build_model_for(cfg, data)
+    meta = model_meta(cfg.model.name, kwargs, data.classes, data.mean, data.std, data_source=source_key(
+        cfg.data.source), val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
+        split_seed=cfg.train.seed, config=cfg.to_dict())
+    trainer = Trainer(cfg, data, model, run_dir, meta, device, amp_dtype, show_progress)
+    if resume:
+        _restore(trainer, run_dir, cfg)
+    elif dist.is_main():
+        atomic_write(run_dir / "config.yaml", save_config(cfg))
+        write_manifest(run_dir / MANIFEST, data.manifest)
+    _log_start(cfg, data, model, run_dir, device, amp_dtype)
+    start = time.perf_counter()
+    try:
+        state = trainer.fit()
+    except KeyboardInterrupt:
+        log.warning("interrupted: epochs 1-%d are saved in %s; continue with: vitkit train --resume %s",
+                    trainer.state.epoch, run_dir, run_dir)
+        raise
+    return RunResult(run_dir, run_dir / MODEL_FILE["best"], state.best_top1, state.best_epoch, state.epoch,
+                     time.perf_counter() - start)
+
+
+def _restore(trainer: Trainer, run_dir: Path, cfg: Config) -> None:
+    state = load_state(run_dir / STATE_FILE)
+    model, _ = load_model(run_dir / MODEL_FILE["last"])
+    trainer.model.load_state_dict(model.state_dict())
+    trainer.load_state_dict(state)
+    if trainer.state.epoch >= cfg.train.epochs:
+        log.info("the run already completed %d of %d epochs: pass --epochs N to train longer", trainer.state.epoch,
+                 cfg.train.epochs)
+    atomic_write(run_dir / "config.yaml", save_config(cfg))
+    log.info("resuming %s after epoch %d", run_dir, trainer.state.epoch)
+
+
+def _log_start(cfg, data, model, run_dir, device, amp_dtype) -> None:
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
+    log.info("data: %s, %d classes, %s, %dx%d, %d channel(s)", cfg.data.source, len(data.classes), sizes,
+             data.img_size, data.img_size, data.channels)
+    log.info("model: %s, %.2fM parameters, %.3f GFLOPs/image; device %s, %s", cfg.model.name,
+             num_params(model) / 1e6, count_flops(model) / 1e9, device, "bf16 autocast" if amp_dtype else "fp32")
+    log.info("run directory: %s", run_dir)
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    with open(Path(run_dir) / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))

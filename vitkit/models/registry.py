@@ -1,0 +1,80 @@
+"""Named model sizes: the paper's ViT-Ti/S/B/L (timm's names) and presets for small images."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+from ..errors import UserError
+from .vit import VisionTransformer
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    kwargs: dict = field(default_factory=dict)
+    description: str = ""
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+# The arguments a user may override on any registered model.
+MODEL_ARGS = ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads", "mlp_ratio",
+              "qkv_bias", "global_pool", "drop_rate", "pos_drop_rate", "attn_drop_rate", "drop_path_rate",
+              "attn_impl")
+
+
+def register(name: str, description: str, **kwargs) -> None:
+    _REGISTRY[name] = ModelSpec(name, kwargs, description)
+
+
+_SIZES = {  # (embed_dim, depth, num_heads) from the ViT and DeiT papers
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+}
+for _size, (_dim, _depth, _heads) in _SIZES.items():
+    for _patch in (16, 32):
+        register(f"vit_{_size}_patch{_patch}_224", f"ViT-{_size[0].upper()}/{_patch}, 224 px, RGB",
+                 img_size=224, patch_size=_patch, in_chans=3, num_classes=1000, embed_dim=_dim, depth=_depth,
+                 num_heads=_heads)
+
+# Small-image presets: 6 blocks of width 192 on a 7x7 or 8x8 patch grid (Fashion-MNIST/MNIST, CIFAR).
+register("vit_mini_patch4_28", "dim 192, depth 6, 3 heads, 28 px grayscale (Fashion-MNIST, MNIST)",
+         img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=192, depth=6, num_heads=3)
+register("vit_mini_patch4_32", "dim 192, depth 6, 3 heads, 32 px RGB (CIFAR-10/100, small photos)",
+         img_size=32, patch_size=4, in_chans=3, num_classes=10, embed_dim=192, depth=6, num_heads=3)
+# The demo preset: patch 7 gives 16 tokens, a few minutes per run on a 2-core CPU.
+register("vit_micro_patch7_28", "dim 128, depth 4, 4 heads, 28 px grayscale: the fast demo preset",
+         img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0)
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UserError(f"unknown model {name!r}: {hint}run 'vitkit models' to list them")
+    return _REGISTRY[name]
+
+
+def model_kwargs(name: str, **overrides) -> dict:
+    """The full constructor arguments of a registered model with `overrides` applied (None values are ignored)."""
+    spec = get_spec(name)
+    kwargs = dict(spec.kwargs)
+    for key, value in overrides.items():
+        if key not in MODEL_ARGS:
+            close = difflib.get_close_matches(key, MODEL_ARGS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(f"unknown model option {key!r}{hint}; valid options: {', '.join(MODEL_ARGS)}")
+        if value is not None:
+            kwargs[key] = value
+    return kwargs
+
+
+def create_model(name: str, **overrides) -> VisionTransformer:
+    """Build a registered model by name, e.g. `create_model("vit_small_patch16_224", num_classes=10)`."""
+    return VisionTransformer(**model_kwargs(name, **overrides))

@@ -1,0 +1,285 @@
+"""The Vision Transformer, top to bottom as in Dosovitskiy et al., "An Image is Worth 16x16 Words" (ICLR 2021).
+
+An image is cut into patches by a strided convolution, a learnable class token is prepended, a learnable position
+embedding is added, and pre-norm Transformer blocks (multi-head self-attention, then a GELU MLP, each with a
+residual) mix the tokens. A final LayerNorm and a linear head on the class token (or the mean of the patch tokens)
+give the logits.
+
+Parameter names are those of timm's `VisionTransformer`, so state dicts load in both directions by a plain copy.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+
+AttnImpl = Literal["auto", "sdpa", "math"]
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+def _to_pair(x: int | tuple[int, int]) -> tuple[int, int]:
+    return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
+
+
+def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: drop the whole residual branch per sample, rescaling survivors to keep the expectation."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep = 1.0 - drop_prob
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)  # (B, 1, 1)
+    return x * mask / keep
+
+
+class DropPath(nn.Module):
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return drop_path(x, self.drop_prob, self.training)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+# ----------------------------------------------------------------------------------------------- patch embed
+class PatchEmbed(nn.Module):
+    """Image to patch tokens: a conv with kernel = stride = patch size is a linear map of each flattened patch."""
+
+    def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.img_size = _to_pair(img_size)
+        self.patch_size = _to_pair(patch_size)
+        for side, patch in zip(self.img_size, self.patch_size):
+            if side % patch:
+                raise UserError(
+                    f"image size {self.img_size[0]}x{self.img_size[1]} is not divisible by patch size "
+                    f"{self.patch_size[0]}: choose an img_size that is a multiple of the patch size"
+                )
+        self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        if (H, W) != self.img_size:
+            raise UserError(
+                f"input images are {H}x{W} but the model expects {self.img_size[0]}x{self.img_size[1]}: "
+                "resize the images (vitkit's loaders do this from the checkpoint's img_size)"
+            )
+        x = self.proj(x)  # (B, D, H/p, W/p)
+        return x.flatten(2).transpose(1, 2)  # (B, N, D)
+
+
+# ------------------------------------------------------------------------------------------------- attention
+class Attention(nn.Module):
+    """Multi-head self-attention.
+
+    `impl="sdpa"` uses PyTorch's fused `scaled_dot_product_attention`; `impl="math"` writes out
+    softmax(QK^T / sqrt(d)) V, which is the path that can return the attention maps and which is faster for short
+    sequences in bf16 on some CPUs. Both give the same result up to rounding.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, impl: AttnImpl = "sdpa"):
+        super().__init__()
+        if dim % num_heads:
+            raise UserError(
+                f"embed_dim {dim} is not divisible by num_heads {num_heads}: choose num_heads that divides embed_dim"
+            )
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.impl = impl
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _use_sdpa(self, x: torch.Tensor) -> bool:
+        if self.impl != "auto":
+            return self.impl == "sdpa"
+        # Measured on AMX CPUs: the fused kernel's backward dominates a bf16 training step for short sequences.
+        return x.device.type != "cpu" or x.shape[1] > 256
+
+    def forward(self, x: torch.Tensor, return_attn: bool = False):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, H, hd)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, hd)
+        attn = None
+        if self._use_sdpa(x) and not return_attn:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
+            attn = attn.softmax(dim=-1)
+            x = self.attn_drop(attn) @ v  # (B, H, N, hd)
+        x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
+        x = self.proj_drop(self.proj(x))
+        return (x, attn) if return_attn else x
+
+
+# ------------------------------------------------------------------------------------------------------- MLP
+class Mlp(nn.Module):
+    """Position-wise feed-forward network: Linear, GELU, Linear."""
+
+    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+# ----------------------------------------------------------------------------------------------------- block
+class Block(nn.Module):
+    """Pre-norm Transformer encoder block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 proj_drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
+                 attn_impl: AttnImpl = "sdpa"):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, proj_drop, impl=attn_impl)
+        self.drop_path1 = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
+        self.drop_path2 = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, return_attn: bool = False):
+        if return_attn:
+            y, attn = self.attn(self.norm1(x), return_attn=True)
+            x = x + self.drop_path1(y)
+            return x + self.drop_path2(self.mlp(self.norm2(x))), attn
+        x = x + self.drop_path1(self.attn(self.norm1(x)))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+
+# ---------------------------------------------------------------------------------------- vision transformer
+class VisionTransformer(nn.Module):
+    """ViT classifier. `forward` = `forward_features` -> `pool` -> `forward_head`, so callers can stop early."""
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
+                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
+                 qkv_bias: bool = True, global_pool: Literal["token", "avg"] = "token", drop_rate: float = 0.0,
+                 pos_drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 attn_impl: AttnImpl = "auto"):
+        super().__init__()
+        if global_pool not in ("token", "avg"):
+            raise UserError(f"global_pool must be 'token' or 'avg', not {global_pool!r}")
+        for name, value in (("num_classes", num_classes), ("embed_dim", embed_dim), ("depth", depth),
+                            ("num_heads", num_heads), ("in_chans", in_chans), ("patch_size", patch_size)):
+            if int(value) < (0 if name == "num_classes" else 1):
+                raise UserError(f"{name} must be a positive integer, not {value}")
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.embed_dim = embed_dim
+        self.num_prefix_tokens = 1
+
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
+        self.pos_drop = nn.Dropout(pos_drop_rate)
+        rates = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth grows with depth
+        self.blocks = nn.Sequential(*[
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rates[i], attn_impl)
+            for i in range(depth)
+        ])
+        # timm's layout: the final norm sits before pooling for the class token, after it for mean pooling.
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6) if global_pool == "token" else nn.Identity()
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6) if global_pool == "avg" else nn.Identity()
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def set_attn_impl(self, impl: AttnImpl) -> None:
+        for block in self.blocks:
+            block.attn.impl = impl
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)  # (B, N, D)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
+        x = torch.cat([cls, x], dim=1) + self.pos_embed  # (B, N+1, D)
+        return self.pos_drop(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) to normalized tokens (B, N+1, D)."""
+        return self.norm(self.blocks(self._embed(x)))
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, N+1, D) to one vector per image (B, D)."""
+        if self.global_pool == "avg":
+            return x[:, self.num_prefix_tokens:].mean(dim=1)
+        return x[:, 0]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(self.fc_norm(self.pool(x)))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every layer's attention probabilities, each (B, heads, N+1, N+1), through the explicit path."""
+        x = self._embed(x)
+        maps = []
+        for block in self.blocks:
+            x, attn = block(x, return_attn=True)
+            maps.append(attn)
+        return maps
+
+
+# ------------------------------------------------------------------------------------------ checkpoint mapping
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: VisionTransformer) -> dict[str, torch.Tensor]:
+    """Map a timm-layout state dict onto `model`: strip wrappers' prefixes and drop keys that hold no weights."""
+    out = {}
+    for key, value in state_dict.items():
+        for prefix in ("module.", "_orig_mod.", "model."):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        if key.endswith("attn.bias_k") or key.endswith("attn.bias_v"):
+            continue
+        out[key] = value
+    return out
+
+
+def count_flops(model: VisionTransformer) -> int:
+    """Floating-point operations (2 per multiply-add) of one forward pass for one image, matmuls and convs only."""
+    D = model.embed_dim
+    N = model.patch_embed.num_patches
+    T = N + model.num_prefix_tokens
+    ph, pw = model.patch_embed.patch_size
+    in_chans = model.patch_embed.proj.in_channels
+    flops = 2 * N * in_chans * ph * pw * D  # patch embedding
+    for block in model.blocks:
+        hidden = block.mlp.fc1.out_features
+        flops += 2 * T * D * 3 * D  # qkv
+        flops += 2 * 2 * T * T * D  # QK^T and attn @ V
+        flops += 2 * T * D * D  # output projection
+        flops += 2 * 2 * T * D * hidden  # MLP
+    if isinstance(model.head, nn.Linear):
+        flops += 2 * D * model.head.out_features
+    return int(flops)
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
