@@ -47,7 +47,6 @@ class DataBundle:
     std: tuple[float, ...]
     hflip: bool
     bad_files: list[tuple[str, str]] = field(default_factory=list)
-    root: str | None = None
     manifest: list[tuple[str, str, str]] = field(default_factory=list)  # (id, class, split) of every item, decoded or not
 
 
@@ -198,8 +197,7 @@ def _load_folder(root, img_size, channels, val_fraction, test_fraction, seed, ro
         out[split] = ImageSet(images, torch.tensor([label_of[chosen[i][1]] for i in keep], dtype=torch.int64),
                               [chosen[i][0] for i in keep])
     mean, std = folder_stats(out.get("train") or next(iter(out.values()), None), channels)
-    return DataBundle(str(root), scan.classes, out, img_size, channels, mean, std, True, bad, str(root.resolve()),
-                      assigned)
+    return DataBundle(str(root), scan.classes, out, img_size, channels, mean, std, True, bad, assigned)
 
 
 def folder_stats(images: ImageSet | None, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:

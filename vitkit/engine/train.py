@@ -1,7 +1,6 @@
 """`train(config)`: data, model, run directory and trainer put together; the CLI's `train` calls this."""
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from dataclasses import dataclass
@@ -159,8 +158,3 @@ def _log_start(cfg, data, model, run_dir, device, amp_dtype) -> None:
     log.info("model: %s, %.2fM parameters, %.3f GFLOPs/image; device %s, %s", cfg.model.name,
              num_params(model) / 1e6, count_flops(model) / 1e9, device, "bf16 autocast" if amp_dtype else "fp32")
     log.info("run directory: %s", run_dir)
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    with open(Path(run_dir) / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
