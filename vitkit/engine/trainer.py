@@ -116,7 +116,8 @@ class Trainer:
         correct = torch.zeros((), device=self.device)
         seen, start = 0, time.perf_counter()
         bar = tqdm(total=len(self.train_loader), desc=f"epoch {epoch}/{self.cfg.train.epochs}", unit="batch",
-                   leave=False, disable=not self.show_progress, dynamic_ncols=True)
+                   leave=False, disable=None if self.show_progress else True,  # None: off when not a TTY
+                   dynamic_ncols=True)
         for step, (x, y) in enumerate(self.train_loader):
             loss, logits = self.train_step(x, y)
             loss_sum += loss.detach() * len(y)
