@@ -5,6 +5,7 @@ are errors that name the key and what it accepts.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import types
@@ -131,10 +132,8 @@ def _coerce(value, hint, key: str):
             return value
         raise UserError(f"{key} must be true or false, not {value!r}")
     if hint in (int, float) and isinstance(value, str):
-        try:  # YAML 1.1 reads '3e-4' as a string
+        with contextlib.suppress(ValueError):  # YAML 1.1 reads '3e-4' as a string
             value = float(value) if hint is float else int(value)
-        except ValueError:
-            pass
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -65,8 +65,13 @@ def load_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
     except Image.DecompressionBombError as err:
         raise BadImage(f"refused as a decompression bomb ({err})") from None
     except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as err:
-        reason = "empty file" if os.path.exists(path) and os.path.getsize(path) == 0 else str(err) or type(err).__name__
-        raise BadImage(reason) from None
+        raise BadImage(_reason(path, err)) from None
+
+
+def _reason(path, err: Exception) -> str:
+    if os.path.exists(path) and os.path.getsize(path) == 0:
+        return "empty file"
+    return str(err) or type(err).__name__
 
 
 def image_mode(path: str | os.PathLike) -> str:
@@ -75,8 +80,7 @@ def image_mode(path: str | os.PathLike) -> str:
         with Image.open(path) as img:
             return img.mode
     except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as err:
-        reason = "empty file" if os.path.getsize(path) == 0 else str(err) or type(err).__name__
-        raise BadImage(reason) from None
+        raise BadImage(_reason(path, err)) from None
 
 
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}

@@ -35,7 +35,7 @@ METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_top1", "v
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """The loss became NaN or infinite; the message says where and what to try."""
 
 
 @dataclass
