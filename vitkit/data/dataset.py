@@ -6,8 +6,8 @@ manifest (id, label, split) and read back by resume and evaluate, so the validat
 from __future__ import annotations
 
 import csv
+import io
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
+from ..fileio import atomic_write
 from .folder import decode_all, detect_channels, scan_folder
 from .named import DATASETS, load_named
 
@@ -74,12 +75,11 @@ def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int)
 
 
 def write_manifest(path: Path, rows: list[tuple[str, str, str]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "label", "split"])
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["id", "label", "split"])
+    writer.writerows(rows)
+    atomic_write(path, buffer.getvalue())
 
 
 def read_manifest(path: Path) -> list[tuple[str, str, str]]:

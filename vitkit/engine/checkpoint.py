@@ -33,13 +33,16 @@ def model_meta(name: str, kwargs: dict, classes: list[str], mean, std, **extra) 
             "mean": list(mean), "std": list(std), "preprocess": "resize-shorter-side-center-crop", **extra}
 
 
-def save_model(path: str | os.PathLike, model: torch.nn.Module, meta: dict) -> None:
+def save_model(paths: str | os.PathLike | list, model: torch.nn.Module, meta: dict) -> None:
+    """Write the model to one path or to several (serialized once)."""
     model = getattr(model, "module", model)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for key, value in tensors.items():
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise RuntimeError(f"refusing to save non-finite weights ({key}); the previous checkpoint is kept")
-    atomic_write(path, st_save(tensors, metadata={"vitkit": json.dumps(meta)}))
+    payload = st_save(tensors, metadata={"vitkit": json.dumps(meta)})
+    for path in paths if isinstance(paths, list) else [paths]:
+        atomic_write(path, payload)
 
 
 def read_meta(path: str | os.PathLike) -> dict:

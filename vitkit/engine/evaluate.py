@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import MANIFEST, ImageSet, Normalize, is_named, load_data
+from ..data import MANIFEST, ImageSet, Normalize, is_named, load_data, read_manifest
 from ..errors import DataError, UserError
 from ..metrics import classification_report
 from .checkpoint import load_model
@@ -46,6 +46,17 @@ def source_key(source: str) -> str:
     return source.lower() if is_named(source) else str(Path(source).resolve())
 
 
+def default_split(source: str, manifest: Path | None, test_fraction: float) -> str:
+    """'test' if the data has a test split, else 'val', decided before any image is decoded."""
+    if is_named(source):
+        return "test"
+    if manifest is not None and manifest.exists():
+        return "test" if any(split == "test" for _, _, split in read_manifest(manifest)) else "val"
+    if (Path(source) / "train").is_dir() and (Path(source) / "test").is_dir():
+        return "test"
+    return "test" if test_fraction > 0 else "val"
+
+
 def evaluate_checkpoint(checkpoint: str | Path, source: str, split: str | None = None, data_root: str | None = None,
                         batch_size: int = 512, device: str = "auto", precision: str = "auto") -> dict:
     """Metrics of `checkpoint` on `split` of `source` (default: test if the data has one, else val)."""
@@ -53,12 +64,11 @@ def evaluate_checkpoint(checkpoint: str | Path, source: str, split: str | None =
     model, meta = load_model(checkpoint, dev)
     manifest = Path(checkpoint).resolve().parent / MANIFEST
     same_source = meta.get("data_source") == source_key(source)
+    manifest = manifest if same_source else None
+    split = split or default_split(source, manifest, meta.get("test_fraction", 0.0))
     bundle = load_data(source, img_size=meta["img_size"], channels=meta["in_chans"], data_root=data_root,
-                       manifest=manifest if same_source else None,
-                       val_fraction=meta.get("val_fraction", 0.1), test_fraction=meta.get("test_fraction", 0.0),
-                       seed=meta.get("split_seed", 0), splits=(split,) if split else None)
-    if split is None:
-        split = "test" if "test" in bundle.splits else "val"
+                       manifest=manifest, val_fraction=meta.get("val_fraction", 0.1),
+                       test_fraction=meta.get("test_fraction", 0.0), seed=meta.get("split_seed", 0), splits=(split,))
     if split not in bundle.splits or len(bundle.splits[split]) == 0:
         have = ", ".join(s for s, v in bundle.splits.items() if len(v)) or "none"
         raise UserError(f"{source} has no {split!r} split (it has: {have}): choose --split from those")

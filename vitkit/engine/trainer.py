@@ -185,9 +185,8 @@ class Trainer:
 
     def save(self, improved: bool, row: dict) -> None:
         meta = {**self.meta, "epoch": row["epoch"], "val_top1": row["val_top1"]}
-        save_model(self.run_dir / MODEL_FILE["last"], self.model, meta)
-        if improved:
-            save_model(self.run_dir / MODEL_FILE["best"], self.model, meta)
+        save_model([self.run_dir / MODEL_FILE[k] for k in (("last", "best") if improved else ("last",))],
+                   self.model, meta)
         save_state(self.run_dir / STATE_FILE, self.state_dict())  # the epoch counts as done once this exists
         write_metrics(self.run_dir / "metrics.csv", self.state.history)
 
