@@ -73,3 +73,70 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-m", "vitkit", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=timeout)
+
+
+def _png_with_size(path: Path, width: int, height: int) -> None:
+    """A tiny valid PNG whose header claims width x height: a decompression bomb for Pillow's size check."""
+    import io
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    path.write_bytes(bytes(data))
+
+
+# Every file of the messy folder that training must skip, with the kind `data check` gives it.
+MESSY_BAD = {"train/cat/empty.jpg": "empty-file", "train/cat/truncated.png": "truncated",
+             "train/dög/cut.jpg": "truncated", "train/dög/notes.txt": "not-an-image",
+             "train/cat/page.jpg": "not-an-image", "train/dög/bomb.png": "decompression-bomb"}
+MESSY_ODD = {"train/cat/tiny.png": "tiny", "train/cat/banner.png": "aspect-ratio",
+             "train/dög/rotated.jpg": "exif-rotated", "train/cat/cmyk.jpg": "mode", "train/dög/deep.png": "mode",
+             "train/cat/alpha.png": "mode", "train/dög/palette.png": "mode", "train/dög/really_png.jpg": "extension",
+             "val/cat/copy_of_0.bmp": "duplicate-across-splits",
+             "val/dög/reencoded_1.jpg": "near-duplicate-across-splits"}
+
+
+@pytest.fixture
+def messy_folder(tmp_path) -> Path:
+    """train/ and val/ folders with every kind of trouble a real folder has, Unicode names included."""
+    rng = np.random.default_rng(1)
+    root = tmp_path / "messy"
+    for split, n in (("train", 24), ("val", 6)):
+        for k, cls in enumerate(("cat", "dög")):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                gray = np.array(Image.fromarray(pattern(k, 16, rng)).resize((32, 32)))
+                name = f"café ñ 日本 {i}.png" if i == 5 else f"{i}.png"
+                Image.fromarray(gray).save(root / split / cls / name)
+    (root / "train" / "empty").mkdir()
+    cat, dog = root / "train" / "cat", root / "train" / "dög"
+    (cat / "empty.jpg").write_bytes(b"")
+    (cat / "truncated.png").write_bytes((cat / "1.png").read_bytes()[:200])
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(dog / "full.jpg", quality=90)
+    (dog / "cut.jpg").write_bytes((dog / "full.jpg").read_bytes()[:900])
+    (dog / "full.jpg").unlink()
+    (dog / "notes.txt").write_text("labels were checked by hand\n", encoding="utf-8")
+    (cat / "page.jpg").write_text("<html><body>404 Not Found</body></html>", encoding="utf-8")
+    _png_with_size(dog / "bomb.png", 40_000, 40_000)
+    Image.new("L", (4, 4), 128).save(cat / "tiny.png")
+    Image.fromarray(rng.integers(0, 255, (20, 200), dtype=np.uint8)).save(cat / "banner.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(dog / "rotated.jpg", exif=exif.tobytes())
+    Image.new("CMYK", (32, 32), (0, 120, 50, 10)).save(cat / "cmyk.jpg")
+    Image.fromarray((rng.integers(0, 65535, (32, 32))).astype(np.uint16)).save(dog / "deep.png")
+    Image.new("RGBA", (32, 32), (200, 10, 10, 100)).save(cat / "alpha.png")
+    Image.new("P", (32, 32), 3).save(dog / "palette.png")
+    Image.open(dog / "2.png").save(dog / "really_png.jpg", format="PNG")
+    Image.open(cat / "0.png").save(root / "val" / "cat" / "copy_of_0.bmp")
+    Image.open(dog / "1.png").convert("RGB").save(root / "val" / "dög" / "reencoded_1.jpg", quality=95)
+    (root / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (cat / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (cat / ".ipynb_checkpoints").mkdir()
+    Image.new("L", (32, 32)).save(cat / ".ipynb_checkpoints" / "0-checkpoint.png")
+    (root / "train" / ".hidden_class").mkdir()
+    return root

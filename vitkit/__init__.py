@@ -8,6 +8,12 @@
 """
 __version__ = "0.1.0"
 
+import torch  # noqa: E402
+
+from .compat import check_torch  # noqa: E402
+
+check_torch(torch.__version__)
+
 from .config import Config, build_config  # noqa: E402
 from .engine.evaluate import evaluate_checkpoint as evaluate  # noqa: E402
 from .engine.predict import Classifier  # noqa: E402

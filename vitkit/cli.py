@@ -1,6 +1,7 @@
 """The `vitkit` command: each subcommand is a short function over the Python API.
 
-Errors a user can cause end in one line on stderr and exit code 2; Ctrl-C exits 130.
+Errors a user can cause end in one line on stderr and exit code 2; a non-finite loss exits 1; Ctrl-C exits 130 and
+SIGTERM 143 (during training, after saving a resumable state).
 """
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import csv
 import json
 import logging
 import sys
+from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .engine.interrupt import Interrupted
 from .errors import UserError
 
 # Piped output keeps whole table rows rather than wrapping them at 80 columns.
@@ -76,7 +79,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"{Path(args.checkpoint).stem}-eval-{report['split']}.json")
     atomic_write(json_path, text + "\n")
     if args.format == "json":
-        out.print(text, markup=False)
+        print(text)  # raw: a console would wrap long lines inside JSON strings
         return 0
     print_report(report)
     out.print(f"written: {json_path}")
@@ -120,7 +123,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UserError("no image files found in the given paths: give image files or folders of images")
     results = clf.predict(files, top_k=args.top_k, batch_size=args.batch_size)
     if args.format == "json":
-        out.print(json.dumps([r.to_dict() for r in results], indent=2), markup=False)
+        print(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
     elif args.format == "csv":
         writer = csv.writer(sys.stdout)
         writer.writerow(["file", "rank", "class", "probability", "error"])
@@ -139,6 +142,63 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for r in bad:
         log.warning("could not read %s: %s", r.source, r.error)
     return 1 if len(bad) == len(results) else 0
+
+
+# ------------------------------------------------------------------------------------------------------- data
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from .data.check import check_data
+    from .data.images import set_max_pixels
+
+    set_max_pixels(args.max_image_pixels)
+    report = check_data(args.data, data_root=args.data_root, val_fraction=args.val_fraction,
+                        test_fraction=args.test_fraction, seed=args.seed, allow_empty_classes=args.allow_empty_classes,
+                        max_bad_fraction=args.max_bad_fraction, near_duplicate_bits=args.near_bits,
+                        show_progress=not args.json)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print_check(report, args.limit)
+    return 0 if report.ok else 1
+
+
+def print_check(report, limit: int) -> None:
+    from rich.markup import escape
+
+    out.print(f"[bold]{escape(report.source)}[/bold]: {escape(report.layout)}")
+    usable = report.files - report.unusable
+    summary = f"{report.files} files, {usable} usable, {report.unusable} unusable"
+    if report.modes:
+        summary += "; modes " + ", ".join(f"{m} {n}" for m, n in report.modes.items())
+    if report.formats:
+        summary += "; formats " + ", ".join(f"{m} {n}" for m, n in report.formats.items())
+    if report.imbalance_ratio:
+        summary += f"; imbalance {report.imbalance_ratio:g}:1"
+    out.print(summary, markup=False)
+    if report.counts:
+        splits = list(report.counts)
+        table = Table("class", *splits, "total", title="usable images")
+        for cls in report.classes:
+            row = [report.counts[s].get(cls, 0) for s in splits]
+            table.add_row(escape(cls), *map(str, row), str(sum(row)))
+        out.print(table)
+    colors = {"error": "red", "warning": "yellow", "info": "cyan"}
+    shown = report.findings if limit == 0 else report.findings[:limit]
+    if shown:
+        table = Table("severity", "problem", "file", "detail", title="findings")
+        for f in shown:
+            table.add_row(f"[{colors[f.severity]}]{f.severity}[/]", f.kind, escape(f.path), escape(f.detail))
+        out.print(table)
+    if len(shown) < len(report.findings):
+        out.print(f"... {len(report.findings) - len(shown)} more findings: --limit 0 shows all, --json lists them")
+    for note in report.notes:
+        out.print(f"note: {escape(note)}")
+    counts = Counter(f.severity for f in report.findings)
+    tally = f"{counts['warning']} warning(s), {counts['info']} note(s)"
+    if report.ok:
+        out.print(f"[green]ok[/green]: training can proceed ({tally})")
+    else:
+        for reason in report.blocking:
+            out.print(f"[red]cannot train[/red]: {escape(reason)}")
 
 
 # ------------------------------------------------------------------------------------------------ models, info
@@ -224,6 +284,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     r.set_defaults(func=cmd_predict)
 
+    d = sub.add_parser("data", help="inspect a dataset before training")
+    dsub = d.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    c = dsub.add_parser("check", help="report unreadable, odd and duplicate images, per-class counts and leaks")
+    c.add_argument("data", metavar="DATA", help="image folder or fashion-mnist|mnist|cifar10|cifar100")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.add_argument("--data-root", help="folder holding named datasets' files")
+    c.add_argument("--val-fraction", type=float, default=0.1, help="as in training (class-folder data)")
+    c.add_argument("--test-fraction", type=float, default=0.0, help="as in training (class-folder data)")
+    c.add_argument("--seed", type=int, default=0, help="split seed, as in training")
+    c.add_argument("--allow-empty-classes", action="store_true", help="empty class folders are warnings")
+    c.add_argument("--max-bad-fraction", type=float, default=0.1, help="share of unusable files training accepts")
+    c.add_argument("--max-image-pixels", type=int, default=89_478_485, help="refuse larger images (decompression bombs)")
+    c.add_argument("--near-bits", type=int, default=8, help="near duplicates differ in at most this many of 256 hash bits")
+    c.add_argument("--limit", type=int, default=50, help="findings shown (0: all)")
+    c.set_defaults(func=cmd_data_check)
+
     m = sub.add_parser("models", help="list the registered models")
     m.add_argument("--num-classes", type=int, help="count parameters for this many classes")
     m.set_defaults(func=cmd_models)
@@ -246,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vitkit: interrupted", file=sys.stderr)
         return 130
+    except Interrupted as err:  # a signal during training, after the state was saved
+        print(f"vitkit: {err}", file=sys.stderr)
+        return err.exit_code
     except RuntimeError as err:
         from .engine.trainer import NonFiniteLoss
 

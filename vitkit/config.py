@@ -45,6 +45,7 @@ class DataConfig:
     hflip: float | None = None  # horizontal flip probability; null: 0.5 unless flips change the class (MNIST)
     max_bad_fraction: float = 0.1  # stop when more than this share of image files cannot be decoded
     allow_empty_classes: bool = False  # keep empty class folders as classes (warning) instead of an error
+    max_image_pixels: int = 89_478_485  # images with more pixels are refused before decoding (Pillow's default)
 
 
 @dataclass
@@ -65,6 +66,7 @@ class TrainConfig:
     seed: int = 0  # seed for the split, initialization, order and augmentation
     patience: int = 0  # stop after this many epochs without a better val top-1; 0 turns early stopping off
     threads: int | None = None  # CPU threads for torch; null: torch's default
+    max_nonfinite_steps: int = 0  # skip up to this many steps with a NaN/inf loss or gradient; 0: stop at the first
 
 
 @dataclass
@@ -234,8 +236,12 @@ def validate(cfg: Config) -> None:
         raise UserError(f"data.crop_scale must be [low, high] with 0 < low <= high <= 1, not {d.crop_scale}")
     if d.hflip is not None and not 0 <= d.hflip <= 1:
         raise UserError(f"data.hflip must be between 0 and 1, not {d.hflip}")
-    if t.warmup_epochs < 0 or t.min_lr < 0 or t.weight_decay < 0 or t.grad_clip < 0 or t.patience < 0:
-        raise UserError("train.warmup_epochs, min_lr, weight_decay, grad_clip and patience must not be negative")
+    if t.warmup_epochs < 0 or t.min_lr < 0 or t.weight_decay < 0 or t.grad_clip < 0 or t.patience < 0 \
+            or t.max_nonfinite_steps < 0:
+        raise UserError("train.warmup_epochs, min_lr, weight_decay, grad_clip, patience and max_nonfinite_steps "
+                        "must not be negative")
+    if d.max_image_pixels < 1:
+        raise UserError(f"data.max_image_pixels must be a positive number of pixels, not {d.max_image_pixels}")
 
 
 def save_config(cfg: Config) -> str:

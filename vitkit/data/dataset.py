@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import DataError
 from ..fileio import atomic_write
-from .folder import decode_all, detect_channels, scan_folder
+from .folder import FolderScan, decode_all, detect_channels, scan_folder
 from .named import DATASETS, load_named
 
 log = logging.getLogger(__name__)
@@ -176,13 +176,8 @@ def _load_folder(root, img_size, channels, val_fraction, test_fraction, seed, ro
             log.warning("%d file(s) of the split manifest are gone from %s (first: %s)", len(missing), root,
                         missing[0])
         assigned = [r for r in assigned if r[0] in known]
-    elif scan.items and scan.items[0][2] is not None:
-        assigned = [(p, c, s) for p, c, s in scan.items]
     else:
-        labels = np.array([label_of[c] for _, c, _ in scan.items])
-        parts = stratified_split(labels, {"val": val_fraction, "test": test_fraction}, seed)
-        split_of = {int(i): s for s, idx in parts.items() for i in idx}
-        assigned = [(p, c, split_of[i]) for i, (p, c, _) in enumerate(scan.items)]
+        assigned = assign_splits(scan, val_fraction, test_fraction, seed)
     channels = channels or detect_channels(root, [p for p, _, _ in assigned])
     out, bad = {}, []
     for split in ("train", "val", "test"):
@@ -198,6 +193,31 @@ def _load_folder(root, img_size, channels, val_fraction, test_fraction, seed, ro
                               [chosen[i][0] for i in keep])
     mean, std = folder_stats(out.get("train") or next(iter(out.values()), None), channels)
     return DataBundle(str(root), scan.classes, out, img_size, channels, mean, std, True, bad, assigned)
+
+
+def assign_splits(scan: FolderScan, val_fraction: float, test_fraction: float, seed: int
+                  ) -> list[tuple[str, str, str]]:
+    """(path, class, split) of every file: the folder's own train/val/test, or a stratified seeded split."""
+    if scan.has_splits:
+        return [(p, c, s) for p, c, s in scan.items]
+    label_of = {c: i for i, c in enumerate(scan.classes)}
+    labels = np.array([label_of[c] for _, c, _ in scan.items])
+    parts = stratified_split(labels, {"val": val_fraction, "test": test_fraction}, seed)
+    split_of = {int(i): s for s, idx in parts.items() for i in idx}
+    return [(p, c, split_of[i]) for i, (p, c, _) in enumerate(scan.items)]
+
+
+def check_bad_files(bad: list[tuple[str, str]], total: int, max_fraction: float, listed_in: str | None = None) -> None:
+    """Log the files that could not be decoded; raise `DataError` when they are more than `max_fraction`."""
+    if not bad:
+        return
+    shown = "; ".join(f"{p} ({r})" for p, r in bad[:3])
+    where = f", listed in {listed_in}" if listed_in else ""
+    log.warning("skipped %d unreadable file(s) of %d%s: %s%s", len(bad), total, where, shown,
+                " ..." if len(bad) > 3 else "")
+    if len(bad) / max(total, 1) > max_fraction:
+        raise DataError(f"{len(bad)} of {total} files cannot be read (more than data.max_bad_fraction={max_fraction}): "
+                        f"fix the data (run 'vitkit data check' on it) or raise the limit")
 
 
 def folder_stats(images: ImageSet | None, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:

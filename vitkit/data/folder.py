@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,47 +25,66 @@ class FolderScan:
     root: Path
     classes: list[str]
     items: list[tuple[str, str, str | None]]
+    empty: list[str] = field(default_factory=list)  # class folders with no files (relative paths)
+    hidden: list[str] = field(default_factory=list)  # hidden files and folders that were ignored
+
+    @property
+    def has_splits(self) -> bool:
+        return bool(self.items) and self.items[0][2] is not None
 
 
-def _class_dirs(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.is_dir() and not is_hidden(p))
+def _class_dirs(directory: Path, hidden: list[Path]) -> list[Path]:
+    entries = [p for p in directory.iterdir() if p.is_dir()]
+    hidden += [p for p in entries if is_hidden(p)]
+    return sorted(p for p in entries if not is_hidden(p))
 
 
-def _files(directory: Path) -> list[Path]:
+def _files(directory: Path, hidden: list[Path]) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(directory):
+        hidden += [Path(dirpath) / d for d in dirnames if is_hidden(Path(d))]
+        hidden += [Path(dirpath) / f for f in filenames if is_hidden(Path(f))]
         dirnames[:] = sorted(d for d in dirnames if not is_hidden(Path(d)))
         found += [Path(dirpath) / f for f in sorted(filenames) if not is_hidden(Path(f))]
     return found
 
 
-def scan_folder(root: str | os.PathLike, allow_empty_classes: bool = False) -> FolderScan:
-    """List the images of `root`; hidden files and folders are never classes or images."""
+def list_folder(root: str | os.PathLike) -> FolderScan:
+    """List the classes and files of `root` as they are, empty classes included; hidden entries are never classes
+    or images. Raises `DataError` only when `root` is not a folder of class folders."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist: give a folder of class subfolders or a named dataset")
-    top = _class_dirs(root)
+    hidden: list[Path] = [p for p in root.iterdir() if not p.is_dir() and is_hidden(p)]
+    top = _class_dirs(root, hidden)
     has_splits = {p.name for p in top} >= {"train", "val"}
     split_dirs = [(root / s, s) for s in SPLIT_DIRS if (root / s).is_dir()] if has_splits else [(root, None)]
-    classes = sorted({c.name for d, _ in split_dirs for c in _class_dirs(d)})
+    classes = sorted({c.name for d, _ in split_dirs for c in _class_dirs(d, hidden)})
     if not classes:
         raise DataError(f"{root} has no class subfolders: put each class's images in a subfolder named after it "
                         "(e.g. data/cat/*.jpg, data/dog/*.jpg), or train/ and val/ folders of those")
     items, empty = [], []
     for directory, split in split_dirs:
         for cls in classes:
-            files = _files(directory / cls) if (directory / cls).is_dir() else []
+            files = _files(directory / cls, hidden) if (directory / cls).is_dir() else []
             if not files and (split in (None, "train")):
                 empty.append(str((directory / cls).relative_to(root)))
             items += [(str(f.relative_to(root)), cls, split) for f in files]
-    if empty:
-        message = f"empty class folder(s): {', '.join(empty)}"
+    return FolderScan(root, classes, items, empty, sorted({str(h.relative_to(root)) for h in hidden}))
+
+
+def scan_folder(root: str | os.PathLike, allow_empty_classes: bool = False) -> FolderScan:
+    """`list_folder`, refusing what training cannot use: empty class folders (unless allowed), a single class."""
+    scan = list_folder(root)
+    if scan.empty:
+        message = f"empty class folder(s): {', '.join(scan.empty)}"
         if not allow_empty_classes:
             raise DataError(f"{message}: add images, remove the folder, or pass --allow-empty-classes")
         log.warning("%s (kept as classes with no images)", message)
-    if len(classes) < 2:
-        raise DataError(f"{root} has only one class ({classes[0]}): a classifier needs at least two class folders")
-    return FolderScan(root, classes, items)
+    if len(scan.classes) < 2:
+        raise DataError(f"{scan.root} has only one class ({scan.classes[0]}): a classifier needs at least two class "
+                        "folders")
+    return scan
 
 
 def detect_channels(root: Path, paths: list[str], sample: int = 200) -> int:

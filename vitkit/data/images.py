@@ -56,14 +56,36 @@ def prepare(img: Image.Image, size: int, channels: int) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
 
 
+def set_max_pixels(limit: int) -> None:
+    """Refuse images of more than `limit` pixels before decoding them.
+
+    This is Pillow's own decompression-bomb limit, `Image.MAX_IMAGE_PIXELS` (default about 89 million): it is moved,
+    never switched off. Pillow only warns between one and two times the limit; `open_image` refuses at once.
+    """
+    Image.MAX_IMAGE_PIXELS = int(limit)
+
+
+def open_image(path) -> Image.Image:
+    """`Image.open` (header only) that refuses images above the pixel limit before any pixel is decoded."""
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError as err:
+        raise BadImage(f"refused as a possible decompression bomb ({err})") from None
+    w, h = img.size
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and w * h > limit:
+        img.close()
+        raise BadImage(f"refused as a possible decompression bomb: {w}x{h} is {w * h:,} pixels, more than the limit "
+                       f"of {limit:,} (data.max_image_pixels)")
+    return img
+
+
 def load_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
     """Decode `path` into a uint8 array (C, size, size). Raises `BadImage` with the reason when it cannot."""
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.load()
             return prepare(img, size, channels)
-    except Image.DecompressionBombError as err:
-        raise BadImage(f"refused as a decompression bomb ({err})") from None
     except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as err:
         raise BadImage(_reason(path, err)) from None
 

@@ -80,12 +80,19 @@ class BatchLoader:
         self.generator.manual_seed(seed)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.batches()
+
+    def batches(self, start: int = 0, rng_state: torch.Tensor | None = None
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's batches from batch `start` on; `rng_state` is `generator.get_state()` saved at that batch."""
         n = len(self.data)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         per_rank = n // self.world_size if self.world_size > 1 else n
         order = order[self.rank * per_rank:(self.rank + 1) * per_rank]
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+        if rng_state is not None:
+            self.generator.set_state(rng_state)  # augmentation draws continue where the saved epoch stopped
+        for first in range(start * self.batch_size, len(order), self.batch_size):
+            idx = order[first:first + self.batch_size]
             if self.drop_last and len(idx) < self.batch_size:
                 return
             idx = idx.to(self.images.device)

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from ..data import MANIFEST, ImageSet, Normalize, is_named, load_data, read_manifest
+from ..data.dataset import check_bad_files
 from ..errors import DataError, UserError
 from ..metrics import classification_report
 from .checkpoint import load_model
@@ -68,15 +69,19 @@ def evaluate_checkpoint(checkpoint: str | Path, source: str, split: str | None =
     split = split or default_split(source, manifest, meta.get("test_fraction", 0.0))
     bundle = load_data(source, img_size=meta["img_size"], channels=meta["in_chans"], data_root=data_root,
                        manifest=manifest, val_fraction=meta.get("val_fraction", 0.1),
-                       test_fraction=meta.get("test_fraction", 0.0), seed=meta.get("split_seed", 0), splits=(split,))
+                       test_fraction=meta.get("test_fraction", 0.0), seed=meta.get("split_seed", 0), splits=(split,),
+                       allow_empty_classes=True)  # a class without images has no support here, nothing worse
     if split not in bundle.splits or len(bundle.splits[split]) == 0:
         have = ", ".join(s for s, v in bundle.splits.items() if len(v)) or "none"
         raise UserError(f"{source} has no {split!r} split (it has: {have}): choose --split from those")
     if not same_source and not is_named(source):
         log.warning("no split manifest of this checkpoint matches %s: a fresh split with the same seed was made", source)
+    max_bad = meta.get("config", {}).get("data", {}).get("max_bad_fraction", 0.1)
+    check_bad_files(bundle.bad_files, len(bundle.splits[split]) + len(bundle.bad_files), max_bad)
     data = remap_labels(bundle.splits[split], bundle.classes, meta["classes"])
     logits = predict_logits(model, data.images, meta["mean"], meta["std"], dev, resolve_precision(precision, dev),
                             batch_size)
     report = classification_report(logits, data.labels, meta["classes"])
-    report.update({"checkpoint": str(checkpoint), "data": source, "split": split})
+    report.update({"checkpoint": str(checkpoint), "data": source, "split": split,
+                   "skipped_files": [{"path": p, "reason": r} for p, r in bundle.bad_files]})
     return report

@@ -1,6 +1,8 @@
 """`train(config)`: data, model, run directory and trainer put together; the CLI's `train` calls this."""
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import time
 from dataclasses import dataclass
@@ -10,6 +12,8 @@ import torch
 
 from ..config import Config, build_config, load_yaml, save_config
 from ..data import MANIFEST, DataBundle, is_named, load_data, write_manifest
+from ..data.dataset import check_bad_files
+from ..data.images import set_max_pixels
 from ..errors import DataError, UserError
 from ..fileio import atomic_write
 from ..models import count_flops, get_spec, model_kwargs, num_params
@@ -50,21 +54,42 @@ def new_run_dir(cfg: Config) -> Path:
     return run_dir
 
 
+# Changing these would make a resumed run something else than the run it continues.
+RESUME_REFUSED = ("model.", "data.source", "data.val_fraction", "data.test_fraction", "data.crop_scale", "data.hflip",
+                  "train.seed", "train.batch_size", "train.optimizer")
+# Changing these affects neither the weights nor the split.
+RESUME_FREE = ("data.root", "data.max_bad_fraction", "data.allow_empty_classes", "data.max_image_pixels",
+               "train.eval_batch_size", "train.threads", "train.patience", "train.max_nonfinite_steps", "output.")
+
+
+def _flat(cfg: Config) -> dict:
+    return {f"{section}.{key}": value for section, values in cfg.to_dict().items() for key, value in values.items()}
+
+
 def resume_config(run_dir: str | Path, options: dict | None = None, assignments: list[str] | None = None) -> Config:
-    """The saved config of `run_dir` with the few changes a resume may make (e.g. more epochs)."""
+    """The saved config of `run_dir` with the changes a resume may make, each one named: more epochs or another
+    learning rate are allowed with a warning (the result then differs from an uninterrupted run); changes to the
+    model, the data split or the order of batches are refused."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a vitkit run directory (no config.yaml): give the folder 'vitkit train' "
                         "printed")
     saved = load_yaml(run_dir / "config.yaml")
     cfg = build_config(options=options, assignments=assignments, base=saved)
-    before = build_config(base=saved)
-    for section in ("model", "data"):
-        if getattr(cfg, section) != getattr(before, section):
-            raise UserError(f"--resume cannot change the {section} settings of a run: start a new run instead")
-    if cfg.train.epochs != before.train.epochs:
-        log.warning("epochs changed from %d to %d: the learning-rate schedule follows the new length from here on",
-                    before.train.epochs, cfg.train.epochs)
+    before, after = _flat(build_config(base=saved)), _flat(cfg)
+    changed = [k for k in after if after[k] != before[k]]
+    refused = [k for k in changed if k.startswith(RESUME_REFUSED)]
+    if refused:
+        shown = ", ".join(f"{k} ({before[k]!r} -> {after[k]!r})" for k in refused)
+        raise UserError(f"--resume cannot change {shown}: it would no longer continue the same run; start a new run "
+                        "instead")
+    for key in changed:
+        if key == "train.epochs":
+            log.warning("train.epochs changed from %d to %d: the learning-rate schedule follows the new length from "
+                        "here on", before[key], after[key])
+        elif not key.startswith(RESUME_FREE):
+            log.warning("%s changed from %r to %r: the resumed run will differ from an uninterrupted one", key,
+                        before[key], after[key])
     return cfg
 
 
@@ -93,22 +118,19 @@ def _load_bundle(cfg: Config, manifest: Path) -> DataBundle:
 def _report_bad_files(data: DataBundle, run_dir: Path, max_fraction: float) -> None:
     if not data.bad_files:
         return
-    total = sum(len(s) for s in data.splits.values()) + len(data.bad_files)
-    lines = ["path,reason"] + [f'"{p}","{r}"' for p, r in data.bad_files]
     if dist.is_main():
-        atomic_write(run_dir / "bad_files.csv", "\n".join(lines) + "\n")
-    shown = "; ".join(f"{p} ({r})" for p, r in data.bad_files[:3])
-    log.warning("skipped %d unreadable file(s) of %d, listed in %s: %s%s", len(data.bad_files), total,
-                run_dir / "bad_files.csv", shown, " ..." if len(data.bad_files) > 3 else "")
-    if len(data.bad_files) / total > max_fraction:
-        raise DataError(f"{len(data.bad_files)} of {total} files cannot be read (more than data.max_bad_fraction="
-                        f"{max_fraction}): fix the data (see 'bad_files.csv' in {run_dir}) or raise the limit")
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows([("path", "reason"), *data.bad_files])
+        atomic_write(run_dir / "bad_files.csv", buffer.getvalue())
+    total = sum(len(s) for s in data.splits.values()) + len(data.bad_files)
+    check_bad_files(data.bad_files, total, max_fraction, str(run_dir / "bad_files.csv"))
 
 
 def train(cfg: Config, resume: str | Path | None = None, show_progress: bool = True) -> RunResult:
     """Train a model as `cfg` says and write its run directory; with `resume`, continue that run."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    set_max_pixels(cfg.data.max_image_pixels)
     run_dir = Path(resume) if resume else new_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.train.device)
@@ -141,14 +163,16 @@ def train(cfg: Config, resume: str | Path | None = None, show_progress: bool = T
 
 def _restore(trainer: Trainer, run_dir: Path, cfg: Config) -> None:
     state = load_state(run_dir / STATE_FILE)
-    model, _ = load_model(run_dir / MODEL_FILE["last"])
-    trainer.model.load_state_dict(model.state_dict())
+    if "model" not in state:  # written before state files carried the weights
+        trainer.model.load_state_dict(load_model(run_dir / MODEL_FILE["last"])[0].state_dict())
     trainer.load_state_dict(state)
     if trainer.state.epoch >= cfg.train.epochs:
         log.info("the run already completed %d of %d epochs: pass --epochs N to train longer", trainer.state.epoch,
                  cfg.train.epochs)
     atomic_write(run_dir / "config.yaml", save_config(cfg))
-    log.info("resuming %s after epoch %d", run_dir, trainer.state.epoch)
+    partial = trainer.state.partial
+    where = f"in epoch {partial['epoch']} after step {partial['step']}" if partial else f"after epoch {trainer.state.epoch}"
+    log.info("resuming %s %s", run_dir, where)
 
 
 def _log_start(cfg, data, model, run_dir, device, amp_dtype) -> None:

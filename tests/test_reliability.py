@@ -1,0 +1,254 @@
+"""Never lose work: atomic saves under exceptions and SIGKILL, signals mid-epoch, exact resume, non-finite steps,
+safe loading."""
+import csv
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vitkit
+from vitkit.compat import check_torch
+from vitkit.engine import trainer as trainer_mod
+from vitkit.engine.checkpoint import load_model, load_state, model_meta, save_model
+from vitkit.engine.interrupt import Interrupted
+from vitkit.engine.train import resume_config
+from vitkit.errors import UserError
+from vitkit.models import create_model, model_kwargs
+
+from .conftest import TINY_MODEL, run_cli
+from .test_train import config
+
+DROP = ("seconds", "img_per_s")
+
+
+def _rows(run):
+    return [{k: v for k, v in r.items() if k not in DROP} for r in csv.DictReader(open(run / "metrics.csv"))]
+
+
+def _same_weights(a, b):
+    a, b = load_file(a), load_file(b)
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------------------------ saving
+def _tiny_model_file(path):
+    kwargs = model_kwargs("vit_micro_patch7_28", num_classes=3)
+    model = create_model("vit_micro_patch7_28", **kwargs)
+    meta = model_meta("vit_micro_patch7_28", kwargs, ["a", "b", "c"], [0.5], [0.5])
+    save_model(path, model, meta)
+    return model, meta
+
+
+def test_a_save_interrupted_by_an_exception_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "best.safetensors"
+    first, meta = _tiny_model_file(path)
+
+    def power_cut(fd):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(os, "fsync", power_cut)
+    with pytest.raises(OSError, match="no space"):
+        save_model(path, create_model("vit_micro_patch7_28", num_classes=3), meta)
+    monkeypatch.undo()
+    loaded, _ = load_model(path)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), first.state_dict().values()))
+    assert [p.name for p in tmp_path.iterdir()] == ["best.safetensors"]  # no partial file left behind
+
+
+def test_a_save_killed_by_sigkill_leaves_no_partial_file_under_the_final_name(tmp_path):
+    path = tmp_path / "best.safetensors"
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        from vitkit.engine.checkpoint import model_meta, save_model
+        from vitkit.models import create_model, model_kwargs
+        kwargs = model_kwargs("vit_micro_patch7_28", num_classes=3)
+        small = create_model("vit_micro_patch7_28", **kwargs)
+        meta = model_meta("vit_micro_patch7_28", kwargs, ["a", "b", "c"], [0.5], [0.5])
+        save_model({str(path)!r}, small, meta)
+        real_fsync = os.fsync
+        def slow_fsync(fd):  # the new file is written but not yet renamed when the parent kills us
+            print("writing", flush=True)
+            time.sleep(60)
+            real_fsync(fd)
+        os.fsync = slow_fsync
+        big = create_model("vit_micro_patch7_28", num_classes=3, embed_dim=256, num_heads=4)
+        save_model({str(path)!r}, big, meta)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "writing"
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        child.kill()
+    model, meta = load_model(path)
+    assert model.embed_dim == 128 and meta["classes"] == ["a", "b", "c"]  # the previous, complete file
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "best.safetensors"]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".best.safetensors.")  # the killed write, hidden aside
+
+
+# ------------------------------------------------------------------------------------------------ signals
+def test_a_signal_mid_epoch_saves_and_the_resume_is_bit_exact(image_folder, tmp_path, monkeypatch):
+    options = {"train.epochs": 3, "train.batch_size": 8}
+    full = vitkit.train(config(tmp_path, image_folder, **options, **{"output.name": "full"}), show_progress=False)
+    calls = {"n": 0}
+    original = trainer_mod.Trainer.train_step
+
+    def train_step(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 13:  # epoch 2, step 3 of 10
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    with monkeypatch.context() as m:
+        m.setattr(trainer_mod.Trainer, "train_step", train_step)
+        with pytest.raises(Interrupted) as stopped:
+            vitkit.train(config(tmp_path, image_folder, **options, **{"output.name": "cut"}), show_progress=False)
+    assert stopped.value.exit_code == 130 and "vitkit train --resume" in str(stopped.value)
+    run = tmp_path / "runs" / "cut"
+    state = load_state(run / "state.pt")
+    assert state["epoch"] == 1 and state["partial"]["epoch"] == 2 and state["partial"]["step"] == 3
+    assert len(_rows(run)) == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers are given back
+    resumed = vitkit.train(resume_config(run), resume=run, show_progress=False)
+    assert _same_weights(full.run_dir / "last.safetensors", resumed.run_dir / "last.safetensors")
+    assert _rows(full.run_dir) == _rows(run)
+
+
+def test_sigterm_mid_epoch_exits_143_and_the_resumed_run_equals_an_uninterrupted_one(fake_mnist, tmp_path):
+    common = ["fashion-mnist", "--data-root", fake_mnist, *TINY_MODEL, "--epochs", "4", "--batch-size", "2",
+              "--precision", "fp32", "--set", "train.threads=1", "--out", tmp_path / "runs", "--no-progress"]
+    full = run_cli("train", *common, "--name", "full")
+    assert full.returncode == 0, full.stderr
+    run = tmp_path / "runs" / "cut"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    child = subprocess.Popen([sys.executable, "-m", "vitkit", "train", *map(str, common), "--name", "cut"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "metrics.csv").exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        child.send_signal(signal.SIGTERM)  # during epoch 2 (an epoch takes about a second)
+        _, stderr = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 143, stderr
+    assert "stopped by SIGTERM in epoch" in stderr and f"vitkit train --resume {run}" in stderr
+    assert load_state(run / "state.pt")["partial"]["step"] > 0
+    resumed = run_cli("train", "--resume", run, "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "continuing epoch" in resumed.stderr
+    assert _same_weights(tmp_path / "runs" / "full" / "last.safetensors", run / "last.safetensors")
+    assert _rows(tmp_path / "runs" / "full") == _rows(run)
+
+
+def test_resume_refuses_changes_that_break_it_and_names_the_ones_it_allows(fake_mnist, tmp_path, caplog):
+    result = vitkit.train(config(tmp_path, "fashion-mnist", str(fake_mnist), **{"train.epochs": 1}),
+                          show_progress=False)
+    with pytest.raises(UserError, match=r"train\.batch_size \(32 -> 64\)"):
+        resume_config(result.run_dir, {"train.batch_size": 64})
+    with pytest.raises(UserError, match=r"model\.embed_dim"):
+        resume_config(result.run_dir, assignments=["model.embed_dim=64"])
+    with caplog.at_level(logging.WARNING, logger="vitkit"):
+        cfg = resume_config(result.run_dir, {"train.lr": 1e-4, "train.epochs": 2, "train.threads": 1})
+    assert cfg.train.lr == 1e-4
+    assert "train.lr changed from 0.003 to 0.0001" in caplog.text and "train.epochs changed" in caplog.text
+    assert "train.threads" not in caplog.text
+
+
+# ----------------------------------------------------------------------------------------------- non-finite
+def _inject_inf(monkeypatch, at_calls):
+    original = trainer_mod.Trainer.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        loss_fn, calls = self.loss_fn, {"n": 0}
+
+        def poisoned(logits, labels):
+            calls["n"] += 1
+            loss = loss_fn(logits, labels)
+            return loss * math.inf if calls["n"] in at_calls else loss
+
+        self.loss_fn = poisoned
+
+    monkeypatch.setattr(trainer_mod.Trainer, "__init__", init)
+
+
+def test_an_injected_inf_loss_stops_at_its_step(fake_mnist, tmp_path, monkeypatch):
+    _inject_inf(monkeypatch, {3})
+    cfg = config(tmp_path, "fashion-mnist", str(fake_mnist), **{"train.epochs": 2})
+    with pytest.raises(trainer_mod.NonFiniteLoss, match="epoch 1 at step 3: lower the learning rate"):
+        vitkit.train(cfg, show_progress=False)
+    assert not list((tmp_path / "runs").glob("*/*.safetensors"))  # nothing non-finite was saved
+
+
+def test_non_finite_steps_are_skipped_up_to_the_limit(fake_mnist, tmp_path, monkeypatch, caplog):
+    _inject_inf(monkeypatch, {3, 5})
+    cfg = config(tmp_path, "fashion-mnist", str(fake_mnist), **{"train.epochs": 1, "train.max_nonfinite_steps": 2})
+    with caplog.at_level(logging.WARNING, logger="vitkit"):
+        result = vitkit.train(cfg, show_progress=False)
+    assert "non-finite loss in epoch 1 at step 3: step skipped (1 of at most 2)" in caplog.text
+    weights = load_file(result.run_dir / "last.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values())
+    assert load_state(result.run_dir / "state.pt")["skipped_steps"] == 2
+    _inject_inf(monkeypatch, {3, 5})
+    cfg = config(tmp_path, "fashion-mnist", str(fake_mnist), **{"train.epochs": 1, "train.max_nonfinite_steps": 1})
+    with pytest.raises(trainer_mod.NonFiniteLoss, match=r"step 5 \(more than train.max_nonfinite_steps=1"):
+        vitkit.train(cfg, show_progress=False)
+
+
+def test_a_non_finite_loss_exits_1_with_one_line_through_the_cli(fake_mnist, tmp_path):
+    result = run_cli("train", "fashion-mnist", "--data-root", fake_mnist, *TINY_MODEL, "--epochs", "1",
+                     "--lr", "1e6", "--optimizer", "sgd", "--precision", "fp32", "--set", "train.grad_clip=0",
+                     "--out", tmp_path / "runs", "--no-progress")
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("vitkit: error: the training loss became non-finite in epoch 1 at step")
+    assert "Traceback" not in result.stderr
+
+
+def test_a_nan_metric_is_never_best(fake_mnist, tmp_path, monkeypatch):
+    scores = iter([0.5, float("nan"), 0.4])
+    monkeypatch.setattr(trainer_mod.Trainer, "validate",
+                        lambda self: {"val_loss": 1.0, "val_top1": next(scores), "val_top5": 1.0})
+    result = vitkit.train(config(tmp_path, "fashion-mnist", str(fake_mnist), **{"train.epochs": 3}),
+                          show_progress=False)
+    assert result.best_epoch == 1 and result.best_val_top1 == 0.5
+    assert vitkit.engine.checkpoint.read_meta(result.best_checkpoint)["epoch"] == 1
+
+
+# ---------------------------------------------------------------------------------------------- safe loading
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_state_file_is_refused_and_its_code_never_runs(fake_mnist, tmp_path):
+    result = vitkit.train(config(tmp_path, "fashion-mnist", str(fake_mnist), **{"train.epochs": 1}),
+                          show_progress=False)
+    marker = tmp_path / "pwned"
+    torch.save({"epoch": 1, "optimizer": _Payload(marker)}, result.run_dir / "state.pt")
+    refused = run_cli("train", "--resume", result.run_dir, "--epochs", "2", "--no-progress")
+    assert refused.returncode == 2 and "cannot be loaded safely" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) <= 3 and "Traceback" not in refused.stderr
+    assert not marker.exists()
+
+
+def test_minimum_torch_version_is_enforced():
+    for old in ("2.3.1", "1.13.1+cu117", "2.0.0a0"):
+        with pytest.raises(ImportError, match="pip install --upgrade 'torch>=2.4'"):
+            check_torch(old)
+    for fine in ("2.4.0", "2.14.1+cpu", "2.10.0.dev20260101", torch.__version__):
+        check_torch(fine)
