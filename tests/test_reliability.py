@@ -137,7 +137,8 @@ def test_sigterm_mid_epoch_exits_143_and_the_resumed_run_equals_an_uninterrupted
         deadline = time.monotonic() + 120
         while not (run / "metrics.csv").exists() and child.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
-        child.send_signal(signal.SIGTERM)  # during epoch 2 (an epoch takes about a second)
+        time.sleep(0.3)  # past the end of epoch 1's saving, well inside epoch 2 (an epoch takes about a second)
+        child.send_signal(signal.SIGTERM)
         _, stderr = child.communicate(timeout=60)
     finally:
         child.kill()
