@@ -78,11 +78,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     json_path = Path(args.json) if args.json else Path(args.checkpoint).with_name(
         f"{Path(args.checkpoint).stem}-eval-{report['split']}.json")
     atomic_write(json_path, text + "\n")
+    if args.report:
+        from .report import build_report
+
+        report_path = build_report(args.checkpoint, args.data, report["split"], args.report, args.data_root,
+                                   args.device, args.precision)
     if args.format == "json":
         print(text)  # raw: a console would wrap long lines inside JSON strings
         return 0
     print_report(report)
     out.print(f"written: {json_path}")
+    if args.report:
+        out.print(f"report: {report_path}")
     return 0
 
 
@@ -138,10 +145,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
             cells = [f"{c} {p:.1%}" for c, p in r.top] if r.top is not None else [f"[red]unreadable: {r.error}[/red]"]
             table.add_row(r.source, *cells)
         out.print(table)
+    if args.explain:
+        from .report import explain_files
+
+        written = explain_files(args.checkpoint, files, args.explain, args.top_k, args.device)
+        log.info("attention overlays of %d image(s) in %s", len(written), args.explain)
     bad = [r for r in results if r.top is None]
     for r in bad:
         log.warning("could not read %s: %s", r.source, r.error)
     return 1 if len(bad) == len(results) else 0
+
+
+# ----------------------------------------------------------------------------------------------------- report
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    path = build_report(args.target, args.data, args.split, args.out, args.data_root, args.device, args.precision,
+                        args.samples)
+    out.print(f"report: {path}")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -272,7 +294,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=512)
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     e.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    e.add_argument("--report", metavar="DIR", help="also write report.html and its figures into DIR")
     e.set_defaults(func=cmd_evaluate)
+
+    rp = sub.add_parser("report", help="report.html: curves, confusion, ROC/PR, calibration, attention maps")
+    rp.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT")
+    rp.add_argument("data", nargs="?", metavar="DATA", help="default: the data the model was trained on")
+    rp.add_argument("--split", choices=["train", "val", "test"], help="default: test if the data has one, else val")
+    rp.add_argument("--out", metavar="DIR", help="default: the run directory (or the checkpoint's folder)")
+    rp.add_argument("--data-root")
+    rp.add_argument("--samples", type=int, default=8, help="images shown with attention maps")
+    rp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    rp.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    rp.set_defaults(func=cmd_report)
 
     r = sub.add_parser("predict", help="top-k classes of image files and folders")
     r.add_argument("checkpoint", metavar="CHECKPOINT")
@@ -282,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=256)
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     r.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    r.add_argument("--explain", metavar="DIR", help="write an attention overlay beside the top-k of each image")
     r.set_defaults(func=cmd_predict)
 
     d = sub.add_parser("data", help="inspect a dataset before training")

@@ -73,6 +73,7 @@ class TrainConfig:
 class OutputConfig:
     dir: str = "runs"  # parent folder of run directories
     name: str | None = None  # run directory name; null: DATA-MODEL-DATE-TIME
+    report: bool = True  # write report.html (metrics, figures, attention maps on the val split) after training
 
 
 @dataclass

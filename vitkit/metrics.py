@@ -61,3 +61,33 @@ def binary_metrics(y_true: np.ndarray, y_pred: np.ndarray, score: np.ndarray, cl
         "mcc": float(skm.matthews_corrcoef(y_true, y_pred)),
         "roc_auc": float(skm.roc_auc_score(y_true, score)) if both else float("nan"),
     }
+
+
+def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> dict:
+    """Expected calibration error and the reliability diagram's bins (equal-width bins of top-1 confidence).
+
+    ECE = sum over bins of (bin share) * |accuracy in bin - mean confidence in bin|.
+    """
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        mask = which == b
+        if not mask.any():
+            continue
+        acc, conf = float(correct[mask].mean()), float(confidence[mask].mean())
+        ece += mask.mean() * abs(acc - conf)
+        rows.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": int(mask.sum()),
+                     "accuracy": acc, "confidence": conf})
+    return {"ece": float(ece), "bins": rows}
+
+
+def confused_pairs(confusion: list[list[int]], classes: list[str], top: int = 5) -> list[dict]:
+    """The `top` (true, predicted) pairs with the most mistakes, most first."""
+    cm = np.asarray(confusion)
+    pairs = [(int(cm[i, j]), i, j) for i in range(len(cm)) for j in range(len(cm)) if i != j and cm[i, j] > 0]
+    pairs.sort(key=lambda t: (-t[0], t[1], t[2]))
+    return [{"true": classes[i], "predicted": classes[j], "true_index": i, "predicted_index": j, "count": n}
+            for n, i, j in pairs[:top]]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -58,11 +59,34 @@ def default_split(source: str, manifest: Path | None, test_fraction: float) -> s
     return "test" if test_fraction > 0 else "val"
 
 
-def evaluate_checkpoint(checkpoint: str | Path, source: str, split: str | None = None, data_root: str | None = None,
-                        batch_size: int = 512, device: str = "auto", precision: str = "auto") -> dict:
-    """Metrics of `checkpoint` on `split` of `source` (default: test if the data has one, else val)."""
+@dataclass
+class Evaluation:
+    """A checkpoint's model and metadata with one data split in its class indices, ready to score."""
+
+    model: torch.nn.Module
+    meta: dict
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    source: str
+    split: str
+    data: ImageSet
+    bad_files: list[tuple[str, str]]
+
+    def logits(self, batch_size: int = 512) -> torch.Tensor:
+        return predict_logits(self.model, self.data.images, self.meta["mean"], self.meta["std"], self.device,
+                              self.amp_dtype, batch_size)
+
+
+def prepare_evaluation(checkpoint: str | Path, source: str | None = None, split: str | None = None,
+                       data_root: str | None = None, device: str = "auto", precision: str = "auto") -> Evaluation:
+    """Load `checkpoint` and the `split` of `source` (default: the data it was trained on; test if the data has a
+    test split, else val) as the checkpoint saw it: same split manifest, size, channels and class indices."""
     dev = resolve_device(device)
     model, meta = load_model(checkpoint, dev)
+    if source is None:
+        source = meta.get("data_source")
+        if not source:
+            raise UserError(f"{checkpoint} does not record its data: give DATA")
     manifest = Path(checkpoint).resolve().parent / MANIFEST
     same_source = meta.get("data_source") == source_key(source)
     manifest = manifest if same_source else None
@@ -79,9 +103,15 @@ def evaluate_checkpoint(checkpoint: str | Path, source: str, split: str | None =
     max_bad = meta.get("config", {}).get("data", {}).get("max_bad_fraction", 0.1)
     check_bad_files(bundle.bad_files, len(bundle.splits[split]) + len(bundle.bad_files), max_bad)
     data = remap_labels(bundle.splits[split], bundle.classes, meta["classes"])
-    logits = predict_logits(model, data.images, meta["mean"], meta["std"], dev, resolve_precision(precision, dev),
-                            batch_size)
-    report = classification_report(logits, data.labels, meta["classes"])
-    report.update({"checkpoint": str(checkpoint), "data": source, "split": split,
-                   "skipped_files": [{"path": p, "reason": r} for p, r in bundle.bad_files]})
+    return Evaluation(model, meta, dev, resolve_precision(precision, dev), source, split, data, bundle.bad_files)
+
+
+def evaluate_checkpoint(checkpoint: str | Path, source: str | None = None, split: str | None = None,
+                        data_root: str | None = None, batch_size: int = 512, device: str = "auto",
+                        precision: str = "auto") -> dict:
+    """Metrics of `checkpoint` on `split` of `source` (default: test if the data has one, else val)."""
+    ev = prepare_evaluation(checkpoint, source, split, data_root, device, precision)
+    report = classification_report(ev.logits(batch_size), ev.data.labels, ev.meta["classes"])
+    report.update({"checkpoint": str(checkpoint), "data": ev.source, "split": ev.split,
+                   "skipped_files": [{"path": p, "reason": r} for p, r in ev.bad_files]})
     return report

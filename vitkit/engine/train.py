@@ -157,8 +157,28 @@ def train(cfg: Config, resume: str | Path | None = None, show_progress: bool = T
         log.warning("interrupted: epochs 1-%d are saved in %s; continue with: vitkit train --resume %s",
                     trainer.state.epoch, run_dir, run_dir)
         raise
-    return RunResult(run_dir, run_dir / MODEL_FILE["best"], state.best_top1, state.best_epoch, state.epoch,
-                     time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    if cfg.output.report and dist.is_main():
+        _write_report(run_dir, data, device, amp_dtype)
+    return RunResult(run_dir, run_dir / MODEL_FILE["best"], state.best_top1, state.best_epoch, state.epoch, seconds)
+
+
+def _write_report(run_dir: Path, data: DataBundle, device: torch.device, amp_dtype) -> None:
+    """report.html of the best model on the validation split, from the images already in memory."""
+    from ..report import build_report
+    from .evaluate import Evaluation
+
+    val = data.splits.get("val")
+    if val is None or len(val) == 0 or not (run_dir / MODEL_FILE["best"]).is_file():
+        return
+    model, meta = load_model(run_dir / MODEL_FILE["best"], device)
+    evaluation = Evaluation(model, meta, device, amp_dtype, data.source, "val", val, data.bad_files)
+    try:
+        path = build_report(run_dir, evaluation=evaluation)
+    except (OSError, ValueError, RuntimeError) as err:  # the run itself is saved; say why the report is missing
+        log.warning("could not write the report (%s: %s); try: vitkit report %s", type(err).__name__, err, run_dir)
+        return
+    log.info("report: %s", path)
 
 
 def _restore(trainer: Trainer, run_dir: Path, cfg: Config) -> None:

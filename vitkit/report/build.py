@@ -1,0 +1,247 @@
+"""`vitkit report`: a run's or a checkpoint's report.html and the same figures as PNG files.
+
+The report evaluates the checkpoint on one split (the run's validation split after training; test or val when asked
+later), and draws learning curves, confusion matrices, ROC and precision-recall curves, calibration, the most
+confused class pairs with their images, and attention maps of sample images.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from .. import __version__
+from ..data import MANIFEST, BadImage, Normalize, read_manifest
+from ..engine.checkpoint import MODEL_FILE
+from ..engine.evaluate import Evaluation, prepare_evaluation
+from ..errors import UserError
+from ..fileio import atomic_write
+from ..metrics import calibration, classification_report, confused_pairs
+from ..models import count_flops, num_params
+from . import figures
+from . import html as h
+from .explain import explain, overlay
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "report.html"
+FIGURE_DIR = "report"
+
+
+def resolve_target(target: str | Path) -> tuple[Path, Path | None]:
+    """A run directory or a checkpoint file to (checkpoint, run directory or None)."""
+    path = Path(target)
+    if path.is_dir():
+        checkpoint = path / MODEL_FILE["best"]
+        if not checkpoint.is_file():
+            raise UserError(f"{path} holds no {MODEL_FILE['best']}: give a run directory written by 'vitkit train' "
+                            "or a checkpoint file")
+        return checkpoint, path
+    if path.is_file():
+        return path, path.parent if (path.parent / "metrics.csv").is_file() else None
+    raise UserError(f"{path} not found: give a run directory or a .safetensors checkpoint")
+
+
+def read_history(run_dir: Path | None) -> list[dict]:
+    if run_dir is None or not (run_dir / "metrics.csv").is_file():
+        return []
+    with open(run_dir / "metrics.csv", newline="", encoding="utf-8") as f:
+        return [{k: (float(v) if k != "epoch" else int(v)) for k, v in row.items() if v != ""}
+                for row in csv.DictReader(f)]
+
+
+def build_report(target: str | Path, data: str | None = None, split: str | None = None,
+                 out_dir: str | Path | None = None, data_root: str | None = None, device: str = "auto",
+                 precision: str = "auto", samples: int = 8, evaluation: Evaluation | None = None) -> Path:
+    """Write report.html (and report/*.png) for a run directory or checkpoint; returns the HTML file's path."""
+    checkpoint, run_dir = resolve_target(target)
+    ev = evaluation or prepare_evaluation(checkpoint, data, split, data_root, device, precision)
+    out = Path(out_dir) if out_dir else (run_dir or checkpoint.parent)
+    classes = ev.meta["classes"]
+    logits = ev.logits()
+    labels = ev.data.labels.numpy()
+    probs = logits.softmax(dim=1).numpy()
+    metrics = classification_report(logits, ev.data.labels, classes)
+    calib = calibration(probs, labels)
+    history = read_history(run_dir)
+
+    pngs: dict[str, tuple[bytes, str]] = {}
+    if history:
+        pngs["learning_curves"] = (figures.learning_curves(history), "loss, top-1 and learning rate per epoch")
+    cm = np.asarray(metrics["confusion_matrix"])
+    pngs["confusion_counts"] = (figures.confusion_matrix(cm, classes, False), "confusion matrix (counts)")
+    pngs["confusion_normalized"] = (figures.confusion_matrix(cm, classes, True),
+                                    "confusion matrix (each row: share of the true class)")
+    roc_png, areas = figures.roc_pr_curves(probs, labels, classes)
+    pngs["roc_pr"] = (roc_png, "ROC and precision-recall curves, one-vs-rest")
+    pngs["reliability"] = (figures.reliability_diagram(calib["bins"], calib["ece"]),
+                           f"reliability diagram; expected calibration error {calib['ece']:.4f}")
+    pairs = confused_pairs(metrics["confusion_matrix"], classes)
+    for n, pair in enumerate(pairs, 1):
+        pngs[f"confused_{n}"] = (_gallery(ev, probs, labels, pair), f"true {pair['true']}, predicted "
+                                 f"{pair['predicted']}: {pair['count']} images (most confident mistakes first)")
+    attention = _attention_figure(ev, labels, samples)
+    if attention is not None:
+        pngs["attention"] = (attention, "per sample: the image, attention rollout over all layers, and the last "
+                                        "layer's class-token attention of each head")
+
+    figure_dir = out / FIGURE_DIR
+    for name, (png, _) in pngs.items():
+        atomic_write(figure_dir / f"{name}.png", png)
+    html_path = out / REPORT_FILE
+    atomic_write(html_path, _render(ev, checkpoint, run_dir, metrics, calib, areas, pairs, history, pngs))
+    return html_path
+
+
+def _gallery(ev: Evaluation, probs: np.ndarray, labels: np.ndarray, pair: dict, limit: int = 8) -> bytes:
+    predicted = probs.argmax(axis=1)
+    idx = np.flatnonzero((labels == pair["true_index"]) & (predicted == pair["predicted_index"]))
+    idx = idx[np.argsort(-probs[idx, pair["predicted_index"]])][:limit]
+    images = [ev.data.images[i].numpy() for i in idx]
+    captions = [f"{probs[i, pair['predicted_index']]:.0%} {pair['predicted'][:12]}" for i in idx]
+    return figures.image_grid(images, captions, columns=limit)
+
+
+def _sample_indices(labels: np.ndarray, count: int) -> list[int]:
+    """Up to `count` images, taking each class's first image in turn."""
+    per_class = [list(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    chosen: list[int] = []
+    while len(chosen) < count and any(per_class):
+        for items in per_class:
+            if items and len(chosen) < count:
+                chosen.append(int(items.pop(0)))
+    return chosen
+
+
+def _attention_figure(ev: Evaluation, labels: np.ndarray, samples: int) -> bytes | None:
+    idx = _sample_indices(labels, samples)
+    if not idx:
+        return None
+    images = ev.data.images[idx]
+    x = Normalize(ev.meta["mean"], ev.meta["std"], ev.device)(images.to(ev.device))
+    model = ev.model.float()
+    logits, rollout, heads = explain(model, x)
+    probs = logits.softmax(dim=1).cpu()
+    shown_heads = min(heads.shape[1], 6)
+    cells, captions = [], []
+    classes = ev.meta["classes"]
+    for n, i in enumerate(idx):
+        image = images[n].numpy()
+        p, c = probs[n].max(dim=0)
+        cells += [image, np.asarray(overlay(image, rollout[n].cpu()))]
+        captions += [f"{classes[labels[i]][:14]}", f"pred {classes[int(c)][:10]} {float(p):.0%}"]
+        for head in range(shown_heads):
+            cells.append(np.asarray(overlay(image, heads[n, head].cpu())))
+            captions.append(f"head {head + 1}")
+    return figures.image_grid(cells, captions, columns=2 + shown_heads)
+
+
+def _split_sizes(run_dir: Path | None) -> dict[str, int]:
+    if run_dir is None or not (run_dir / MANIFEST).is_file():
+        return {}
+    return dict(Counter(split for _, _, split in read_manifest(run_dir / MANIFEST)))
+
+
+def _render(ev, checkpoint, run_dir, metrics, calib, areas, pairs, history, pngs) -> str:
+    meta, classes = ev.meta, ev.meta["classes"]
+    model = ev.model
+    summary = [("images", f"{metrics['num_images']:,}"), ("top-1", f"{metrics['top1']:.4f}"),
+               ("top-5", f"{metrics['top5']:.4f}"), ("loss", f"{metrics['loss']:.4f}"), ("MCC", f"{metrics['mcc']:.4f}"),
+               ("ECE", f"{calib['ece']:.4f}")]
+    if "roc_auc_ovr_macro" in metrics:
+        summary.append(("macro ROC AUC", f"{metrics['roc_auc_ovr_macro']:.4f}"))
+    sections = [h.section(f"{ev.split} split", h.cards(summary), "summary")]
+
+    sizes = _split_sizes(run_dir)
+    run_cards = [("model", meta["model"]), ("parameters", f"{num_params(model) / 1e6:.2f}M"),
+                 ("GFLOPs / image", f"{count_flops(model) / 1e9:.3f}"), ("input", f"{meta['img_size']}px x "
+                                                                         f"{meta['in_chans']}ch"),
+                 ("classes", str(len(classes)))]
+    run_cards += [(f"{k} images", f"{v:,}") for k, v in sizes.items()]
+    if history:
+        best = max(history, key=lambda r: r.get("val_top1", float("-inf")))
+        run_cards += [("epochs", str(len(history))), ("best epoch", str(best["epoch"])),
+                      ("training time", _duration(sum(r.get("seconds", 0.0) for r in history)))]
+    body = h.cards(run_cards) + f"<p class=\"muted\">classes: {h.esc(', '.join(classes))}</p>"
+    if meta.get("config"):
+        body += "<details><summary>configuration</summary><pre>" + h.esc(yaml.safe_dump(meta["config"],
+                                                                                      sort_keys=False)) + "</pre></details>"
+    sections.append(h.section("run", body, "run"))
+    if "learning_curves" in pngs:
+        sections.append(h.section("learning curves", _fig(pngs, "learning_curves"), "curves"))
+
+    rows = [[r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", r["support"]]
+            for r in metrics["per_class"]]
+    rows += [[f"{avg} avg", f"{metrics[avg]['precision']:.4f}", f"{metrics[avg]['recall']:.4f}",
+              f"{metrics[avg]['f1']:.4f}", metrics["num_images"]] for avg in ("macro", "weighted")]
+    body = h.table(["class", "precision", "recall", "F1", "support"], rows, avg_rows=2)
+    if "binary" in metrics:
+        b = metrics["binary"]
+        body += f"<p>positive class <b>{h.esc(b['positive_class'])}</b></p>" + h.cards(
+            [(k, f"{b[k]:.4f}") for k in ("sensitivity", "specificity", "precision", "f1", "mcc", "roc_auc")])
+    sections.append(h.section("per-class metrics", body, "metrics"))
+    sections.append(h.section("confusion matrix", '<div class="grid2">' + _fig(pngs, "confusion_counts")
+                              + _fig(pngs, "confusion_normalized") + "</div>", "confusion"))
+    sections.append(h.section("ROC and precision-recall", _fig(pngs, "roc_pr"), "roc"))
+    sections.append(h.section("calibration", _fig(pngs, "reliability") + "<p class=\"muted\">Expected calibration "
+                              "error: the average gap between confidence and accuracy, weighted by how many images "
+                              "fall in each confidence bin (15 bins).</p>", "calibration"))
+    if pairs:
+        sections.append(h.section("most confused pairs", "".join(_fig(pngs, f"confused_{n}")
+                                                                 for n in range(1, len(pairs) + 1)), "confused"))
+    if "attention" in pngs:
+        sections.append(h.section("attention maps", _fig(pngs, "attention"), "attention"))
+    if ev.bad_files:
+        sections.append(h.section("skipped files", h.table(["file", "reason"], [list(b) for b in ev.bad_files]),
+                                  "skipped"))
+    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    subtitle = f"{checkpoint} on {ev.source} ({ev.split}), vitkit {__version__}, {when}"
+    return h.page(f"vitkit report: {meta['model']}", subtitle, sections)
+
+
+def _fig(pngs: dict, name: str) -> str:
+    png, caption = pngs[name]
+    return h.figure(png, caption, name)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
+
+
+@torch.inference_mode()
+def explain_files(checkpoint: str | Path, paths: list, out_dir: str | Path, top_k: int = 5,
+                  device: str = "auto") -> list[Path]:
+    """`predict --explain`: for each readable image, a PNG with the image, its attention overlay and its top-k."""
+    from ..engine.predict import Classifier
+
+    clf = Classifier(checkpoint, device=device, precision="fp32")
+    out_dir = Path(out_dir)
+    written = []
+    normalize = Normalize(clf.meta["mean"], clf.meta["std"], clf.device)
+    used: Counter = Counter()
+    for path in paths:
+        try:
+            image = clf.preprocess(path)
+        except BadImage as err:  # predict's own table reports it; there is nothing to draw
+            log.debug("no explanation for %s: %s", path, err)
+            continue
+        x = normalize(torch.from_numpy(image)[None].to(clf.device))
+        logits, rollout, _ = explain(clf.model, x)
+        probs = logits.softmax(dim=1)[0].cpu()
+        values, indices = probs.topk(min(top_k, len(clf.classes)))
+        top = [(clf.classes[int(i)], float(v)) for v, i in zip(values, indices)]
+        stem = Path(path).stem
+        used[stem] += 1
+        name = f"{stem}.png" if used[stem] == 1 else f"{stem}-{used[stem]}.png"
+        png = figures.prediction_panel(image, np.asarray(overlay(image, rollout[0].cpu())), top, str(path))
+        atomic_write(out_dir / name, png)
+        written.append(out_dir / name)
+    return written
