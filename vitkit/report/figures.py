@@ -99,8 +99,8 @@ def reliability_diagram(bins: list[dict], ece: float) -> bytes:
     centres = [(b["low"] + b["high"]) / 2 for b in bins]
     width = (bins[0]["high"] - bins[0]["low"]) if bins else 0.1
     ax.bar(centres, [b["accuracy"] for b in bins], width=width * 0.9, color="#4c72b0", label="accuracy")
-    ax.bar(centres, [b["confidence"] - b["accuracy"] for b in bins], bottom=[b["accuracy"] for b in bins],
-           width=width * 0.9, color="#dd8452", alpha=0.5, label="gap to confidence")
+    ax.plot(centres, [b["confidence"] for b in bins], "_", color="#c44e52", ms=14, mew=2.5,
+            label="mean confidence")
     ax.plot([0, 1], [0, 1], "--", color="gray", lw=0.8)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)", ylabel="accuracy",
            title=f"reliability (ECE {ece:.4f})")
