@@ -69,11 +69,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .engine.evaluate import evaluate_checkpoint
+    from .engine.evaluate import evaluation_report, prepare_evaluation
     from .fileio import atomic_write
 
-    report = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.data_root, args.batch_size,
-                                 args.device, args.precision)
+    evaluation = prepare_evaluation(args.checkpoint, args.data, args.split, args.data_root, args.device,
+                                    args.precision)
+    report = evaluation_report(evaluation, args.checkpoint, args.batch_size)
     text = json.dumps(report, indent=2)
     json_path = Path(args.json) if args.json else Path(args.checkpoint).with_name(
         f"{Path(args.checkpoint).stem}-eval-{report['split']}.json")
@@ -81,8 +82,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.report:
         from .report import build_report
 
-        report_path = build_report(args.checkpoint, args.data, report["split"], args.report, args.data_root,
-                                   args.device, args.precision)
+        report_path = build_report(args.checkpoint, out_dir=args.report, evaluation=evaluation)
     if args.format == "json":
         print(text)  # raw: a console would wrap long lines inside JSON strings
         return 0
@@ -148,7 +148,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.explain:
         from .report import explain_files
 
-        written = explain_files(args.checkpoint, files, args.explain, args.top_k, args.device)
+        written = explain_files(clf, files, args.explain, args.top_k)
         log.info("attention overlays of %d image(s) in %s", len(written), args.explain)
     bad = [r for r in results if r.top is None]
     for r in bad:

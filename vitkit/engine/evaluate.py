@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -71,10 +71,14 @@ class Evaluation:
     split: str
     data: ImageSet
     bad_files: list[tuple[str, str]]
+    _logits: torch.Tensor | None = field(default=None, repr=False)
 
     def logits(self, batch_size: int = 512) -> torch.Tensor:
-        return predict_logits(self.model, self.data.images, self.meta["mean"], self.meta["std"], self.device,
-                              self.amp_dtype, batch_size)
+        """The model's logits on the split, computed once (metrics and the report share them)."""
+        if self._logits is None:
+            self._logits = predict_logits(self.model, self.data.images, self.meta["mean"], self.meta["std"],
+                                          self.device, self.amp_dtype, batch_size)
+        return self._logits
 
 
 def prepare_evaluation(checkpoint: str | Path, source: str | None = None, split: str | None = None,
@@ -111,6 +115,10 @@ def evaluate_checkpoint(checkpoint: str | Path, source: str | None = None, split
                         precision: str = "auto") -> dict:
     """Metrics of `checkpoint` on `split` of `source` (default: test if the data has one, else val)."""
     ev = prepare_evaluation(checkpoint, source, split, data_root, device, precision)
+    return evaluation_report(ev, checkpoint, batch_size)
+
+
+def evaluation_report(ev: Evaluation, checkpoint: str | Path, batch_size: int = 512) -> dict:
     report = classification_report(ev.logits(batch_size), ev.data.labels, ev.meta["classes"])
     report.update({"checkpoint": str(checkpoint), "data": ev.source, "split": ev.split,
                    "skipped_files": [{"path": p, "reason": r} for p, r in ev.bad_files]})

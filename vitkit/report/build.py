@@ -125,8 +125,7 @@ def _attention_figure(ev: Evaluation, labels: np.ndarray, samples: int) -> bytes
         return None
     images = ev.data.images[idx]
     x = Normalize(ev.meta["mean"], ev.meta["std"], ev.device)(images.to(ev.device))
-    model = ev.model.float()
-    logits, rollout, heads = explain(model, x)
+    logits, rollout, heads = explain(ev.model, x)
     probs = logits.softmax(dim=1).cpu()
     shown_heads = min(heads.shape[1], 6)
     cells, captions = [], []
@@ -217,12 +216,9 @@ def _duration(seconds: float) -> str:
 
 
 @torch.inference_mode()
-def explain_files(checkpoint: str | Path, paths: list, out_dir: str | Path, top_k: int = 5,
-                  device: str = "auto") -> list[Path]:
-    """`predict --explain`: for each readable image, a PNG with the image, its attention overlay and its top-k."""
-    from ..engine.predict import Classifier
-
-    clf = Classifier(checkpoint, device=device, precision="fp32")
+def explain_files(clf, paths: list, out_dir: str | Path, top_k: int = 5) -> list[Path]:
+    """`predict --explain`: for each readable image, a PNG with the image, its attention overlay and its top-k
+    (`clf`: the `Classifier` that predicted them)."""
     out_dir = Path(out_dir)
     written = []
     normalize = Normalize(clf.meta["mean"], clf.meta["std"], clf.device)

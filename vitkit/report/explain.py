@@ -33,9 +33,7 @@ def attention_rollout(maps: list[torch.Tensor], num_prefix_tokens: int = 1, resi
 
 def cls_attention(maps: list[torch.Tensor], num_prefix_tokens: int = 1) -> torch.Tensor:
     """The last layer's class-token attention to the patches, per head: (B, heads, grid, grid)."""
-    last = maps[-1].float()[:, :, 0, num_prefix_tokens:]  # (B, heads, N)
-    B, H, N = last.shape
-    return _to_grid(last.reshape(B * H, N)).reshape(B, H, *_to_grid(last[:1, 0]).shape[1:])
+    return _to_grid(maps[-1].float()[:, :, 0, num_prefix_tokens:])  # (B, heads, N) to (B, heads, g, g)
 
 
 def _to_grid(row: torch.Tensor) -> torch.Tensor:
