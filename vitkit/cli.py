@@ -122,9 +122,11 @@ def print_report(report: dict) -> None:
 
 # ---------------------------------------------------------------------------------------------------- predict
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .engine.predict import Classifier, collect_images
+    from .engine.predict import collect_images, load_classifier
 
-    clf = Classifier(args.checkpoint, device=args.device, precision=args.precision)
+    clf = load_classifier(args.checkpoint, args.runtime, device=args.device, precision=args.precision)
+    if args.explain and clf.model is None:
+        raise UserError("--explain needs the PyTorch checkpoint (.safetensors): attention maps are not in the ONNX graph")
     files = collect_images(args.paths)
     if not files:
         raise UserError("no image files found in the given paths: give image files or folders of images")
@@ -154,6 +156,41 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for r in bad:
         log.warning("could not read %s: %s", r.source, r.error)
     return 1 if len(bad) == len(results) else 0
+
+
+# ----------------------------------------------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> int:
+    from .engine.export import export_onnx
+
+    if args.samples < 2:
+        raise UserError("--samples must be at least 2 (batch sizes 1 and more are both checked)")
+    result = export_onnx(args.checkpoint, args.out, opset=args.opset, samples=args.samples, atol=args.atol)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    out.print(f"wrote {result.path} (opset {result.opset}) and {result.sidecar}", markup=False)
+    out.print(f"checked with ONNX Runtime on {result.samples} images: largest logit difference "
+              f"{result.max_abs_diff:.2e}, top-1 agreement {result.top1_agreement:.1%}", markup=False)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------ serve
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import ServeSettings, serve
+
+    for option in ("top_k", "max_batch", "max_queue", "max_images", "max_image_pixels", "max_connections"):
+        if getattr(args, option) < 1:
+            raise UserError(f"--{option.replace('_', '-')} must be at least 1")
+    if min(args.max_body_mb, args.timeout) <= 0 or args.max_wait_ms < 0:
+        raise UserError("--max-body-mb and --timeout must be positive, --max-wait-ms not negative")
+    if args.max_queue < args.max_images:
+        raise UserError("--max-queue must hold at least --max-images images, or large requests could never fit")
+    settings = ServeSettings(host=args.host, port=args.port, top_k=args.top_k, max_batch=args.max_batch,
+                             max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_body_mb=args.max_body_mb,
+                             max_images=args.max_images, max_image_pixels=args.max_image_pixels,
+                             timeout_s=args.timeout, max_connections=args.max_connections)
+    serve(args.checkpoint, settings, device=args.device, precision=args.precision, access_log=args.access_log)
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------------- report
@@ -317,7 +354,37 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     r.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     r.add_argument("--explain", metavar="DIR", help="write an attention overlay beside the top-k of each image")
+    r.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
+                   help="onnx: run an exported MODEL.onnx with ONNX Runtime (auto: by the file's suffix)")
     r.set_defaults(func=cmd_predict)
+
+    x = sub.add_parser("export", help="export a checkpoint to ONNX, checked against PyTorch with ONNX Runtime")
+    x.add_argument("checkpoint", metavar="CHECKPOINT")
+    x.add_argument("--format", choices=["onnx"], default="onnx")
+    x.add_argument("--out", metavar="FILE", help="default: the checkpoint's path with .onnx")
+    x.add_argument("--opset", type=int, default=18, help="ONNX opset version")
+    x.add_argument("--samples", type=int, default=32, help="seeded test images compared after export")
+    x.add_argument("--atol", type=float, default=1e-3, help="largest accepted logit difference from PyTorch")
+    x.add_argument("--json", action="store_true", help="print the result as JSON")
+    x.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("serve", help="an HTTP API and web page for a checkpoint (FastAPI, batched)")
+    v.add_argument("checkpoint", metavar="CHECKPOINT")
+    v.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--top-k", type=int, default=5)
+    v.add_argument("--max-batch", type=int, default=32, help="images per forward pass (1: no batching)")
+    v.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch waits to fill")
+    v.add_argument("--max-queue", type=int, default=256, help="images waiting; beyond, requests get 503")
+    v.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body")
+    v.add_argument("--max-images", type=int, default=16, help="images per request")
+    v.add_argument("--max-image-pixels", type=int, default=40_000_000, help="refuse larger images (decompression bombs)")
+    v.add_argument("--timeout", type=float, default=30.0, help="seconds per request, upload included")
+    v.add_argument("--max-connections", type=int, default=64, help="concurrent connections; beyond, 503")
+    v.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    v.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    v.add_argument("--access-log", action="store_true", help="log every request")
+    v.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("data", help="inspect a dataset before training")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -361,9 +428,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vitkit: {err}", file=sys.stderr)
         return err.exit_code
     except RuntimeError as err:
+        from .engine.export import ExportMismatch
         from .engine.trainer import NonFiniteLoss
 
-        if isinstance(err, NonFiniteLoss):
+        if isinstance(err, (NonFiniteLoss, ExportMismatch)):
             print(f"vitkit: error: {err}", file=sys.stderr)
             return 1
         raise

@@ -1,6 +1,7 @@
 """A trained classifier: a checkpoint plus the preprocessing it records, for files, folders or Pillow images."""
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,8 @@ def collect_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
 class Classifier:
     """`vitkit.load(path)`: predicts classes of images with the preprocessing stored in the checkpoint."""
 
+    runtime = "torch"
+
     def __init__(self, checkpoint: str | os.PathLike, device: str = "auto", precision: str = "auto"):
         self.device = resolve_device(device)
         self.model, self.meta = load_model(checkpoint, self.device)
@@ -86,3 +89,57 @@ class Classifier:
             for v, i in zip(values.tolist(), indices.tolist()):
                 next(ok).top = [(self.classes[c], p) for c, p in zip(i, v)]
         return results
+
+
+class OnnxClassifier(Classifier):
+    """The same interface over an exported `MODEL.onnx` and its `MODEL.onnx.json` sidecar, run by ONNX Runtime."""
+
+    runtime = "onnx"
+
+    def __init__(self, path: str | os.PathLike, device: str = "auto"):
+        from .export import ONNX_FORMAT, require, sidecar_path
+
+        ort = require("onnxruntime", "export")
+        path, side = Path(path), sidecar_path(path)
+        if not path.is_file():
+            raise UserError(f"ONNX model {path} not found: write one with 'vitkit export CHECKPOINT --format onnx'")
+        try:
+            self.meta = json.loads(side.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise UserError(f"{side} is missing or unreadable: export again with 'vitkit export', which writes the "
+                            "class names and preprocessing beside the model") from None
+        if not str(self.meta.get("format", "")).startswith("vitkit-onnx/"):
+            raise UserError(f"{side} is not a vitkit ONNX sidecar: export again with 'vitkit export'")
+        providers = ["CPUExecutionProvider"]
+        if device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        elif device == "cuda":
+            raise UserError("this onnxruntime has no CUDA provider: install onnxruntime-gpu or use --device cpu")
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers)
+        except Exception as err:  # onnxruntime raises its own exception types for damaged files
+            raise UserError(f"ONNX Runtime cannot load {path} ({err}): export it again") from None
+        self.model = None
+        self.classes = self.meta["classes"]
+        self.img_size, self.in_chans = self.meta["img_size"], self.meta["in_chans"]
+
+    def logits(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        out = [self.session.run(None, {"image": images[i:i + batch_size].numpy()})[0]
+               for i in range(0, len(images), batch_size)]
+        return torch.from_numpy(np.concatenate(out)) if out else torch.empty(0, len(self.classes))
+
+
+def load_classifier(path: str | os.PathLike, runtime: str = "auto", device: str = "auto",
+                    precision: str = "auto") -> Classifier:
+    """A checkpoint (.safetensors, PyTorch) or an exported model (.onnx, ONNX Runtime); `runtime` auto picks by suffix."""
+    is_onnx = Path(path).suffix.lower() == ".onnx"
+    if runtime == "auto":
+        runtime = "onnx" if is_onnx else "torch"
+    if runtime == "onnx":
+        if not is_onnx:
+            raise UserError(f"--runtime onnx needs an exported .onnx file, not {path}: "
+                            f"run 'vitkit export {path}' first and give the .onnx it writes")
+        return OnnxClassifier(path, device)
+    if is_onnx:
+        raise UserError(f"{path} is an ONNX model: use --runtime onnx (or auto)")
+    return Classifier(path, device, precision)

@@ -1,0 +1,150 @@
+"""ONNX export: uint8 images in, logits out, checked against the PyTorch model before the file is kept.
+
+The exported graph contains the normalization the checkpoint records, so another runtime only has to decode, resize
+(shorter side, bicubic) and centre-crop the image to the model's size, as `vitkit/data/images.py` does. A JSON sidecar
+(`MODEL.onnx.json`) carries the class names and that preprocessing. After export, ONNX Runtime and PyTorch run the
+same seeded inputs; an export whose logits differ beyond the tolerance is deleted and reported, never kept.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import UserError
+from ..fileio import atomic_write
+from .checkpoint import load_model
+
+log = logging.getLogger(__name__)
+
+ONNX_FORMAT = "vitkit-onnx/1"
+DEFAULT_OPSET = 18
+SINGLE_FILE_LIMIT = 1_800_000_000  # bytes of weights; protobuf stops at 2 GiB, larger models use external data
+
+
+class ExportMismatch(RuntimeError):
+    """The exported model's outputs differ from PyTorch's beyond the tolerance (a bug to report, not a user error)."""
+
+
+def require(module: str, extra: str):
+    """Import an optional dependency, or say in one line how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"this needs the Python package '{module}': pip install 'vitkit[{extra}]'") from None
+
+
+class ImageModel(nn.Module):
+    """uint8 images (N, C, H, W) to logits (N, K): the checkpoint's normalization, then the ViT."""
+
+    def __init__(self, model: nn.Module, mean, std):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model((image.float() - self.mean) / self.std)
+
+
+@dataclass
+class ExportResult:
+    path: str
+    sidecar: str
+    opset: int
+    samples: int
+    max_abs_diff: float  # largest |logit(ONNX Runtime) - logit(PyTorch)| over the samples
+    top1_agreement: float  # share of samples whose top-1 class is the same in both
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sidecar_path(onnx_path: str | os.PathLike) -> Path:
+    return Path(f"{onnx_path}.json")
+
+
+def onnx_sidecar(meta: dict, opset: int) -> dict:
+    """What a runtime needs besides the graph: classes and preprocessing (normalization is inside the graph)."""
+    return {"format": ONNX_FORMAT, "vitkit_version": __version__, "model": meta["model"], "classes": meta["classes"],
+            "img_size": meta["img_size"], "in_chans": meta["in_chans"], "opset": opset,
+            "input": {"name": "image", "dtype": "uint8", "shape": ["batch", meta["in_chans"], meta["img_size"],
+                                                                  meta["img_size"]], "layout": "NCHW, RGB or gray"},
+            "output": {"name": "logits", "shape": ["batch", len(meta["classes"])], "note": "softmax gives probabilities"},
+            "preprocess": meta.get("preprocess", "resize-shorter-side-center-crop"),
+            "normalization_in_graph": {"mean": meta["mean"], "std": meta["std"]}}
+
+
+def sample_images(n: int, channels: int, size: int, seed: int = 0) -> torch.Tensor:
+    """Seeded uint8 test inputs: half uniform noise, half smooth random blobs (closer to photographs)."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randint(0, 256, (n - n // 2, channels, size, size), generator=g, dtype=torch.uint8)
+    coarse = torch.rand(n // 2, channels, 4, 4, generator=g) * 255
+    smooth = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+    return torch.cat([noise, smooth.clamp(0, 255).round().to(torch.uint8)])
+
+
+def compare_logits(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+    """(max |difference|, top-1 agreement). A top-1 flip needs a margin under twice the difference: a near tie."""
+    if not reference.size:
+        return 0.0, 1.0
+    diff = float(np.abs(reference - other).max())
+    return diff, float((reference.argmax(1) == other.argmax(1)).mean())
+
+
+def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None, opset: int = DEFAULT_OPSET,
+                samples: int = 32, atol: float = 1e-3, seed: int = 0) -> ExportResult:
+    """Export a checkpoint to ONNX (dynamic batch), check it against PyTorch with ONNX Runtime, write the sidecar."""
+    ort = require("onnxruntime", "export")
+    require("onnxscript", "export")
+    model, meta = load_model(checkpoint, "cpu")
+    model.float()
+    model.set_attn_impl("math")  # plain MatMul/Softmax: every runtime runs it, ONNX Runtime fuses it
+    wrapper = ImageModel(model, meta["mean"], meta["std"]).eval()
+    out = Path(out) if out else Path(checkpoint).with_suffix(".onnx")
+    c, s = meta["in_chans"], meta["img_size"]
+    example = sample_images(2, c, s, seed)
+    log.info("exporting %s to ONNX (opset %d)", checkpoint, opset)
+    with torch.inference_mode(False), torch.no_grad():
+        program = torch.onnx.export(wrapper, (example,), None, input_names=["image"], output_names=["logits"],
+                                    opset_version=opset, dynamo=True, verbose=False,
+                                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    large = sum(p.numel() * p.element_size() for p in model.parameters()) > SINGLE_FILE_LIMIT
+    payload = None if large else program.model_proto.SerializeToString()
+    check_path = out if large else payload
+    if large:  # the weights go to OUT.data beside the graph, which ONNX Runtime finds by name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        program.save(str(out), external_data=True)
+    result = check_export(ort, check_path, wrapper, samples, c, s, atol, seed)
+    if payload is not None:
+        atomic_write(out, payload)
+    atomic_write(sidecar_path(out), json.dumps(onnx_sidecar(meta, opset), indent=2, ensure_ascii=False) + "\n")
+    return ExportResult(str(out), str(sidecar_path(out)), opset, *result)
+
+
+def check_export(ort, model_file, wrapper: nn.Module, samples: int, channels: int, size: int, atol: float,
+                 seed: int) -> tuple[int, float, float]:
+    """Run ONNX Runtime and PyTorch on the same inputs, at batch sizes 1 and `samples`: (samples, max diff, top-1)."""
+    session = ort.InferenceSession(model_file, providers=["CPUExecutionProvider"])
+    images = sample_images(max(samples, 2), channels, size, seed + 1)
+    with torch.inference_mode():
+        reference = wrapper(images).numpy()
+    got = np.concatenate([session.run(None, {"image": images[:1].numpy()})[0],
+                          session.run(None, {"image": images[1:].numpy()})[0]])
+    diff, agreement = compare_logits(reference, got)
+    if not np.isfinite(got).all() or diff > atol:
+        if isinstance(model_file, (str, Path)):
+            for path in (Path(model_file), Path(f"{model_file}.data")):
+                path.unlink(missing_ok=True)
+        raise ExportMismatch(f"the ONNX model disagrees with PyTorch (largest logit difference {diff:.3g} > {atol:g}, "
+                             f"top-1 agreement {agreement:.1%}); nothing was kept. Please report this with the "
+                             "checkpoint's model name, vitkit, torch and onnxruntime versions")
+    return len(images), diff, agreement

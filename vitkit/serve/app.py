@@ -1,0 +1,232 @@
+"""`vitkit serve`: a trained classifier behind an HTTP API and a web page.
+
+    POST /predict   multipart images (field `file`, repeatable) -> top-k classes per image; `?explain=1` adds an
+                    attention overlay (PNG data URI) per image
+    GET  /health    liveness and queue length
+    GET  /model     classes, input size, runtime, limits
+    GET  /          the web page: drop images, see top-k bars and where the model looked
+    GET  /docs      OpenAPI documentation
+
+Every error is JSON `{"error": reason}` with a status that says whose fault it is: 400 undecodable image or malformed
+request, 413 too large (body, image count, pixels), 415 not an image, 408/503 timeouts, 503 full queue (with
+`Retry-After`), 500 without internals. The model runs on one thread; images are decoded on a few others.
+"""
+
+import asyncio
+import base64
+import io
+import logging
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .. import __version__
+from ..data.images import BadImage, open_image, prepare, set_max_pixels
+from ..data.loader import Normalize
+from ..engine.predict import Classifier
+from .batcher import Batcher, QueueFull
+from .limits import Limits
+
+log = logging.getLogger(__name__)
+OVERLAY_SIZE = 224  # pixels per side of the attention overlay shown on the page
+
+
+@dataclass
+class ServeSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    top_k: int = 5
+    max_batch: int = 32  # images per forward pass (1: no batching)
+    max_wait_ms: float = 2.0  # how long the first image of a batch waits for company
+    max_queue: int = 256  # images waiting; beyond it requests get 503
+    max_body_mb: float = 16.0
+    max_images: int = 16  # per request
+    max_image_pixels: int = 40_000_000  # decompression-bomb limit, checked from the header before decoding
+    timeout_s: float = 30.0  # per request, upload included
+    decode_threads: int = 2
+    max_connections: int = 64  # concurrent connections; beyond it the HTTP server answers 503
+
+
+class UploadError(Exception):
+    def __init__(self, status: int, reason: str, file: str | None = None):
+        super().__init__(reason)
+        self.status, self.reason, self.file = status, reason, file
+
+
+def decode_upload(data: bytes, size: int, channels: int) -> np.ndarray:
+    """Uploaded bytes to the model's uint8 (C, size, size) input, or `UploadError` with the status and reason."""
+    if not data:
+        raise UploadError(400, "empty file")
+    try:
+        img = open_image(io.BytesIO(data))
+    except BadImage as err:
+        raise UploadError(413, str(err)) from None
+    except Image.UnidentifiedImageError:
+        raise UploadError(415, "not an image format this server reads (PNG, JPEG, WebP, GIF, BMP, TIFF)") from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise UploadError(400, f"cannot read the image header: {err}") from None
+    try:
+        with img:
+            img.load()
+            return prepare(img, size, channels)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise UploadError(400, f"cannot decode the image: {err}") from None
+
+
+def make_infer(clf: Classifier, top_k: int):
+    """The batch function the batcher runs: top-k per image, and an attention overlay where asked."""
+    k = min(top_k, len(clf.classes))
+
+    def infer(images: list[np.ndarray], explain: list[bool]) -> list[dict]:
+        x = torch.from_numpy(np.stack(images))  # (B, C, H, W) uint8
+        probs = clf.logits(x, batch_size=len(images)).softmax(dim=1)
+        values, indices = probs.topk(k, dim=1)
+        results = [{"top": [{"class": clf.classes[c], "probability": round(p, 6)} for c, p in zip(i, v)]}
+                   for v, i in zip(values.tolist(), indices.tolist())]
+        wanted = [i for i, flag in enumerate(explain) if flag]
+        if wanted and clf.model is not None:
+            for i, uri in zip(wanted, overlays(clf, [images[i] for i in wanted])):
+                results[i]["overlay"] = uri
+        return results
+    return infer
+
+
+def overlays(clf: Classifier, images: list[np.ndarray]) -> list[str]:
+    """Attention rollout over each image, as PNG data URIs of OVERLAY_SIZE pixels."""
+    from ..report.explain import explain, overlay
+
+    normalize = Normalize(clf.meta["mean"], clf.meta["std"], clf.device)
+    _, rollout, _ = explain(clf.model, normalize(torch.from_numpy(np.stack(images)).to(clf.device)))
+    uris = []
+    for image, heat in zip(images, rollout.cpu()):
+        big = Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0))
+        big = np.asarray(big.resize((OVERLAY_SIZE, OVERLAY_SIZE), Image.Resampling.BICUBIC))
+        big = big[None] if big.ndim == 2 else big.transpose(2, 0, 1)
+        buf = io.BytesIO()
+        overlay(big, heat).save(buf, format="PNG")
+        uris.append("data:image/png;base64," + base64.b64encode(buf.getvalue()).decode())
+    return uris
+
+
+def create_app(clf: Classifier, settings: ServeSettings | None = None, name: str = "model"):
+    """The ASGI application (FastAPI inside the size and time limits) serving `clf`."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.exceptions import HTTPException
+
+    s = settings or ServeSettings()
+    set_max_pixels(s.max_image_pixels)
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # refused in decode_upload anyway
+    warnings.filterwarnings("ignore", module="PIL")  # damaged uploads are answered 400; no log line for each
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)  # the same for malformed multipart bodies
+    batcher = Batcher(make_infer(clf, s.top_k), s.max_batch, s.max_wait_ms / 1000, s.max_queue)
+    decode_slots = asyncio.Semaphore(s.decode_threads)
+    started = time.monotonic()
+
+    async def lifespan(app):
+        await batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="vitkit", version=__version__, lifespan=lifespan,
+                  description=f"Image classification with the Vision Transformer `{name}`.")
+
+    def error(status: int, reason: str, headers: dict | None = None, **extra) -> JSONResponse:
+        return JSONResponse({"error": reason, **extra}, status_code=status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc: HTTPException):
+        return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request, exc: RequestValidationError):
+        return error(400, "invalid request: " + "; ".join(str(e.get("msg")) for e in exc.errors()))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request, exc: Exception):  # logged with its traceback here, never sent
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error(500, "internal server error (logged on the server)")
+
+    @app.get("/health")
+    async def health() -> dict:
+        """Liveness: answers while the server runs, with the images waiting for the model."""
+        return {"status": "ok", "queue": batcher.waiting, "uptime_s": round(time.monotonic() - started, 1),
+                "batches": batcher.batches, "images": batcher.images}
+
+    @app.get("/model")
+    async def model_info() -> dict:
+        """What the server runs: model, classes, input size, runtime and the request limits."""
+        return {"name": name, "model": clf.meta.get("model"), "classes": clf.classes, "img_size": clf.img_size,
+                "in_chans": clf.in_chans, "runtime": clf.runtime, "explain": clf.model is not None,
+                "vitkit_version": __version__, "limits": {k: v for k, v in asdict(s).items()
+                                                          if k not in ("host", "port")}}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8"))
+
+    async def decode(upload) -> np.ndarray:
+        data = await upload.read()
+        async with decode_slots:
+            try:
+                return await asyncio.to_thread(decode_upload, data, clf.img_size, clf.in_chans)
+            except UploadError as err:
+                err.file = upload.filename
+                raise
+
+    @app.post("/predict", openapi_extra=UPLOAD_SCHEMA)
+    async def predict(request: Request, explain: bool = False):
+        """Top-k classes (with probabilities) of each uploaded image, in upload order."""
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return error(415, "send the images as multipart/form-data, one or more fields named 'file'")
+        form = await request.form()
+        uploads = [v for _, v in form.multi_items() if hasattr(v, "filename") and hasattr(v, "read")]
+        try:
+            if not uploads:
+                return error(400, "no image in the request: add one or more file fields named 'file'")
+            if len(uploads) > s.max_images:
+                return error(413, f"{len(uploads)} images in one request; send at most {s.max_images}")
+            images = [await decode(u) for u in uploads]
+            results = await batcher.submit(images, explain)
+        except UploadError as err:
+            return error(err.status, err.reason, file=err.file)
+        except QueueFull as err:
+            return error(503, f"server busy ({err}): retry shortly", {"Retry-After": "1"})
+        finally:
+            await form.close()
+        return {"model": name, "predictions": [{"file": u.filename, **r} for u, r in zip(uploads, results)]}
+
+    return Limits(app, int(s.max_body_mb * 1024 * 1024), s.timeout_s)
+
+
+UPLOAD_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"},
+                            "description": "one or more images (PNG, JPEG, WebP, ...)"}}}}}}}
+
+
+def serve(checkpoint: str | Path, settings: ServeSettings, device: str = "auto", precision: str = "auto",
+          access_log: bool = False) -> None:
+    """Load the checkpoint and serve it with uvicorn until SIGINT/SIGTERM."""
+    from ..engine.export import require
+
+    require("fastapi", "serve")
+    require("multipart", "serve")
+    uvicorn = require("uvicorn", "serve")
+    clf = Classifier(checkpoint, device=device, precision=precision)
+    app = create_app(clf, settings, Path(checkpoint).name)
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s: reachable from other machines, with no authentication", settings.host)
+    log.info("serving %s (%s, %d classes) at http://%s:%d", checkpoint, clf.meta["model"], len(clf.classes),
+             settings.host, settings.port)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", access_log=access_log,
+                            limit_concurrency=settings.max_connections, timeout_keep_alive=5, server_header=False,
+                            lifespan="on")
+    uvicorn.Server(config).run()
