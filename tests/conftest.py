@@ -140,3 +140,17 @@ def messy_folder(tmp_path) -> Path:
     Image.new("L", (32, 32)).save(cat / ".ipynb_checkpoints" / "0-checkpoint.png")
     (root / "train" / ".hidden_class").mkdir()
     return root
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """A tiny checkpoint and `vitkit export --json`'s answer for it (MODEL.onnx beside the checkpoint)."""
+    pytest.importorskip("onnxruntime")
+    import json
+
+    from tests.serving import make_checkpoint
+
+    checkpoint = make_checkpoint(tmp_path_factory.mktemp("export") / "model.safetensors")
+    r = run_cli("export", checkpoint, "--json")
+    assert r.returncode == 0, r.stderr
+    return checkpoint, json.loads(r.stdout)

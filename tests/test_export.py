@@ -6,19 +6,10 @@ import pytest
 import torch
 
 from tests.conftest import run_cli
-from tests.serving import CLASSES, image_bytes, make_checkpoint
+from tests.serving import CLASSES, image_bytes
 from vitkit.engine.export import sample_images
 
 ort = pytest.importorskip("onnxruntime")
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    checkpoint = make_checkpoint(root / "model.safetensors")
-    r = run_cli("export", checkpoint, "--json")
-    assert r.returncode == 0, r.stderr
-    return checkpoint, json.loads(r.stdout)
 
 
 @pytest.fixture(scope="module")

@@ -71,8 +71,8 @@ def test_predict_several_images_in_order_with_overlays(server):
     assert "overlay" not in plain["predictions"][0]
 
 
-def test_server_predict_and_onnx_agree_on_a_golden_set(server, checkpoint, tmp_path):
-    pytest.importorskip("onnxruntime")
+def test_server_predict_and_onnx_agree_on_a_golden_set(server, exported, tmp_path):
+    checkpoint, _ = exported  # the same weights as the server's: make_checkpoint is seeded
     names = ["g0.png", "g1.jpg", "g2.png", "g3.gif"]
     blobs = [image_bytes(10), image_bytes(11, (64, 48), "L", "JPEG"), image_bytes(12, (20, 50), "RGBA"),
              image_bytes(13, (33, 33), "P", "GIF")]
@@ -81,10 +81,9 @@ def test_server_predict_and_onnx_agree_on_a_golden_set(server, checkpoint, tmp_p
     served = server.post_files(list(zip(names, blobs)))[2]["predictions"]
     local = json.loads(run_cli("predict", checkpoint, *[tmp_path / n for n in names], "--format", "json",
                                "--precision", "fp32").stdout)
-    onnx_file = tmp_path / "model.onnx"
-    assert run_cli("export", checkpoint, "--out", onnx_file).returncode == 0
-    exported = json.loads(run_cli("predict", onnx_file, *[tmp_path / n for n in names], "--format", "json").stdout)
-    for s, p, o in zip(served, local, exported):
+    onnx_file = checkpoint.with_suffix(".onnx")
+    via_onnx = json.loads(run_cli("predict", onnx_file, *[tmp_path / n for n in names], "--format", "json").stdout)
+    for s, p, o in zip(served, local, via_onnx):
         for other, tol in ((p, 1e-5), (o, 1e-4)):
             assert [t["class"] for t in s["top"]] == [t["class"] for t in other["top"]]
             np.testing.assert_allclose([t["probability"] for t in s["top"]],
