@@ -197,3 +197,21 @@ def test_augment_with_full_crop_and_no_flip_is_identity():
     torch.testing.assert_close(aug(x, torch.Generator().manual_seed(0)), x, rtol=1e-5, atol=1e-5)
     flip = Augment(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=1.0)
     torch.testing.assert_close(flip(x, torch.Generator().manual_seed(0)), x.flip(-1), rtol=1e-5, atol=1e-5)
+
+
+def test_a_folder_with_train_and_test_but_no_val_holds_val_out_of_train(tmp_path):
+    from collections import Counter
+
+    from tests.conftest import write_folder
+    from vitkit.data.dataset import assign_splits
+    from vitkit.data.folder import list_folder
+
+    write_folder(tmp_path / "d" / "train", per_class=20)
+    write_folder(tmp_path / "d" / "test", per_class=5, seed=1)
+    scan = list_folder(tmp_path / "d")
+    assert scan.has_splits and scan.classes == ["ankle", "bag", "coat"]
+    rows = assign_splits(scan, 0.1, 0.0, seed=0)
+    assert Counter(s for _, _, s in rows) == {"train": 54, "val": 6, "test": 15}
+    assert all(p.startswith("test/") for p, _, s in rows if s == "test")
+    assert all(p.startswith("train/") for p, _, s in rows if s == "val")
+    assert rows == assign_splits(scan, 0.1, 0.0, seed=0)  # seeded

@@ -10,18 +10,15 @@ import csv
 import json
 import logging
 import sys
-from collections import Counter
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .console import out, print_check, print_report
 from .engine.interrupt import Interrupted
 from .errors import UserError
 
-# Piped output keeps whole table rows rather than wrapping them at 80 columns.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 log = logging.getLogger("vitkit")
 
 
@@ -53,7 +50,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                "train.optimizer": args.optimizer, "train.precision": args.precision, "train.device": args.device,
                "train.seed": args.seed, "train.patience": args.patience, "data.root": args.data_root,
                "output.dir": args.out, "output.name": args.name,
-               "data.allow_empty_classes": True if args.allow_empty_classes else None}
+               "data.allow_empty_classes": True if args.allow_empty_classes else None, "model.init": args.init,
+               "model.init_strict": args.init_strict, "train.freeze": args.freeze,
+               "train.layer_decay": args.layer_decay}
     if args.resume:
         cfg = resume_config(args.resume, {k: v for k, v in options.items() if k.startswith("train.")}, args.set)
     else:
@@ -91,33 +90,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.report:
         out.print(f"report: {report_path}")
     return 0
-
-
-def print_report(report: dict) -> None:
-    out.print(f"[bold]{report['data']}[/bold] {report['split']} split, {report['num_images']} images: "
-              f"top-1 [bold]{report['top1']:.4f}[/bold]  top-5 {report['top5']:.4f}  loss {report['loss']:.4f}  "
-              f"MCC {report['mcc']:.4f}" + (f"  macro ROC AUC {report['roc_auc_ovr_macro']:.4f}"
-                                           if "roc_auc_ovr_macro" in report else ""))
-    table = Table("class", "precision", "recall", "F1", "support", title="per class")
-    for row in report["per_class"]:
-        table.add_row(row["class"], f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}",
-                      str(row["support"]))
-    for avg in ("macro", "weighted"):
-        r = report[avg]
-        table.add_row(f"[italic]{avg} avg[/italic]", f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}",
-                      str(report["num_images"]))
-    out.print(table)
-    classes = [r["class"] for r in report["per_class"]]
-    if len(classes) <= 20:
-        cm = Table("true \\ predicted", *[c[:10] for c in classes], title="confusion matrix")
-        for name, row in zip(classes, report["confusion_matrix"]):
-            cm.add_row(name, *[str(v) for v in row])
-        out.print(cm)
-    if "binary" in report:
-        b = report["binary"]
-        out.print(f"positive class {b['positive_class']!r}: sensitivity {b['sensitivity']:.4f}  specificity "
-                  f"{b['specificity']:.4f}  precision {b['precision']:.4f}  F1 {b['f1']:.4f}  MCC {b['mcc']:.4f}  "
-                  f"ROC AUC {b['roc_auc']:.4f}", markup=False)
 
 
 # ---------------------------------------------------------------------------------------------------- predict
@@ -220,46 +192,6 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def print_check(report, limit: int) -> None:
-    from rich.markup import escape
-
-    out.print(f"[bold]{escape(report.source)}[/bold]: {escape(report.layout)}")
-    usable = report.files - report.unusable
-    summary = f"{report.files} files, {usable} usable, {report.unusable} unusable"
-    if report.modes:
-        summary += "; modes " + ", ".join(f"{m} {n}" for m, n in report.modes.items())
-    if report.formats:
-        summary += "; formats " + ", ".join(f"{m} {n}" for m, n in report.formats.items())
-    if report.imbalance_ratio:
-        summary += f"; imbalance {report.imbalance_ratio:g}:1"
-    out.print(summary, markup=False)
-    if report.counts:
-        splits = list(report.counts)
-        table = Table("class", *splits, "total", title="usable images")
-        for cls in report.classes:
-            row = [report.counts[s].get(cls, 0) for s in splits]
-            table.add_row(escape(cls), *map(str, row), str(sum(row)))
-        out.print(table)
-    colors = {"error": "red", "warning": "yellow", "info": "cyan"}
-    shown = report.findings if limit == 0 else report.findings[:limit]
-    if shown:
-        table = Table("severity", "problem", "file", "detail", title="findings")
-        for f in shown:
-            table.add_row(f"[{colors[f.severity]}]{f.severity}[/]", f.kind, escape(f.path), escape(f.detail))
-        out.print(table)
-    if len(shown) < len(report.findings):
-        out.print(f"... {len(report.findings) - len(shown)} more findings: --limit 0 shows all, --json lists them")
-    for note in report.notes:
-        out.print(f"note: {escape(note)}")
-    counts = Counter(f.severity for f in report.findings)
-    tally = f"{counts['warning']} warning(s), {counts['info']} note(s)"
-    if report.ok:
-        out.print(f"[green]ok[/green]: training can proceed ({tally})")
-    else:
-        for reason in report.blocking:
-            out.print(f"[red]cannot train[/red]: {escape(reason)}")
-
-
 # ------------------------------------------------------------------------------------------------ models, info
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import count_flops, create_model, get_spec, list_models, num_params
@@ -291,6 +223,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------- parser
+def _yes_no(text: str) -> bool:
+    if text.lower() in ("true", "yes", "1", "on"):
+        return True
+    if text.lower() in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vitkit", description="Train, evaluate and use Vision Transformer classifiers.")
     p.add_argument("--version", action="version", version=f"vitkit {__version__}")
@@ -315,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="parent folder of run directories (default runs)")
     t.add_argument("--name", help="run directory name")
     t.add_argument("--allow-empty-classes", action="store_true", help="warn about empty class folders instead of failing")
+    t.add_argument("--init", metavar="SOURCE", help="initial weights: timm:NAME[.TAG], a Hugging Face repo id or "
+                   "folder, a .safetensors/.pth/.bin/.npz file or a vitkit checkpoint")
+    t.add_argument("--init-strict", type=_yes_no, metavar="true|false",
+                   help="false: keep random weights for what the init weights lack (default true: error)")
+    t.add_argument("--freeze", choices=["none", "backbone"], help="backbone: train the head only (linear probe)")
+    t.add_argument("--layer-decay", type=float, help="layer-wise learning-rate decay, e.g. 0.75 (1: off)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. train.lr=3e-4")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")

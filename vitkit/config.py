@@ -33,6 +33,8 @@ class ModelConfig:
     attn_drop_rate: float = 0.0  # dropout on attention probabilities
     drop_path_rate: float = 0.1  # stochastic depth of the last block (linearly less for earlier ones)
     attn_impl: str = "auto"  # 'auto' (fastest measured per device), 'sdpa' (fused kernel) or 'math' (explicit)
+    init: str | None = None  # initial weights: timm:NAME[.TAG], a HF repo id or folder, .safetensors/.pth/.bin/.npz
+    init_strict: bool = True  # error when the init weights lack anything but the head; false keeps those random
 
 
 @dataclass
@@ -67,6 +69,9 @@ class TrainConfig:
     patience: int = 0  # stop after this many epochs without a better val top-1; 0 turns early stopping off
     threads: int | None = None  # CPU threads for torch; null: torch's default
     max_nonfinite_steps: int = 0  # skip up to this many steps with a NaN/inf loss or gradient; 0: stop at the first
+    freeze: str = "none"  # 'backbone': train the head only (linear probe), 'none': train everything
+    layer_decay: float = 1.0  # layer-wise lr decay: block i of L gets lr * layer_decay^(L+1-i); 1 turns it off
+    backbone_lr_scale: float = 1.0  # lr multiplier for everything but the head (e.g. 0.1 when fine-tuning)
 
 
 @dataclass
@@ -92,6 +97,7 @@ CHOICES = {
     "model.global_pool": (None, "token", "avg"),
     "model.in_chans": (None, 1, 3),
     "train.optimizer": ("adamw", "sgd"),
+    "train.freeze": ("none", "backbone"),
     "train.precision": ("auto", "bf16", "fp32"),
     "train.device": ("auto", "cpu", "cuda"),
 }

@@ -149,13 +149,13 @@ def _load_named(name, img_size, channels, data_root, val_fraction, seed, rows, w
             continue
         images = resize_images(convert_channels(torch.from_numpy(x[idx]), channels), img_size)
         out[split] = ImageSet(images, torch.from_numpy(y[idx]), [f"{origin}:{i}" for i in idx])
-    mean, std = _adapt_stats(spec.mean, spec.std, channels)
+    mean, std = adapt_stats(spec.mean, spec.std, channels)
     manifest = [(f"train:{i}", classes[int(train_y[i])], split) for split, idx in (("train", train_idx), ("val", val_idx))
                 for i in idx]
     return DataBundle(name, list(classes), out, img_size, channels, mean, std, spec.hflip, manifest=manifest)
 
 
-def _adapt_stats(mean, std, channels):
+def adapt_stats(mean, std, channels):
     if len(mean) == channels:
         return tuple(mean), tuple(std)
     m, s = float(np.mean(mean)), float(np.mean(std))
@@ -198,13 +198,25 @@ def _load_folder(root, img_size, channels, val_fraction, test_fraction, seed, ro
 def assign_splits(scan: FolderScan, val_fraction: float, test_fraction: float, seed: int
                   ) -> list[tuple[str, str, str]]:
     """(path, class, split) of every file: the folder's own train/val/test, or a stratified seeded split."""
-    if scan.has_splits:
+    if scan.has_splits and any(s == "val" for _, _, s in scan.items):
         return [(p, c, s) for p, c, s in scan.items]
-    label_of = {c: i for i, c in enumerate(scan.classes)}
-    labels = np.array([label_of[c] for _, c, _ in scan.items])
-    parts = stratified_split(labels, {"val": val_fraction, "test": test_fraction}, seed)
-    split_of = {int(i): s for s, idx in parts.items() for i in idx}
+    if scan.has_splits:  # train/ and test/ only: validation images are held out of train/
+        log.info("no val/ folder in %s: %.0f%% of train/ is held out for validation", scan.root, 100 * val_fraction)
+        train = [(p, c) for p, c, s in scan.items if s == "train"]
+        held = _stratified(scan.classes, train, {"val": val_fraction}, seed)
+        return [(p, c, held.get(i, "train")) for i, (p, c) in enumerate(train)] + \
+            [(p, c, s) for p, c, s in scan.items if s != "train"]
+    split_of = _stratified(scan.classes, [(p, c) for p, c, _ in scan.items], {"val": val_fraction, "test": test_fraction},
+                           seed)
     return [(p, c, split_of[i]) for i, (p, c, _) in enumerate(scan.items)]
+
+
+def _stratified(classes: list[str], items: list[tuple[str, str]], fractions: dict[str, float], seed: int
+                ) -> dict[int, str]:
+    """Index of each item to its split ('train' and those of `fractions`), stratified by class and seeded."""
+    label_of = {c: i for i, c in enumerate(classes)}
+    parts = stratified_split(np.array([label_of[c] for _, c in items]), fractions, seed)
+    return {int(i): s for s, idx in parts.items() for i in idx}
 
 
 def check_bad_files(bad: list[tuple[str, str]], total: int, max_fraction: float, listed_in: str | None = None) -> None:

@@ -57,7 +57,9 @@ def list_folder(root: str | os.PathLike) -> FolderScan:
         raise DataError(f"data folder {root} does not exist: give a folder of class subfolders or a named dataset")
     hidden: list[Path] = [p for p in root.iterdir() if not p.is_dir() and is_hidden(p)]
     top = _class_dirs(root, hidden)
-    has_splits = {p.name for p in top} >= {"train", "val"}
+    names = {p.name for p in top}
+    # train/ and val/ (and test/), or train/ and test/ alone: then val is held out of train/
+    has_splits = names >= {"train", "val"} or (names >= {"train", "test"} and names <= set(SPLIT_DIRS))
     split_dirs = [(root / s, s) for s in SPLIT_DIRS if (root / s).is_dir()] if has_splits else [(root, None)]
     classes = sorted({c.name for d, _ in split_dirs for c in _class_dirs(d, hidden)})
     if not classes:

@@ -21,8 +21,37 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def layer_id(name: str, depth: int) -> int:
+    """0 for the embeddings, i + 1 for block i, depth + 1 for the final norm and the head."""
+    if name.startswith(("cls_token", "pos_embed", "patch_embed")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+def scaled_param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0,
+                        backbone_lr_scale: float = 1.0) -> list[dict]:
+    """Groups with an `lr_scale`: layer_decay^(depth+1-layer) (LLRD), times backbone_lr_scale off the head."""
+    if layer_decay == 1.0 and backbone_lr_scale == 1.0:
+        return [{**g, "lr_scale": 1.0} for g in param_groups(model, weight_decay)]
+    depth = len(getattr(model, "blocks", []))
+    groups: dict[tuple, dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = 0.0 if p.ndim <= 1 or name.split(".")[-1] in NO_DECAY else weight_decay
+        scale = layer_decay ** (depth + 1 - layer_id(name, depth))
+        scale *= 1.0 if name.startswith("head.") else backbone_lr_scale
+        group = groups.setdefault((scale, decay), {"params": [], "weight_decay": decay, "lr_scale": scale})
+        group["params"].append(p)
+    return list(groups.values())
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+    groups = scaled_param_groups(model, cfg.weight_decay, cfg.layer_decay, cfg.backbone_lr_scale)
+    for group in groups:
+        group["lr"] = cfg.lr * group["lr_scale"]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))

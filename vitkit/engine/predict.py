@@ -97,7 +97,7 @@ class OnnxClassifier(Classifier):
     runtime = "onnx"
 
     def __init__(self, path: str | os.PathLike, device: str = "auto"):
-        from .export import ONNX_FORMAT, require, sidecar_path
+        from .export import require, sidecar_path
 
         ort = require("onnxruntime", "export")
         path, side = Path(path), sidecar_path(path)

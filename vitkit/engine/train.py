@@ -12,14 +12,15 @@ import torch
 
 from ..config import Config, build_config, load_yaml, save_config
 from ..data import MANIFEST, DataBundle, is_named, load_data, write_manifest
-from ..data.dataset import check_bad_files
+from ..data.dataset import adapt_stats, check_bad_files
 from ..data.images import set_max_pixels
 from ..errors import DataError, UserError
 from ..fileio import atomic_write
 from ..models import count_flops, get_spec, model_kwargs, num_params
+from ..models.pretrained import Pretrained, load_pretrained, read_source
 from ..models.vit import VisionTransformer
 from . import dist
-from .checkpoint import MODEL_FILE, STATE_FILE, load_model, load_state, model_meta
+from .checkpoint import MODEL_FILE, STATE_FILE, load_model, load_state, model_meta, read_meta
 from .device import resolve_device, resolve_precision
 from .evaluate import source_key
 from .trainer import Trainer
@@ -56,7 +57,8 @@ def new_run_dir(cfg: Config) -> Path:
 
 # Changing these would make a resumed run something else than the run it continues.
 RESUME_REFUSED = ("model.", "data.source", "data.val_fraction", "data.test_fraction", "data.crop_scale", "data.hflip",
-                  "train.seed", "train.batch_size", "train.optimizer")
+                  "train.seed", "train.batch_size", "train.optimizer", "train.freeze", "train.layer_decay",
+                  "train.backbone_lr_scale")
 # Changing these affects neither the weights nor the split.
 RESUME_FREE = ("data.root", "data.max_bad_fraction", "data.allow_empty_classes", "data.max_image_pixels",
                "train.eval_batch_size", "train.threads", "train.patience", "train.max_nonfinite_steps", "output.")
@@ -135,14 +137,16 @@ def train(cfg: Config, resume: str | Path | None = None, show_progress: bool = T
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.train.device)
     amp_dtype = resolve_precision(cfg.train.precision, device)
+    pretrained = read_source(cfg.model.init) if cfg.model.init and not resume else None  # fail before decoding
     data = _load_bundle(cfg, run_dir / MANIFEST)
     if "train" not in data.splits or len(data.splits["train"]) == 0:
         raise DataError(f"{cfg.data.source} has no training images")
     _report_bad_files(data, run_dir, cfg.data.max_bad_fraction)
     model, kwargs = build_model_for(cfg, data)
+    init = _initialize(cfg, model, kwargs, data, pretrained, run_dir if resume else None)
     meta = model_meta(cfg.model.name, kwargs, data.classes, data.mean, data.std, data_source=source_key(
         cfg.data.source), val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
-        split_seed=cfg.train.seed, config=cfg.to_dict())
+        split_seed=cfg.train.seed, config=cfg.to_dict(), **({"init": init} if init else {}))
     trainer = Trainer(cfg, data, model, run_dir, meta, device, amp_dtype, show_progress)
     if resume:
         _restore(trainer, run_dir, cfg)
@@ -161,6 +165,44 @@ def train(cfg: Config, resume: str | Path | None = None, show_progress: bool = T
     if cfg.output.report and dist.is_main():
         _write_report(run_dir, data, device, amp_dtype)
     return RunResult(run_dir, run_dir / MODEL_FILE["best"], state.best_top1, state.best_epoch, state.epoch, seconds)
+
+
+def _initialize(cfg: Config, model: VisionTransformer, kwargs: dict, data: DataBundle, pretrained: Pretrained | None,
+                resumed_run: Path | None) -> dict | None:
+    """Initial weights (`model.init`), their normalization and the frozen backbone; what the checkpoint records.
+
+    A resumed run takes the normalization and model arguments its checkpoints recorded instead of reading the
+    source again (its weights come from state.pt).
+    """
+    init = None
+    if resumed_run is not None and (resumed_run / MODEL_FILE["last"]).is_file():
+        previous = read_meta(resumed_run / MODEL_FILE["last"])
+        init = previous.get("init")
+        data.mean, data.std = tuple(previous["mean"]), tuple(previous["std"])
+        kwargs.update({k: v for k, v in previous["model_kwargs"].items() if k == "norm_eps"})
+        if "norm_eps" in kwargs:
+            _set_norm_eps(model, kwargs["norm_eps"])
+    elif pretrained is not None:
+        result = load_pretrained(model, pretrained, strict=cfg.model.init_strict, classes=data.classes)
+        kwargs.update(result.model_overrides)
+        if result.mean is not None:
+            data.mean, data.std = adapt_stats(result.mean, result.std, data.channels)
+            log.info("normalization of the initial weights: mean %s, std %s", data.mean, data.std)
+        init = result.to_meta()
+    if cfg.train.freeze == "backbone":
+        for name, p in model.named_parameters():
+            p.requires_grad = name.startswith("head.")
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info("backbone frozen: only the head trains (%s parameters)", f"{trainable:,}")
+        if not cfg.model.init:
+            log.warning("train.freeze=backbone without model.init trains a head on a random backbone")
+    return init
+
+
+def _set_norm_eps(model: VisionTransformer, eps: float) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.LayerNorm):
+            m.eps = eps
 
 
 def _write_report(run_dir: Path, data: DataBundle, device: torch.device, amp_dtype) -> None:

@@ -110,7 +110,7 @@ class Trainer:
                 val = self.validate()
                 seconds = time.perf_counter() - start + earlier_seconds
                 row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, **val,
-                       "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 2),
+                       "lr": max(g["lr"] for g in self.optimizer.param_groups), "seconds": round(seconds, 2),
                        "img_per_s": round(images / seconds, 1)}
                 stop = self.end_epoch(row)
                 if self.stop and epoch < epochs:

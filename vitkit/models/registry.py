@@ -20,7 +20,7 @@ _REGISTRY: dict[str, ModelSpec] = {}
 # The arguments a user may override on any registered model.
 MODEL_ARGS = ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads", "mlp_ratio",
               "qkv_bias", "global_pool", "drop_rate", "pos_drop_rate", "attn_drop_rate", "drop_path_rate",
-              "attn_impl")
+              "attn_impl", "norm_eps")
 
 
 def register(name: str, description: str, **kwargs) -> None:
@@ -75,6 +75,15 @@ def model_kwargs(name: str, **overrides) -> dict:
     return kwargs
 
 
-def create_model(name: str, **overrides) -> VisionTransformer:
-    """Build a registered model by name, e.g. `create_model("vit_small_patch16_224", num_classes=10)`."""
-    return VisionTransformer(**model_kwargs(name, **overrides))
+def create_model(name: str, init: str | None = None, init_strict: bool = True, **overrides) -> VisionTransformer:
+    """Build a registered model by name, e.g. `create_model("vit_small_patch16_224", num_classes=10)`.
+
+    `init` loads initial weights (timm:NAME[.TAG], a Hugging Face repo id or folder, a .safetensors/.pth/.bin/.npz
+    file or a vitkit checkpoint), adapting head, position embeddings and patch size; see `vitkit.models.pretrained`.
+    """
+    model = VisionTransformer(**model_kwargs(name, **overrides))
+    if init:
+        from .pretrained import load_pretrained
+
+        load_pretrained(model, init, strict=init_strict)
+    return model

@@ -1,0 +1,203 @@
+"""Initial weights from timm, transformers, Google's .npz and vitkit checkpoints: parity, adaptation, CLI."""
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tests.conftest import TINY_MODEL, run_cli
+from vitkit import UserError, create_model
+from vitkit.models import VisionTransformer
+from vitkit.models.pretrained import load_pretrained, resample_patch_kernel, resample_pos_embed, to_jax
+
+timm = pytest.importorskip("timm")
+
+
+def tiny(**kw) -> VisionTransformer:
+    args = dict(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=4, num_classes=5)
+    return VisionTransformer(**{**args, **kw}).eval()
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("vit_tiny_patch16_224", dict(img_size=64, num_classes=7)),
+    ("vit_small_patch16_224", dict(img_size=32, patch_size=8, depth=3, num_classes=4, global_pool="avg", fc_norm=True)),
+    ("vit_base_patch32_224", dict(img_size=64, depth=2, num_classes=3)),
+])
+@pytest.mark.parametrize("fmt", ["safetensors", "pth"])
+def test_timm_weights_load_through_init_and_give_the_same_logits(tmp_path, name, kwargs, fmt):
+    torch.manual_seed(0)
+    reference = timm.create_model(name, pretrained=False, **kwargs).eval()
+    path = tmp_path / f"weights.{fmt}"
+    if fmt == "pth":
+        torch.save({"state_dict": reference.state_dict(), "epoch": 3}, path)  # a training checkpoint wrapper
+    else:
+        save_file(reference.state_dict(), path)
+    ours_kwargs = {k: v for k, v in kwargs.items() if k != "fc_norm"}
+    ours = create_model(name, init=str(path), **ours_kwargs).eval()
+    x = torch.randn(2, 3, kwargs["img_size"], kwargs["img_size"])
+    with torch.no_grad():
+        assert (ours(x) - reference(x)).abs().max() < 1e-5
+        assert (ours.forward_features(x) - reference.forward_features(x)).abs().max() < 1e-5
+
+
+@pytest.fixture(scope="module")
+def transformers():
+    return pytest.importorskip("transformers")
+
+
+@pytest.mark.parametrize("eps", [1e-12, 1e-6])
+def test_transformers_vit_loads_with_the_same_logits_and_features(tmp_path, transformers, eps):
+    torch.manual_seed(0)
+    cfg = transformers.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+                                 image_size=32, patch_size=4, num_labels=5, layer_norm_eps=eps,
+                                 id2label={i: f"c{i}" for i in range(5)}, label2id={f"c{i}": i for i in range(5)})
+    classifier = transformers.ViTForImageClassification(cfg).eval()
+    classifier.save_pretrained(tmp_path / "cls")
+    encoder = transformers.ViTModel(cfg).eval()  # with its pooler, which has no place in ours
+    encoder.save_pretrained(tmp_path / "enc")
+    x = torch.randn(2, 3, 32, 32)
+    ours = tiny()
+    result = load_pretrained(ours, str(tmp_path / "cls"))
+    assert result.missing == [] and result.unexpected == []
+    assert result.model_overrides == ({"norm_eps": eps} if eps != 1e-6 else {})
+    features = tiny()
+    result = load_pretrained(features, str(tmp_path / "enc"))
+    assert result.missing == ["head.bias", "head.weight"] and result.unexpected == ["pooler.dense.bias",
+                                                                                   "pooler.dense.weight"]
+    with torch.no_grad():
+        assert (ours(x) - classifier(pixel_values=x).logits).abs().max() < 1e-5
+        assert (features.forward_features(x) - encoder(pixel_values=x).last_hidden_state).abs().max() < 1e-5
+
+
+def test_npz_layout_round_trips_and_timm_reads_ours(tmp_path):
+    torch.manual_seed(0)
+    ours = tiny(embed_dim=192, num_heads=3, num_classes=7)
+    np.savez(tmp_path / "vit.npz", **to_jax(ours.state_dict(), num_heads=3))
+    reference = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=7, img_size=32, patch_size=4,
+                                  depth=2).eval()
+    reference.load_pretrained(str(tmp_path / "vit.npz"))  # timm's own reader of Google's layout
+    back = tiny(embed_dim=192, num_heads=3, num_classes=7)
+    load_pretrained(back, str(tmp_path / "vit.npz"))
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert (reference(x) - ours(x)).abs().max() < 1e-5
+        assert torch.equal(back(x), ours(x))
+
+
+def test_position_embedding_resampling_is_the_identity_or_matches_timm():
+    from timm.layers import resample_abs_pos_embed
+
+    pos = torch.randn(1, 1 + 14 * 14, 32)
+    assert resample_pos_embed(pos, (14, 14)) is pos
+    for grid in ((20, 20), (7, 7), (24, 16)):
+        got = resample_pos_embed(pos, grid)
+        assert got.shape == (1, 1 + grid[0] * grid[1], 32) and torch.equal(got[:, :1], pos[:, :1])
+        torch.testing.assert_close(got, resample_abs_pos_embed(pos, list(grid), num_prefix_tokens=1))
+
+
+def test_patch_kernel_resampling_keeps_the_patch_response():
+    from timm.layers import resample_patch_embed
+
+    w = torch.randn(8, 3, 16, 16)
+    assert resample_patch_kernel(w, (16, 16)) is w
+    small = resample_patch_kernel(w, (8, 8))
+    torch.testing.assert_close(small, resample_patch_embed(w, [8, 8]), atol=1e-4, rtol=1e-4)
+    # Upsampling keeps every patch's response exactly: <resize(x), w'> = <x, w> (FlexiViT's pseudo-inverse resize).
+    w = torch.randn(8, 3, 4, 4)
+    big = resample_patch_kernel(w, (8, 8))
+    x = torch.randn(5, 3, 4, 4)
+    up = torch.nn.functional.interpolate(x, size=(8, 8), mode="bicubic", antialias=True, align_corners=False)
+    torch.testing.assert_close(torch.einsum("bchw,dchw->bd", up, big), torch.einsum("bchw,dchw->bd", x, w),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_adaptations_each_say_what_they_did(tmp_path):
+    torch.manual_seed(0)
+    source = tiny(num_classes=5)
+    save_file(source.state_dict(), tmp_path / "rgb.safetensors")
+    target = tiny(img_size=48, patch_size=8, in_chans=1, num_classes=3)
+    result = load_pretrained(target, str(tmp_path / "rgb.safetensors"))
+    text = " | ".join(result.notes)
+    for words in ("head replaced: 5 classes", "3-channel kernels summed", "4x4 kernels resampled to 8x8",
+                  "from a 8x8 to a 6x6 patch grid"):
+        assert words in text, text
+    assert result.missing == ["head.bias", "head.weight"]
+    summed = source.patch_embed.proj.weight.sum(1, keepdim=True)
+    torch.testing.assert_close(target.patch_embed.proj.weight, resample_patch_kernel(summed, (8, 8)))
+    assert torch.equal(target.blocks[1].mlp.fc2.weight, source.blocks[1].mlp.fc2.weight)
+
+
+def test_missing_backbone_tensors_are_an_error_unless_not_strict(tmp_path):
+    state = tiny().state_dict()
+    del state["blocks.1.norm2.weight"]
+    save_file(state, tmp_path / "partial.safetensors")
+    with pytest.raises(UserError, match="lacks 1 tensor.*blocks.1.norm2.weight.*--init-strict false"):
+        load_pretrained(tiny(), str(tmp_path / "partial.safetensors"))
+    result = load_pretrained(tiny(), str(tmp_path / "partial.safetensors"), strict=False)
+    assert result.missing == ["blocks.1.norm2.weight"]
+    with pytest.raises(UserError, match="do not fit this model.*choose the matching --model"):
+        load_pretrained(tiny(embed_dim=32, num_heads=2), str(tmp_path / "partial.safetensors"))
+
+
+def test_pickled_code_in_a_pth_file_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"state_dict": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(UserError, match="never unpickles code"):
+        load_pretrained(tiny(), str(tmp_path / "evil.pth"))
+
+
+def test_offline_timm_name_is_a_one_line_error_that_says_how(monkeypatch, fake_mnist, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = run_cli("train", "fashion-mnist", "--data-root", fake_mnist, *TINY_MODEL, "--out", tmp_path,
+                "--init", "timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k", "--epochs", "1")
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and last.startswith("vitkit: error: ") and "Traceback" not in r.stderr, r.stderr
+    assert "reading fashion-mnist" not in r.stderr  # the weights are fetched before any data is decoded
+    assert "huggingface.co/timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k" in last
+    assert "--init path/to/model.safetensors" in r.stderr
+
+
+def test_fine_tuning_a_vitkit_checkpoint_on_other_classes(tmp_path, fake_mnist, image_folder):
+    """Pretrain on one task, fine-tune on another with --init, --freeze backbone and layer decay, through the CLI."""
+    pre = run_cli("train", "fashion-mnist", "--data-root", fake_mnist, *TINY_MODEL, "--epochs", "1",
+                  "--out", tmp_path, "--name", "pre", "--no-progress", "--set", "output.report=false")
+    assert pre.returncode == 0, pre.stderr
+    source = tmp_path / "pre" / "best.safetensors"
+    probe = run_cli("train", image_folder, *TINY_MODEL, "--epochs", "1",
+                    "--init", source, "--freeze", "backbone", "--layer-decay", "0.7", "--out", tmp_path,
+                    "--name", "probe", "--no-progress", "--set", "output.report=false")
+    assert probe.returncode == 0, probe.stderr
+    for words in ("head replaced: the source was trained on other classes", "1-channel kernels spread over 3 channels",
+                  "backbone frozen: only the head trains"):
+        assert words in probe.stderr, probe.stderr
+    from safetensors.torch import load_file
+
+    from vitkit.engine.checkpoint import read_meta
+    before, after = load_file(source), load_file(tmp_path / "probe" / "last.safetensors")
+    frozen = [k for k in before if not k.startswith(("head.", "patch_embed.proj.weight"))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)  # the backbone did not move
+    torch.testing.assert_close(after["patch_embed.proj.weight"], before["patch_embed.proj.weight"].repeat(1, 3, 1, 1) / 3)
+    meta = read_meta(tmp_path / "probe" / "best.safetensors")
+    assert meta["init"]["source"] == str(source) and meta["mean"] == read_meta(source)["mean"] * 3
+    assert meta["init"]["notes"][0].startswith("head replaced")
+
+
+def test_layer_decay_and_backbone_scale_give_each_layer_its_learning_rate():
+    from vitkit.config import TrainConfig
+    from vitkit.engine.optim import build_optimizer
+
+    m = tiny(depth=3)
+    for p in m.patch_embed.parameters():
+        p.requires_grad = False  # frozen parameters are left out of the optimizer
+    opt = build_optimizer(m, TrainConfig(lr=1.0, layer_decay=0.5, backbone_lr_scale=0.1))
+    lr = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert lr[id(m.head.weight)] == 1.0 and lr[id(m.norm.weight)] == pytest.approx(0.1)
+    assert lr[id(m.blocks[2].mlp.fc1.weight)] == pytest.approx(0.5 * 0.1)
+    assert lr[id(m.blocks[0].attn.qkv.weight)] == pytest.approx(0.5 ** 3 * 0.1)
+    assert lr[id(m.cls_token)] == pytest.approx(0.5 ** 4 * 0.1) and id(m.patch_embed.proj.weight) not in lr
+    assert decay[id(m.blocks[0].attn.qkv.weight)] == 0.05 and decay[id(m.blocks[0].norm1.weight)] == 0.0
+    plain = build_optimizer(tiny(), TrainConfig(lr=1.0))
+    assert len(plain.param_groups) == 2 and all(g["lr"] == 1.0 for g in plain.param_groups)

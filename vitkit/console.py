@@ -1,0 +1,78 @@
+"""What the CLI prints: evaluation reports and data checks as rich tables on standard output."""
+from __future__ import annotations
+
+import sys
+from collections import Counter
+
+from rich.console import Console
+from rich.table import Table
+
+# Piped output keeps whole table rows rather than wrapping them at 80 columns.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+def print_report(report: dict) -> None:
+    out.print(f"[bold]{report['data']}[/bold] {report['split']} split, {report['num_images']} images: "
+              f"top-1 [bold]{report['top1']:.4f}[/bold]  top-5 {report['top5']:.4f}  loss {report['loss']:.4f}  "
+              f"MCC {report['mcc']:.4f}" + (f"  macro ROC AUC {report['roc_auc_ovr_macro']:.4f}"
+                                           if "roc_auc_ovr_macro" in report else ""))
+    table = Table("class", "precision", "recall", "F1", "support", title="per class")
+    for row in report["per_class"]:
+        table.add_row(row["class"], f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}",
+                      str(row["support"]))
+    for avg in ("macro", "weighted"):
+        r = report[avg]
+        table.add_row(f"[italic]{avg} avg[/italic]", f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}",
+                      str(report["num_images"]))
+    out.print(table)
+    classes = [r["class"] for r in report["per_class"]]
+    if len(classes) <= 20:
+        cm = Table("true \\ predicted", *[c[:10] for c in classes], title="confusion matrix")
+        for name, row in zip(classes, report["confusion_matrix"]):
+            cm.add_row(name, *[str(v) for v in row])
+        out.print(cm)
+    if "binary" in report:
+        b = report["binary"]
+        out.print(f"positive class {b['positive_class']!r}: sensitivity {b['sensitivity']:.4f}  specificity "
+                  f"{b['specificity']:.4f}  precision {b['precision']:.4f}  F1 {b['f1']:.4f}  MCC {b['mcc']:.4f}  "
+                  f"ROC AUC {b['roc_auc']:.4f}", markup=False)
+
+
+def print_check(report, limit: int) -> None:
+    from rich.markup import escape
+
+    out.print(f"[bold]{escape(report.source)}[/bold]: {escape(report.layout)}")
+    usable = report.files - report.unusable
+    summary = f"{report.files} files, {usable} usable, {report.unusable} unusable"
+    if report.modes:
+        summary += "; modes " + ", ".join(f"{m} {n}" for m, n in report.modes.items())
+    if report.formats:
+        summary += "; formats " + ", ".join(f"{m} {n}" for m, n in report.formats.items())
+    if report.imbalance_ratio:
+        summary += f"; imbalance {report.imbalance_ratio:g}:1"
+    out.print(summary, markup=False)
+    if report.counts:
+        splits = list(report.counts)
+        table = Table("class", *splits, "total", title="usable images")
+        for cls in report.classes:
+            row = [report.counts[s].get(cls, 0) for s in splits]
+            table.add_row(escape(cls), *map(str, row), str(sum(row)))
+        out.print(table)
+    colors = {"error": "red", "warning": "yellow", "info": "cyan"}
+    shown = report.findings if limit == 0 else report.findings[:limit]
+    if shown:
+        table = Table("severity", "problem", "file", "detail", title="findings")
+        for f in shown:
+            table.add_row(f"[{colors[f.severity]}]{f.severity}[/]", f.kind, escape(f.path), escape(f.detail))
+        out.print(table)
+    if len(shown) < len(report.findings):
+        out.print(f"... {len(report.findings) - len(shown)} more findings: --limit 0 shows all, --json lists them")
+    for note in report.notes:
+        out.print(f"note: {escape(note)}")
+    counts = Counter(f.severity for f in report.findings)
+    tally = f"{counts['warning']} warning(s), {counts['info']} note(s)"
+    if report.ok:
+        out.print(f"[green]ok[/green]: training can proceed ({tally})")
+    else:
+        for reason in report.blocking:
+            out.print(f"[red]cannot train[/red]: {escape(reason)}")

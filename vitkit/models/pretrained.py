@@ -1,0 +1,418 @@
+"""Initial weights from elsewhere: timm, Hugging Face transformers, Google's .npz files and vitkit checkpoints.
+
+Every source is first read into timm's layout, which is ours (`read_source`), then adapted to the model being built
+(`adapt`): a head for another number of classes is dropped (the model keeps its new one), position embeddings are
+resampled to another patch grid (2D bicubic, class token kept), patch kernels to another patch size (FlexiViT's
+pseudo-inverse resize, so a patch gives the same response), RGB kernels summed for one channel. Each change is one
+log line. What is still missing after that, other than the head, is an error unless `strict=False`.
+
+    source                                   read as
+    timm:vit_base_patch16_224[.TAG]          huggingface.co/timm/NAME.TAG, model.safetensors (cached by huggingface_hub)
+    google/vit-base-patch16-224 (repo id)    a transformers ViTForImageClassification / ViTModel on the Hub
+    DIR (config.json + weights)              a transformers checkpoint saved with save_pretrained
+    FILE.safetensors / .pth / .bin / .pt     a timm- or transformers-layout state dict (torch files: weights_only)
+    FILE.npz                                 Google's original ViT / big_vision layout (JAX arrays)
+    FILE.safetensors with vitkit metadata    a vitkit checkpoint
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pretrained:
+    """Weights in timm's layout, with what the source says about its inputs."""
+    state: dict[str, torch.Tensor]
+    source: str
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    classes: list[str] | None = None
+    norm_eps: float | None = None  # LayerNorm epsilon the weights were trained with, where it is not timm's 1e-6
+
+
+@dataclass
+class InitResult:
+    source: str
+    notes: list[str] = field(default_factory=list)  # every adaptation, one line each
+    missing: list[str] = field(default_factory=list)  # model parameters the source did not have (new)
+    unexpected: list[str] = field(default_factory=list)  # source tensors the model has no place for (ignored)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    model_overrides: dict = field(default_factory=dict)  # constructor arguments changed to match the source
+
+    def to_meta(self) -> dict:
+        return {"source": self.source, "notes": self.notes, "missing": self.missing, "unexpected": self.unexpected}
+
+
+# ----------------------------------------------------------------------------------------------- the sources
+def read_source(source: str) -> Pretrained:
+    """Any supported source to timm-layout tensors (see the module docstring)."""
+    if source.startswith("timm:"):
+        return _read_timm_hub(source[len("timm:"):])
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _read_transformers_dir(path, source)
+    if path.is_file():
+        return _read_file(path, source)
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith((".", "/")):
+        return _read_transformers_hub(source)
+    raise UserError(f"--init {source}: no such file or folder; give a weights file (.safetensors, .pth, .bin, .npz), "
+                    "a transformers folder, a Hugging Face repo id (owner/name) or timm:MODEL[.TAG]")
+
+
+def _read_file(path: Path, source: str) -> Pretrained:
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return Pretrained(from_jax({k: npz[k] for k in npz.files}), source, (0.5,) * 3, (0.5,) * 3)
+        except (OSError, ValueError) as err:
+            raise UserError(f"{path} is not a readable .npz file ({err})") from None
+    if suffix == ".safetensors":
+        return _read_safetensors(path, source)
+    if suffix in (".pth", ".pt", ".bin", ".ckpt"):
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # unpickling errors have many types; weights_only never runs code
+            raise UserError(f"{path} cannot be read as tensors only ({type(err).__name__}); vitkit never unpickles "
+                            "code: save the weights as a plain state dict or .safetensors") from None
+        return Pretrained(to_timm_layout(_unwrap(obj, path)), source)
+    raise UserError(f"--init {path}: unknown file type {suffix!r}; give .safetensors, .pth, .bin or .npz")
+
+
+def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict inside a training checkpoint ({'state_dict': ...}, {'model': ...}) or the dict itself."""
+    for key in ("state_dict", "model", "model_state_dict", "module"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path} holds no state dict of tensors")
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def _read_safetensors(path: Path, source: str) -> Pretrained:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = (f.metadata() or {}).get("vitkit")
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"{path} is not a readable .safetensors file ({err})") from None
+    if meta:  # a vitkit checkpoint: it knows its normalization and classes
+        info = json.loads(meta)
+        return Pretrained(state, source, tuple(info["mean"]), tuple(info["std"]), info.get("classes"))
+    return Pretrained(to_timm_layout(state), source)
+
+
+def _hub_download(repo: str, filename: str, how: str) -> Path:
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise UserError("downloading weights needs huggingface_hub: pip install huggingface_hub") from None
+    try:
+        return Path(hf_hub_download(repo_id=repo, filename=filename))
+    except Exception as err:  # offline, unknown repo, missing file, gated: each its own exception type
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"cannot get {filename} of huggingface.co/{repo} ({reason}); offline, download it "
+                        f"elsewhere and {how}") from None
+
+
+def _read_timm_hub(name: str) -> Pretrained:
+    if "." not in name:
+        name = _default_timm_tag(name)
+    repo = f"timm/{name}"
+    how = f"pass --init path/to/model.safetensors (from https://huggingface.co/{repo})"
+    weights = _hub_download(repo, "model.safetensors", how)
+    pretrained = _read_safetensors(weights, f"timm:{name}")
+    try:
+        cfg = json.loads(_hub_download(repo, "config.json", how).read_text()).get("pretrained_cfg", {})
+        pretrained.mean, pretrained.std = tuple(cfg["mean"]), tuple(cfg["std"])
+    except (UserError, KeyError, ValueError):
+        log.warning("no normalization found for %s: the data's own mean and std are used", repo)
+    return pretrained
+
+
+def _default_timm_tag(name: str) -> str:
+    try:
+        from timm.models import get_pretrained_cfg
+        cfg = get_pretrained_cfg(name)
+    except Exception:  # timm missing or the name unknown to it
+        cfg = None
+    if cfg is None or not getattr(cfg, "hf_hub_id", None):
+        raise UserError(f"timm:{name} needs a pretrained tag, e.g. timm:{name}.augreg_in21k_ft_in1k "
+                        "(the tags are listed on https://huggingface.co/timm)")
+    return cfg.hf_hub_id.split("/", 1)[1]
+
+
+def _read_transformers_dir(path: Path, source: str) -> Pretrained:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (path / name).is_file():
+            weights = _read_file(path / name, source)
+            break
+    else:
+        raise UserError(f"{path} holds neither model.safetensors nor pytorch_model.bin: give a folder written by "
+                        "transformers' save_pretrained")
+    return _with_hf_preprocessing(weights, path / "preprocessor_config.json", path / "config.json")
+
+
+def _read_transformers_hub(repo: str) -> Pretrained:
+    how = f"pass --init with a folder holding config.json and model.safetensors from https://huggingface.co/{repo}"
+    config = _hub_download(repo, "config.json", how)
+    weights = _read_file(_hub_download(repo, "model.safetensors", how), repo)
+    try:
+        processor = _hub_download(repo, "preprocessor_config.json", how)
+    except UserError:
+        processor = config.parent / "missing"
+    return _with_hf_preprocessing(weights, processor, config)
+
+
+def _with_hf_preprocessing(weights: Pretrained, processor: Path, config: Path) -> Pretrained:
+    if processor.is_file():
+        info = json.loads(processor.read_text())
+        if "image_mean" in info and "image_std" in info:
+            weights.mean, weights.std = tuple(info["image_mean"]), tuple(info["image_std"])
+    if config.is_file():
+        info = json.loads(config.read_text())
+        weights.norm_eps = info.get("layer_norm_eps")
+        labels = info.get("id2label")
+        if labels:
+            weights.classes = [labels[k] for k in sorted(labels, key=int)]
+    return weights
+
+
+# ----------------------------------------------------------------------------------------------- the layouts
+def to_timm_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm layout as it is (wrapper prefixes stripped); transformers' ViT names converted."""
+    if any(k.endswith("attention.attention.query.weight") for k in state):
+        return from_transformers(state)
+    out = {}
+    for key, value in state.items():
+        for prefix in ("module.", "_orig_mod.", "model."):
+            key = key[len(prefix):] if key.startswith(prefix) else key
+        out[key] = value
+    return out
+
+
+_HF_BLOCK = {"layernorm_before": "norm1", "layernorm_after": "norm2", "attention.output.dense": "attn.proj",
+             "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2"}
+
+
+def from_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers' ViTModel / ViTForImageClassification names to timm's; query, key, value joined into qkv."""
+    out, qkv = {}, {}
+    for key, value in state.items():
+        key = key[len("vit."):] if key.startswith("vit.") else key
+        if key.startswith("embeddings."):
+            name = {"embeddings.cls_token": "cls_token", "embeddings.position_embeddings": "pos_embed",
+                    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+                    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias"}.get(key)
+            if name:
+                out[name] = value  # the mask token (pretraining only) has no place here
+        elif m := re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)", key):
+            i, part, kind = m.groups()
+            if part.startswith("attention.attention."):
+                qkv.setdefault((i, kind), {})[part.rsplit(".", 1)[1]] = value
+            elif part in _HF_BLOCK:
+                out[f"blocks.{i}.{_HF_BLOCK[part]}.{kind}"] = value
+            else:
+                out[key] = value
+        elif key.startswith("layernorm."):
+            out["norm." + key.split(".", 1)[1]] = value
+        elif key.startswith("classifier."):
+            out["head." + key.split(".", 1)[1]] = value
+        else:
+            out[key] = value  # e.g. the pooler: reported as unexpected
+    for (i, kind), parts in qkv.items():
+        out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
+    return out
+
+
+def from_jax(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Google's ViT .npz (original `vision_transformer` or big_vision names) to timm's layout."""
+    a = {k.removeprefix("params/").removeprefix("opt/target/"): v for k, v in arrays.items()}
+    if "embedding/kernel" not in a:
+        raise UserError("the .npz file has no 'embedding/kernel': not a ViT checkpoint in Google's layout")
+    t = lambda x: torch.from_numpy(np.ascontiguousarray(x)).float()  # noqa: E731
+    big_vision = "Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel" in a
+    mha, mlp, ln2 = ("MultiHeadDotProductAttention_0", "MlpBlock_0", "LayerNorm_1") if big_vision else \
+        ("MultiHeadDotProductAttention_1", "MlpBlock_3", "LayerNorm_2")
+    pos = a.get("Transformer/posembed_input/pos_embedding", a.get("pos_embedding"))
+    out = {"patch_embed.proj.weight": t(a["embedding/kernel"]).permute(3, 2, 0, 1),  # (p, p, C, D) to (D, C, p, p)
+           "patch_embed.proj.bias": t(a["embedding/bias"]), "pos_embed": t(pos),
+           "norm.weight": t(a["Transformer/encoder_norm/scale"]), "norm.bias": t(a["Transformer/encoder_norm/bias"])}
+    if "cls" in a:
+        out["cls_token"] = t(a["cls"])
+    if "head/kernel" in a:
+        out["head.weight"], out["head.bias"] = t(a["head/kernel"]).T, t(a["head/bias"])
+    i = 0
+    while (p := f"Transformer/encoderblock_{i}/") + "LayerNorm_0/scale" in a:
+        b = f"blocks.{i}."
+        q, k, v = (t(a[f"{p}{mha}/{n}/kernel"]).flatten(1).T for n in ("query", "key", "value"))  # (D, H, hd)
+        out[b + "attn.qkv.weight"] = torch.cat([q, k, v])
+        out[b + "attn.qkv.bias"] = torch.cat([t(a[f"{p}{mha}/{n}/bias"]).flatten() for n in ("query", "key", "value")])
+        out[b + "attn.proj.weight"] = t(a[f"{p}{mha}/out/kernel"]).flatten(0, 1).T  # (H, hd, D) to (D, D)
+        out[b + "attn.proj.bias"] = t(a[f"{p}{mha}/out/bias"])
+        for ours, theirs in (("norm1", "LayerNorm_0"), ("norm2", ln2)):
+            out[b + ours + ".weight"], out[b + ours + ".bias"] = t(a[p + theirs + "/scale"]), t(a[p + theirs + "/bias"])
+        for ours, theirs in (("fc1", "Dense_0"), ("fc2", "Dense_1")):
+            out[f"{b}mlp.{ours}.weight"] = t(a[f"{p}{mlp}/{theirs}/kernel"]).T
+            out[f"{b}mlp.{ours}.bias"] = t(a[f"{p}{mlp}/{theirs}/bias"])
+        i += 1
+    return out
+
+
+def to_jax(state: dict[str, torch.Tensor], num_heads: int) -> dict[str, np.ndarray]:
+    """timm layout to the original `vision_transformer` .npz names (class-token models): `np.savez(path, **arrays)`."""
+    n = lambda x: x.detach().float().cpu().numpy()  # noqa: E731
+    dim = state["cls_token"].shape[-1]
+    out = {"cls": n(state["cls_token"]), "embedding/kernel": n(state["patch_embed.proj.weight"].permute(2, 3, 1, 0)),
+           "embedding/bias": n(state["patch_embed.proj.bias"]),
+           "Transformer/posembed_input/pos_embedding": n(state["pos_embed"]),
+           "Transformer/encoder_norm/scale": n(state["norm.weight"]), "Transformer/encoder_norm/bias": n(state["norm.bias"])}
+    if "head.weight" in state:
+        out["head/kernel"], out["head/bias"] = n(state["head.weight"].T), n(state["head.bias"])
+    i = 0
+    while (b := f"blocks.{i}.") + "norm1.weight" in state:
+        p = f"Transformer/encoderblock_{i}/"
+        q, k, v = state[b + "attn.qkv.weight"].chunk(3)
+        qb, kb, vb = state[b + "attn.qkv.bias"].chunk(3)
+        for name, w, bias in (("query", q, qb), ("key", k, kb), ("value", v, vb)):
+            out[f"{p}MultiHeadDotProductAttention_1/{name}/kernel"] = n(w.T.reshape(dim, num_heads, -1))
+            out[f"{p}MultiHeadDotProductAttention_1/{name}/bias"] = n(bias.reshape(num_heads, -1))
+        out[f"{p}MultiHeadDotProductAttention_1/out/kernel"] = n(state[b + "attn.proj.weight"].T.reshape(num_heads, -1, dim))
+        out[f"{p}MultiHeadDotProductAttention_1/out/bias"] = n(state[b + "attn.proj.bias"])
+        for ours, theirs in (("norm1", "LayerNorm_0"), ("norm2", "LayerNorm_2")):
+            out[p + theirs + "/scale"], out[p + theirs + "/bias"] = n(state[b + ours + ".weight"]), n(state[b + ours + ".bias"])
+        for ours, theirs in (("fc1", "Dense_0"), ("fc2", "Dense_1")):
+            out[f"{p}MlpBlock_3/{theirs}/kernel"] = n(state[f"{b}mlp.{ours}.weight"].T)
+            out[f"{p}MlpBlock_3/{theirs}/bias"] = n(state[f"{b}mlp.{ours}.bias"])
+        i += 1
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ adaptation
+def resample_pos_embed(pos: torch.Tensor, new_grid: tuple[int, int], num_prefix: int = 1) -> torch.Tensor:
+    """Position embeddings (1, prefix + h*w, D) to another patch grid: 2D bicubic; the class token's row is kept."""
+    prefix, grid = pos[:, :num_prefix], pos[:, num_prefix:]
+    side = math.isqrt(grid.shape[1])
+    if side * side != grid.shape[1]:
+        raise UserError(f"position embeddings of {grid.shape[1]} patches are not a square grid: cannot resample")
+    if (side, side) == tuple(new_grid):
+        return pos
+    grid = grid.reshape(1, side, side, -1).permute(0, 3, 1, 2)  # (1, D, h, w)
+    grid = F.interpolate(grid.float(), size=tuple(new_grid), mode="bicubic", antialias=True, align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1)  # (1, h'*w', D)
+    return torch.cat([prefix, grid.to(pos.dtype)], dim=1)
+
+
+def resample_patch_kernel(weight: torch.Tensor, new_size: tuple[int, int]) -> torch.Tensor:
+    """Patch-embedding kernels (D, C, p, p) to another patch size with FlexiViT's pseudo-inverse resize.
+
+    With R the (bicubic) resize of a patch, the new kernel w' solves <R x, w'> = <x, w> for every patch x:
+    w' = pinv(R^T) w. A patch resized with the image then gives the same embedding as before.
+    """
+    old = tuple(weight.shape[-2:])
+    if old == tuple(new_size):
+        return weight
+    basis = torch.eye(old[0] * old[1]).reshape(-1, 1, *old)  # every one-pixel patch
+    resize = F.interpolate(basis, size=tuple(new_size), mode="bicubic", antialias=True, align_corners=False)
+    matrix = resize.reshape(old[0] * old[1], -1).T  # (new pixels, old pixels): R x = matrix @ x
+    inverse = torch.linalg.pinv(matrix.T)  # (new pixels, old pixels)
+    flat = weight.float().reshape(-1, old[0] * old[1])  # (D*C, old pixels)
+    return (flat @ inverse.T).reshape(*weight.shape[:2], *new_size).to(weight.dtype)
+
+
+def adapt(state: dict[str, torch.Tensor], model, other_classes: bool = False) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Make timm-layout tensors fit `model` where a documented change can: (state, one note per change).
+
+    `other_classes`: the source names its classes and they are not the model's, so its head is dropped even when
+    the number of classes is the same.
+    """
+    state, notes, target = dict(state), [], model.state_dict()
+    if other_classes and "head.weight" in state:
+        state.pop("head.weight")
+        state.pop("head.bias", None)
+        notes.append("head replaced: the source was trained on other classes (new head, random initial weights)")
+    if "head.weight" in state and ("head.weight" not in target or state["head.weight"].shape != target["head.weight"].shape):
+        old = state.pop("head.weight").shape[0]
+        state.pop("head.bias", None)
+        new = target["head.weight"].shape[0] if "head.weight" in target else 0
+        notes.append(f"head replaced: {old} classes in the source, {new} here (new head, random initial weights)")
+    w = state.get("patch_embed.proj.weight")
+    want = target["patch_embed.proj.weight"].shape
+    if w is not None and w.shape[1] != want[1]:
+        if want[1] == 1:
+            notes.append(f"patch embedding: the {w.shape[1]}-channel kernels summed for 1-channel input")
+            state["patch_embed.proj.weight"] = w = w.sum(dim=1, keepdim=True)
+        elif w.shape[1] == 1:
+            state["patch_embed.proj.weight"] = w = w.repeat(1, want[1], 1, 1) / want[1]
+            notes.append(f"patch embedding: the 1-channel kernels spread over {want[1]} channels")
+    if w is not None and w.shape[-2:] != want[-2:]:
+        state["patch_embed.proj.weight"] = resample_patch_kernel(w, tuple(want[-2:]))
+        notes.append(f"patch embedding: {w.shape[-1]}x{w.shape[-2]} kernels resampled to {want[-1]}x{want[-2]} "
+                     "(pseudo-inverse resize)")
+    pos = state.get("pos_embed")
+    if pos is not None and pos.shape != target["pos_embed"].shape and pos.shape[-1] == target["pos_embed"].shape[-1]:
+        grid = model.patch_embed.grid_size
+        prefix = 1 if math.isqrt(pos.shape[1] - 1) ** 2 == pos.shape[1] - 1 else 0
+        if prefix != model.num_prefix_tokens:
+            raise UserError("the source's position embeddings have no class token row; this ViT needs one")
+        state["pos_embed"] = resample_pos_embed(pos, grid, prefix)
+        old = math.isqrt(pos.shape[1] - prefix)
+        notes.append(f"position embeddings resampled from a {old}x{old} to a {grid[0]}x{grid[1]} patch grid (bicubic)")
+    return state, notes
+
+
+def load_pretrained(model, source: str | Pretrained, strict: bool = True, classes: list[str] | None = None
+                    ) -> InitResult:
+    """Load `source` (or what `read_source` read from it) into `model` in place, adapting what differs.
+
+    `classes`: the model's class names; a source with other named classes does not keep its head.
+    """
+    pretrained = source if isinstance(source, Pretrained) else read_source(source)
+    source = pretrained.source
+    other = bool(classes and pretrained.classes and list(pretrained.classes) != list(classes))
+    state, notes = adapt(pretrained.state, model, other)
+    target = model.state_dict()
+    wrong = [f"{k} is {tuple(v.shape)} there, {tuple(target[k].shape)} here" for k, v in state.items()
+             if k in target and v.shape != target[k].shape]
+    if wrong:
+        raise UserError(f"the weights of {source} do not fit this model ({'; '.join(wrong[:3])}): choose the matching "
+                        "--model (same width, depth and heads)")
+    missing = sorted(set(target) - set(state))
+    unexpected = sorted(set(state) - set(target))
+    not_head = [k for k in missing if not k.startswith("head.")]
+    if not_head and strict:
+        raise UserError(f"{source} lacks {len(not_head)} tensor(s) this model needs ({', '.join(not_head[:4])}"
+                        f"{', ...' if len(not_head) > 4 else ''}): choose the matching --model, or "
+                        "--init-strict false to keep random weights for them")
+    model.load_state_dict({k: v for k, v in state.items() if k in target}, strict=False)
+    result = InitResult(source, notes, missing, unexpected, pretrained.mean, pretrained.std)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    if pretrained.norm_eps and norms and norms[0].eps != pretrained.norm_eps:
+        for m in norms:
+            m.eps = pretrained.norm_eps
+        result.model_overrides["norm_eps"] = pretrained.norm_eps
+        notes.append(f"layer norm epsilon {pretrained.norm_eps:g}, as the source was trained with")
+    log.info("initial weights: %s (%d tensors)", source, len(state) - len(unexpected))
+    for note in notes:
+        log.info("  %s", note)
+    if missing:
+        log.info("  new (not in the source): %s", ", ".join(missing))
+    if unexpected:
+        log.info("  ignored (no place in this model): %s", ", ".join(unexpected))
+    return result
