@@ -170,7 +170,8 @@ def _read_transformers_dir(path: Path, source: str) -> Pretrained:
 
 
 def _read_transformers_hub(repo: str) -> Pretrained:
-    how = f"pass --init with a folder holding config.json and model.safetensors from https://huggingface.co/{repo}"
+    how = (f"pass --init with a folder holding config.json and model.safetensors from https://huggingface.co/{repo} "
+           f"(if {repo} was meant as a local folder: it does not exist)")
     config = _hub_download(repo, "config.json", how)
     weights = _read_file(_hub_download(repo, "model.safetensors", how), repo)
     try:
