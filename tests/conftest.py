@@ -12,6 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_decode_cache(tmp_path_factory):
+    """Tests (and the CLI runs they start) keep decoded image folders in a cache of their own."""
+    os.environ["VITKIT_CACHE"] = str(tmp_path_factory.mktemp("decode-cache"))
+
+
 # A model small enough to train in seconds on 16x16 images.
 TINY_MODEL = ["--model", "vit_micro_patch7_28", "--img-size", "16", "--set", "model.patch_size=4",
               "--set", "model.embed_dim=32", "--set", "model.depth=2", "--set", "model.num_heads=2"]

@@ -215,3 +215,34 @@ def test_a_folder_with_train_and_test_but_no_val_holds_val_out_of_train(tmp_path
     assert all(p.startswith("test/") for p, _, s in rows if s == "test")
     assert all(p.startswith("train/") for p, _, s in rows if s == "val")
     assert rows == assign_splits(scan, 0.1, 0.0, seed=0)  # seeded
+
+
+def test_decoded_folders_are_cached_by_content(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from tests.conftest import write_folder
+    from vitkit.data import load_data
+
+    monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / "cache"))
+    root = write_folder(tmp_path / "photos", per_class=12)
+    (root / "bag" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    first = load_data(str(root), img_size=16, seed=0)
+    with caplog.at_level(logging.INFO, logger="vitkit"):
+        second = load_data(str(root), img_size=16, seed=0)
+    assert "decoded images from the cache" in caplog.text
+    for split in first.splits:
+        assert torch.equal(first.splits[split].images, second.splits[split].images)
+        assert torch.equal(first.splits[split].labels, second.splits[split].labels)
+        assert first.splits[split].ids == second.splits[split].ids
+    assert second.bad_files == first.bad_files and [p for p, _ in first.bad_files] == ["bag/broken.png"]
+    changed = first.splits["train"].ids[0]
+    Image.new("RGB", (20, 24), (255, 0, 0)).save(root / changed)  # same name, new content: decoded again
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vitkit"):
+        third = load_data(str(root), img_size=16, seed=0)
+    assert "train: " not in caplog.text and "val: 3 decoded images from the cache" in caplog.text
+    assert not torch.equal(third.splits["train"].images, first.splits["train"].images)
+    assert len(list((tmp_path / "cache").iterdir())) == 3  # train and val, then the new train
+    other_size = load_data(str(root), img_size=8, seed=0)
+    assert other_size.splits["train"].images.shape[-1] == 8
+    assert load_data(str(root), img_size=16, seed=0, use_cache=False).splits["val"].images.shape[0] > 0

@@ -146,6 +146,34 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------------ bench
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .config import parse_assignment
+    from .engine.bench import BenchSettings, run_bench
+
+    overrides = dict(parse_assignment(a) for a in args.set)
+    if args.img_size:
+        overrides["img_size"] = args.img_size
+    modes = ("train", "infer") if args.mode == "both" else (args.mode,)
+    result = run_bench(BenchSettings(args.model, args.batch_size, args.precision, args.device, modes, args.steps,
+                                     args.warmup, args.repeats, args.compare, args.compile, overrides))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    out.print(f"{result['model']} ({result['gflop_per_image_forward']} GFLOPs/image), batch {result['batch_size']}, "
+              f"{result['precision']}, {result['device']}, torch {result['torch']}"
+              f"{', compiled' if result['compile'] else ''}", markup=False)
+    out.print(f"measured {result['precision']} matmul rate: {result['matmul_tflop_per_s']:.3f} TFLOP/s", markup=False)
+    table = Table("mode", "implementation", "img/s", "ms/batch", "peak MiB", "TFLOP/s", "MFU")
+    for r in result["results"]:
+        table.add_row(r["mode"], r["implementation"], f"{r['img_per_s']:,.1f}", f"{r['ms_per_batch']:.1f}",
+                      f"{r['peak_mem_mib']:,.0f}", f"{r['tflop_per_s']:.3f}", f"{r['mfu']:.1%}")
+    out.print(table)
+    for mode, ratio in result.get("speedup_vs_timm", {}).items():
+        out.print(f"{mode}: vitkit/timm = {ratio:.2f}x (medians of {result['repeats']} alternating runs)")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------------ serve
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import ServeSettings, serve
@@ -313,6 +341,22 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--atol", type=float, default=1e-3, help="largest accepted logit difference from PyTorch")
     x.add_argument("--json", action="store_true", help="print the result as JSON")
     x.set_defaults(func=cmd_export)
+
+    b = sub.add_parser("bench", help="training and inference speed, MFU and peak memory; --compare timm")
+    b.add_argument("--model", default="vit_mini_patch4_28")
+    b.add_argument("--img-size", type=int)
+    b.add_argument("--batch-size", type=int, default=256)
+    b.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    b.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    b.add_argument("--mode", choices=["train", "infer", "both"], default="both")
+    b.add_argument("--steps", type=int, default=10, help="timed batches per run")
+    b.add_argument("--warmup", type=int, default=3, help="untimed batches before the first run")
+    b.add_argument("--repeats", type=int, default=5, help="runs per model and mode (medians reported)")
+    b.add_argument("--compare", choices=["timm"], help="also time timm's model with the same configuration")
+    b.add_argument("--compile", action="store_true", help="torch.compile vitkit's model (timm's stays eager)")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model option, e.g. depth=8")
+    b.add_argument("--json", action="store_true", help="print the results as JSON")
+    b.set_defaults(func=cmd_bench)
 
     v = sub.add_parser("serve", help="an HTTP API and web page for a checkpoint (FastAPI, batched)")
     v.add_argument("checkpoint", metavar="CHECKPOINT")

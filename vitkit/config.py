@@ -47,6 +47,7 @@ class DataConfig:
     hflip: float | None = None  # horizontal flip probability; null: 0.5 unless flips change the class (MNIST)
     max_bad_fraction: float = 0.1  # stop when more than this share of image files cannot be decoded
     allow_empty_classes: bool = False  # keep empty class folders as classes (warning) instead of an error
+    cache: bool = True  # image folders: keep decoded images in $VITKIT_CACHE (~/.cache/vitkit/decoded) for next runs
     max_image_pixels: int = 89_478_485  # images with more pixels are refused before decoding (Pillow's default)
 
 
@@ -68,6 +69,7 @@ class TrainConfig:
     seed: int = 0  # seed for the split, initialization, order and augmentation
     patience: int = 0  # stop after this many epochs without a better val top-1; 0 turns early stopping off
     threads: int | None = None  # CPU threads for torch; null: torch's default
+    compile: bool = False  # torch.compile the model for training steps (faster after a minute or two of compiling)
     max_nonfinite_steps: int = 0  # skip up to this many steps with a NaN/inf loss or gradient; 0: stop at the first
     freeze: str = "none"  # 'backbone': train the head only (linear probe), 'none': train everything
     layer_decay: float = 1.0  # layer-wise lr decay: block i of L gets lr * layer_decay^(L+1-i); 1 turns it off

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import DataError
 from ..fileio import atomic_write
+from .cache import cache_root, content_key, load_entry, save_entry
 from .folder import FolderScan, decode_all, detect_channels, scan_folder
 from .named import DATASETS, load_named
 
@@ -116,7 +117,7 @@ def resize_images(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.T
 def load_data(source: str, *, img_size: int | None = None, channels: int | None = None,
               data_root: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.0, seed: int = 0,
               manifest: Path | None = None, splits: tuple[str, ...] | None = None,
-              allow_empty_classes: bool = False) -> DataBundle:
+              allow_empty_classes: bool = False, use_cache: bool = True) -> DataBundle:
     """Load DATA into memory, split it (or reuse `manifest`), at `img_size` with `channels` (None: the data's own).
 
     `splits` limits which splits are decoded (evaluate needs only one).
@@ -125,7 +126,7 @@ def load_data(source: str, *, img_size: int | None = None, channels: int | None 
     if is_named(source):
         return _load_named(source.lower(), img_size, channels, data_root, val_fraction, seed, rows, splits)
     return _load_folder(Path(source), img_size, channels, val_fraction, test_fraction, seed, rows, splits,
-                        allow_empty_classes)
+                        allow_empty_classes, use_cache)
 
 
 def _load_named(name, img_size, channels, data_root, val_fraction, seed, rows, wanted) -> DataBundle:
@@ -163,7 +164,7 @@ def adapt_stats(mean, std, channels):
 
 
 def _load_folder(root, img_size, channels, val_fraction, test_fraction, seed, rows, wanted,
-                 allow_empty_classes) -> DataBundle:
+                 allow_empty_classes, use_cache=True) -> DataBundle:
     scan = scan_folder(root, allow_empty_classes)
     if img_size is None:
         raise DataError("an image folder needs an image size: pass --img-size or choose a model with one")
@@ -184,15 +185,32 @@ def _load_folder(root, img_size, channels, val_fraction, test_fraction, seed, ro
         chosen = [(p, c) for p, c, s in assigned if s == split]
         if not chosen or (wanted and split not in wanted):
             continue
-        arrays, bad_here = decode_all(root, [p for p, _ in chosen], img_size, channels, desc=f"decoding {split}")
+        stacked, keep, bad_here = decode_split(root, [p for p, _ in chosen], img_size, channels, split, use_cache)
         bad += bad_here
-        keep = [i for i, a in enumerate(arrays) if a is not None]
-        images = torch.from_numpy(np.stack([arrays[i] for i in keep])) if keep else \
-            torch.empty(0, channels, img_size, img_size, dtype=torch.uint8)
+        images = torch.from_numpy(stacked)
         out[split] = ImageSet(images, torch.tensor([label_of[chosen[i][1]] for i in keep], dtype=torch.int64),
                               [chosen[i][0] for i in keep])
     mean, std = folder_stats(out.get("train") or next(iter(out.values()), None), channels)
     return DataBundle(str(root), scan.classes, out, img_size, channels, mean, std, True, bad, assigned)
+
+
+def decode_split(root: Path, paths: list[str], size: int, channels: int, split: str, use_cache: bool = True
+                 ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+    """A split's images as one uint8 array (K, C, H, W), the indices of `paths` decoded, and the bad files.
+
+    With `use_cache`, from the decode cache when the same files were decoded the same way before (`data/cache.py`).
+    """
+    key = content_key(root, paths, size, channels) if use_cache and paths else None
+    cached = load_entry(key) if key else None
+    if cached is not None:
+        log.info("%s: %d decoded images from the cache (%s)", split, len(cached[0]), cache_root() / key)
+        return cached
+    arrays, bad = decode_all(root, paths, size, channels, desc=f"decoding {split}")
+    keep = [i for i, a in enumerate(arrays) if a is not None]
+    images = np.stack([arrays[i] for i in keep]) if keep else np.zeros((0, channels, size, size), np.uint8)
+    if key:
+        save_entry(key, images, keep, bad)
+    return images, keep, bad
 
 
 def assign_splits(scan: FolderScan, val_fraction: float, test_fraction: float, seed: int

@@ -60,8 +60,9 @@ RESUME_REFUSED = ("model.", "data.source", "data.val_fraction", "data.test_fract
                   "train.seed", "train.batch_size", "train.optimizer", "train.freeze", "train.layer_decay",
                   "train.backbone_lr_scale")
 # Changing these affects neither the weights nor the split.
-RESUME_FREE = ("data.root", "data.max_bad_fraction", "data.allow_empty_classes", "data.max_image_pixels",
-               "train.eval_batch_size", "train.threads", "train.patience", "train.max_nonfinite_steps", "output.")
+RESUME_FREE = ("data.root", "data.cache", "data.max_bad_fraction", "data.allow_empty_classes", "data.max_image_pixels",
+               "train.eval_batch_size", "train.threads", "train.patience", "train.max_nonfinite_steps", "train.compile",
+               "output.")
 
 
 def _flat(cfg: Config) -> dict:
@@ -114,7 +115,8 @@ def _load_bundle(cfg: Config, manifest: Path) -> DataBundle:
         img_size = get_spec(cfg.model.name).kwargs.get("img_size", 224)
     return load_data(cfg.data.source, img_size=img_size, channels=cfg.model.in_chans, data_root=cfg.data.root,
                      val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction, seed=cfg.train.seed,
-                     manifest=manifest, splits=("train", "val"), allow_empty_classes=cfg.data.allow_empty_classes)
+                     manifest=manifest, splits=("train", "val"), allow_empty_classes=cfg.data.allow_empty_classes,
+                     use_cache=cfg.data.cache)
 
 
 def _report_bad_files(data: DataBundle, run_dir: Path, max_fraction: float) -> None:

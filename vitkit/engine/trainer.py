@@ -52,6 +52,16 @@ class TrainState:
     partial: dict | None = None  # where an interrupted epoch stopped (see `Trainer.save_partial`)
 
 
+def compiled(model: torch.nn.Module):
+    """`torch.compile(model)` for training steps; where compiling fails (no C++ compiler, an unsupported op)
+    PyTorch runs those parts eagerly instead, with a warning, rather than stopping the run."""
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    log.info("train.compile: the first steps compile the model (a minute or two on a small CPU)")
+    return torch.compile(model)
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
@@ -62,6 +72,7 @@ class Trainer:
         self.cfg, self.data, self.run_dir, self.meta = cfg, data, run_dir, meta
         self.device, self.amp_dtype = device, amp_dtype
         self.model = model.to(device)
+        self.forward = compiled(self.model) if cfg.train.compile else self.model  # training forward passes
         self.show_progress = show_progress and dist.is_main()
         t = cfg.train
         hflip = cfg.data.hflip if cfg.data.hflip is not None else (0.5 if data.hflip else 0.0)
@@ -171,7 +182,7 @@ class Trainer:
                    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """One optimizer step; None when the step was skipped for a non-finite loss or gradient."""
         with autocast(self.device, self.amp_dtype):
-            logits = self.model(x)
+            logits = self.forward(x)
             loss = self.loss_fn(logits.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
         if self.check_each_step and not torch.isfinite(loss):

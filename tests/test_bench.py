@@ -1,0 +1,37 @@
+"""`vitkit bench` through the real CLI: every figure present, consistent and plausible (no speed is asserted)."""
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytest.importorskip("timm")
+
+
+def test_bench_reports_both_implementations_with_consistent_figures():
+    r = run_cli("bench", "--model", "vit_micro_patch7_28", "--batch-size", "16", "--steps", "2", "--repeats", "3",
+                "--warmup", "1", "--precision", "fp32", "--compare", "timm", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["precision"] == "fp32" and out["batch_size"] == 16 and out["matmul_tflop_per_s"] > 0
+    assert {(x["implementation"], x["mode"]) for x in out["results"]} == {
+        ("vitkit", "train"), ("timm", "train"), ("vitkit", "infer"), ("timm", "infer")}
+    flops = out["gflop_per_image_forward"] * 1e9
+    for x in out["results"]:
+        assert len(x["runs_img_per_s"]) == 3 and min(x["runs_img_per_s"]) <= x["img_per_s"] <= max(x["runs_img_per_s"])
+        assert x["ms_per_batch"] == pytest.approx(16 * 1000 / x["img_per_s"], rel=0.01)
+        factor = 3 if x["mode"] == "train" else 1
+        assert x["tflop_per_s"] == pytest.approx(x["img_per_s"] * flops * factor / 1e12, rel=0.01, abs=1e-3)
+        assert 0 < x["mfu"] < 1 and x["peak_mem_mib"] > 0
+    by = {(x["implementation"], x["mode"]): x["img_per_s"] for x in out["results"]}
+    assert out["speedup_vs_timm"]["train"] == pytest.approx(by["vitkit", "train"] / by["timm", "train"], rel=0.01)
+
+
+def test_bench_table_and_mistakes():
+    r = run_cli("bench", "--model", "vit_micro_patch7_28", "--batch-size", "8", "--steps", "1", "--repeats", "1",
+                "--mode", "infer")
+    assert r.returncode == 0 and "MFU" in r.stdout and "matmul rate" in r.stdout, r.stderr
+    bad = run_cli("bench", "--model", "vit_nope")
+    assert bad.returncode == 2 and "unknown model" in bad.stderr
+    zero = run_cli("bench", "--steps", "0")
+    assert zero.returncode == 2 and "at least 1" in zero.stderr

@@ -1,0 +1,245 @@
+"""`vitkit bench`: how fast a model trains and predicts here, against the machine's own matmul rate and timm.
+
+For each mode (training step: forward, loss, backward, gradient clipping, AdamW; inference: forward under
+`inference_mode`) it times `steps` batches after `warmup` batches, `repeats` times, and reports medians: images/s,
+milliseconds per batch, peak memory, achieved FLOP/s and MFU, the share of the device's bf16 or fp32 matmul rate
+measured by the command itself (a large square matmul, best of several). A training step counts 3x the forward
+FLOPs. With `compare="timm"`, timm's VisionTransformer with the same configuration, precision, batch and optimizer
+runs in the same process, alternating with ours run by run, so that drift of a shared machine hits both alike.
+`compile` applies `torch.compile` to vitkit's model only; timm's stays eager, the reference the targets name.
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..models import count_flops, create_model, model_kwargs
+from .device import autocast, resolve_device, resolve_precision
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BenchSettings:
+    model: str = "vit_mini_patch4_28"
+    batch_size: int = 256
+    precision: str = "auto"
+    device: str = "auto"
+    modes: tuple[str, ...] = ("train", "infer")
+    steps: int = 10  # timed batches per run
+    warmup: int = 3  # untimed batches before each run
+    repeats: int = 5  # runs per model and mode; medians are reported
+    compare: str | None = None  # "timm"
+    compile: bool = False  # torch.compile vitkit's model (timm's stays eager: the reference)
+    overrides: dict = field(default_factory=dict)  # model arguments, e.g. img_size
+
+
+@dataclass
+class Result:
+    implementation: str  # "vitkit" or "timm"
+    mode: str  # "train" or "infer"
+    img_per_s: float
+    ms_per_batch: float
+    peak_mem_mib: float
+    tflop_per_s: float
+    mfu: float  # achieved FLOP/s over the measured matmul rate of this precision
+    runs_img_per_s: list[float]
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """The device's FLOP/s on an n x n matmul in `dtype` (best of `repeats`), the denominator of MFU."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(4):
+            torch.mm(a, b)
+        _sync(device)
+        best = min(best, (time.perf_counter() - start) / 4)
+    return 2 * n ** 3 / best
+
+
+def timm_twin(kwargs: dict) -> nn.Module:
+    """timm's VisionTransformer with our model's configuration."""
+    try:
+        from timm.models.vision_transformer import VisionTransformer as TimmViT
+    except ImportError:
+        raise UserError("--compare timm needs timm: pip install timm") from None
+    keys = ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads", "mlp_ratio",
+            "qkv_bias", "global_pool", "drop_rate", "attn_drop_rate", "drop_path_rate")
+    return TimmViT(**{k: kwargs[k] for k in keys if k in kwargs})
+
+
+def cpu_peak_mib(s: BenchSettings, implementation: str, mode: str) -> float:
+    """Peak resident memory of `steps` batches in a fresh process, over its level before the model was built.
+
+    A process of its own, because freed memory stays with the allocator: in-process figures of a second model would
+    reuse the first one's pages.
+    """
+    import json
+    import subprocess
+    import sys
+
+    spec = json.dumps({**asdict(s), "modes": [mode], "implementation": implementation})
+    r = subprocess.run([sys.executable, "-m", "vitkit.engine.bench", spec], capture_output=True, text=True,
+                       timeout=600)
+    if r.returncode != 0:
+        log.warning("memory measurement failed: %s", r.stderr.strip().splitlines()[-1:] or r.returncode)
+        return float("nan")
+    return float(r.stdout.strip().splitlines()[-1])
+
+
+def _measure_own_peak(spec: dict) -> float:
+    """Run in the child process of `cpu_peak_mib`: MiB of peak RSS growth over warmup + one timed run (sampled
+    every millisecond; the high-water mark of the kernel would include the imports' own peak)."""
+    import threading
+
+    implementation, mode = spec.pop("implementation"), spec["modes"][0]
+    s = BenchSettings(**{**spec, "modes": tuple(spec["modes"])})
+    device = resolve_device(s.device)
+    amp_dtype = resolve_precision(s.precision, device)
+    kwargs = model_kwargs(s.model, **s.overrides)
+    x, y = _inputs(s, kwargs, device)
+    base = peak = _rss()
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.wait(0.001):
+            peak = max(peak, _rss())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    model = create_model(s.model, **s.overrides) if implementation == "vitkit" else timm_twin(kwargs)
+    step = make_step(model.to(device), mode, x, y, device, amp_dtype)
+    for _ in range(s.warmup + s.steps):
+        step()
+    done.set()
+    sampler.join()
+    return (max(peak, _rss()) - base) / 2 ** 20
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def _inputs(s: BenchSettings, kwargs: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(s.batch_size, kwargs["in_chans"], kwargs["img_size"], kwargs["img_size"], generator=g)
+    y = torch.randint(0, kwargs["num_classes"], (s.batch_size,), generator=g)
+    return x.to(device), y.to(device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_step(model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor, device, amp_dtype):
+    """A closure running one batch: a full training step, or an inference forward pass."""
+    if mode == "infer":
+        model.eval()
+
+        def infer():
+            with torch.inference_mode(), autocast(device, amp_dtype):
+                model(x)
+        return infer
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+
+    def train():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, amp_dtype):
+            loss = loss_fn(model(x).float(), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    return train
+
+
+def time_run(step, steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds for `steps` batches after `warmup` untimed ones."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def run_bench(s: BenchSettings) -> dict:
+    """Measure as `s` says; a JSON-ready dict with the settings, the device, the matmul rate and the results."""
+    if s.batch_size < 1 or s.steps < 1 or s.repeats < 1 or s.warmup < 0:
+        raise UserError("--batch-size, --steps and --repeats must be at least 1, --warmup at least 0")
+    device = resolve_device(s.device)
+    amp_dtype = resolve_precision(s.precision, device)
+    precision = "bf16" if amp_dtype is not None else "fp32"
+    kwargs = model_kwargs(s.model, **s.overrides)
+    torch.manual_seed(0)
+    models = {"vitkit": create_model(s.model, **s.overrides).to(device)}
+    if s.compare == "timm":
+        models["timm"] = timm_twin(kwargs).to(device)
+    flops = count_flops(models["vitkit"])
+    if s.compile:
+        models["vitkit"] = torch.compile(models["vitkit"])
+    rate = matmul_rate(device, torch.bfloat16 if amp_dtype is not None else torch.float32)
+    x, y = _inputs(s, kwargs, device)
+    results = []
+    for mode in s.modes:
+        steps = {name: make_step(m, mode, x, y, device, amp_dtype) for name, m in models.items()}
+        runs: dict[str, list[float]] = {name: [] for name in models}
+        peaks = {}
+        for r in range(s.repeats):
+            for name in (list(models) if r % 2 == 0 else list(models)[::-1]):  # alternate who goes first
+                if device.type == "cuda" and r == 0:
+                    torch.cuda.reset_peak_memory_stats(device)
+                runs[name].append(time_run(steps[name], s.steps, s.warmup if r == 0 else 1, device))
+                if device.type == "cuda" and r == 0:
+                    peaks[name] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+        for name, measured in runs.items():
+            seconds = statistics.median(measured)
+            img_s = s.batch_size * s.steps / seconds
+            achieved = img_s * flops * (3 if mode == "train" else 1)
+            peak = peaks[name] if name in peaks else cpu_peak_mib(s, name, mode)
+            results.append(Result(name, mode, round(img_s, 1), round(1000 * seconds / s.steps, 2), round(peak, 1),
+                                  round(achieved / 1e12, 3), round(achieved / rate, 4),
+                                  [round(s.batch_size * s.steps / t, 1) for t in measured]))
+    out = {"model": s.model, "model_kwargs": kwargs, "batch_size": s.batch_size, "precision": precision,
+           "device": _device_name(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "compile": s.compile, "gflop_per_image_forward": round(flops / 1e9, 4),
+           "matmul_tflop_per_s": round(rate / 1e12, 3), "steps": s.steps, "repeats": s.repeats,
+           "results": [asdict(r) for r in results]}
+    if s.compare == "timm":
+        by = {(r.implementation, r.mode): r for r in results}
+        out["speedup_vs_timm"] = {m: round(by["vitkit", m].img_per_s / by["timm", m].img_per_s, 3) for m in s.modes}
+    return out
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "CPU")
+    except OSError:
+        name = "CPU"
+    return f"{name} ({torch.get_num_threads()} threads)"
+
+
+if __name__ == "__main__":  # the child process of cpu_peak_mib
+    import json
+    import sys
+
+    print(round(_measure_own_peak(json.loads(sys.argv[1])), 1))
