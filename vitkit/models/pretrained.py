@@ -283,7 +283,8 @@ def to_jax(state: dict[str, torch.Tensor], num_heads: int) -> dict[str, np.ndarr
     out = {"cls": n(state["cls_token"]), "embedding/kernel": n(state["patch_embed.proj.weight"].permute(2, 3, 1, 0)),
            "embedding/bias": n(state["patch_embed.proj.bias"]),
            "Transformer/posembed_input/pos_embedding": n(state["pos_embed"]),
-           "Transformer/encoder_norm/scale": n(state["norm.weight"]), "Transformer/encoder_norm/bias": n(state["norm.bias"])}
+           "Transformer/encoder_norm/scale": n(state["norm.weight"]),
+           "Transformer/encoder_norm/bias": n(state["norm.bias"])}
     if "head.weight" in state:
         out["head/kernel"], out["head/bias"] = n(state["head.weight"].T), n(state["head.bias"])
     i = 0
@@ -294,10 +295,12 @@ def to_jax(state: dict[str, torch.Tensor], num_heads: int) -> dict[str, np.ndarr
         for name, w, bias in (("query", q, qb), ("key", k, kb), ("value", v, vb)):
             out[f"{p}MultiHeadDotProductAttention_1/{name}/kernel"] = n(w.T.reshape(dim, num_heads, -1))
             out[f"{p}MultiHeadDotProductAttention_1/{name}/bias"] = n(bias.reshape(num_heads, -1))
-        out[f"{p}MultiHeadDotProductAttention_1/out/kernel"] = n(state[b + "attn.proj.weight"].T.reshape(num_heads, -1, dim))
+        out_kernel = state[b + "attn.proj.weight"].T.reshape(num_heads, -1, dim)  # (D, D) to (H, hd, D)
+        out[f"{p}MultiHeadDotProductAttention_1/out/kernel"] = n(out_kernel)
         out[f"{p}MultiHeadDotProductAttention_1/out/bias"] = n(state[b + "attn.proj.bias"])
         for ours, theirs in (("norm1", "LayerNorm_0"), ("norm2", "LayerNorm_2")):
-            out[p + theirs + "/scale"], out[p + theirs + "/bias"] = n(state[b + ours + ".weight"]), n(state[b + ours + ".bias"])
+            out[p + theirs + "/scale"] = n(state[b + ours + ".weight"])
+            out[p + theirs + "/bias"] = n(state[b + ours + ".bias"])
         for ours, theirs in (("fc1", "Dense_0"), ("fc2", "Dense_1")):
             out[f"{p}MlpBlock_3/{theirs}/kernel"] = n(state[f"{b}mlp.{ours}.weight"].T)
             out[f"{p}MlpBlock_3/{theirs}/bias"] = n(state[f"{b}mlp.{ours}.bias"])
@@ -337,7 +340,8 @@ def resample_patch_kernel(weight: torch.Tensor, new_size: tuple[int, int]) -> to
     return (flat @ inverse.T).reshape(*weight.shape[:2], *new_size).to(weight.dtype)
 
 
-def adapt(state: dict[str, torch.Tensor], model, other_classes: bool = False) -> tuple[dict[str, torch.Tensor], list[str]]:
+def adapt(state: dict[str, torch.Tensor], model, other_classes: bool = False
+          ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Make timm-layout tensors fit `model` where a documented change can: (state, one note per change).
 
     `other_classes`: the source names its classes and they are not the model's, so its head is dropped even when
@@ -348,7 +352,8 @@ def adapt(state: dict[str, torch.Tensor], model, other_classes: bool = False) ->
         state.pop("head.weight")
         state.pop("head.bias", None)
         notes.append("head replaced: the source was trained on other classes (new head, random initial weights)")
-    if "head.weight" in state and ("head.weight" not in target or state["head.weight"].shape != target["head.weight"].shape):
+    head = state.get("head.weight")
+    if head is not None and ("head.weight" not in target or head.shape != target["head.weight"].shape):
         old = state.pop("head.weight").shape[0]
         state.pop("head.bias", None)
         new = target["head.weight"].shape[0] if "head.weight" in target else 0
