@@ -14,6 +14,7 @@ import logging
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -87,14 +88,17 @@ def cpu_peak_mib(s: BenchSettings, implementation: str, mode: str) -> float:
     import json
     import subprocess
     import sys
+    import tempfile
 
     spec = json.dumps({**asdict(s), "modes": [mode], "implementation": implementation})
-    r = subprocess.run([sys.executable, "-m", "vitkit.engine.bench", spec], capture_output=True, text=True,
-                       timeout=600)
-    if r.returncode != 0:
-        log.warning("memory measurement failed: %s", r.stderr.strip().splitlines()[-1:] or r.returncode)
-        return float("nan")
-    return float(r.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory() as tmp:
+        answer = Path(tmp) / "peak_mib"
+        r = subprocess.run([sys.executable, "-m", "vitkit.engine.bench", spec, str(answer)], capture_output=True,
+                           text=True, timeout=600)
+        if r.returncode != 0 or not answer.is_file():
+            log.warning("memory measurement failed: %s", r.stderr.strip().splitlines()[-1:] or r.returncode)
+            return float("nan")
+        return float(answer.read_text())
 
 
 def _measure_own_peak(spec: dict) -> float:
@@ -238,8 +242,8 @@ def _device_name(device: torch.device) -> str:
     return f"{name} ({torch.get_num_threads()} threads)"
 
 
-if __name__ == "__main__":  # the child process of cpu_peak_mib
+if __name__ == "__main__":  # the child process of cpu_peak_mib: settings in, MiB written to the file named
     import json
     import sys
 
-    print(round(_measure_own_peak(json.loads(sys.argv[1])), 1))
+    Path(sys.argv[2]).write_text(str(round(_measure_own_peak(json.loads(sys.argv[1])), 1)))

@@ -11,13 +11,16 @@ from ..config import TrainConfig
 NO_DECAY = ("pos_embed", "cls_token")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def decays(name: str, p: nn.Parameter) -> bool:
     """Weight decay on matrices only: not on norms, biases, the position embedding or the class token."""
+    return p.ndim > 1 and name.split(".")[-1] not in NO_DECAY
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.split(".")[-1] in NO_DECAY else decay).append(p)
+        if p.requires_grad:
+            (decay if decays(name, p) else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -40,7 +43,7 @@ def scaled_param_groups(model: nn.Module, weight_decay: float, layer_decay: floa
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        decay = 0.0 if p.ndim <= 1 or name.split(".")[-1] in NO_DECAY else weight_decay
+        decay = weight_decay if decays(name, p) else 0.0
         scale = layer_decay ** (depth + 1 - layer_id(name, depth))
         scale *= 1.0 if name.startswith("head.") else backbone_lr_scale
         group = groups.setdefault((scale, decay), {"params": [], "weight_decay": decay, "lr_scale": scale})

@@ -70,6 +70,13 @@ class Classifier:
         return predict_logits(self.model, images, self.meta["mean"], self.meta["std"], self.device, self.amp_dtype,
                               batch_size)
 
+    def top_classes(self, images: torch.Tensor, top_k: int = 5, batch_size: int = 256
+                    ) -> list[list[tuple[str, float]]]:
+        """uint8 (N, C, H, W) at the model's size to each image's top-k (class, probability), best first."""
+        probs = self.logits(images, batch_size).softmax(dim=1)
+        values, indices = probs.topk(min(top_k, len(self.classes)), dim=1)
+        return [[(self.classes[c], p) for c, p in zip(i, v)] for v, i in zip(values.tolist(), indices.tolist())]
+
     def predict(self, images, top_k: int = 5, batch_size: int = 256) -> list[Prediction]:
         """Top-k (class, probability) for each path or Pillow image; unreadable files get an error, not a crash."""
         images = list(images) if not isinstance(images, (str, os.PathLike, Image.Image)) else [images]
@@ -82,12 +89,9 @@ class Classifier:
             except BadImage as err:
                 results.append(Prediction(name, None, str(err)))
         if arrays:
-            probs = self.logits(torch.from_numpy(np.stack(arrays)), batch_size).softmax(dim=1)
-            k = min(top_k, len(self.classes))
-            values, indices = probs.topk(k, dim=1)
             ok = iter(r for r in results if r.top is not None)
-            for v, i in zip(values.tolist(), indices.tolist()):
-                next(ok).top = [(self.classes[c], p) for c, p in zip(i, v)]
+            for top in self.top_classes(torch.from_numpy(np.stack(arrays)), top_k, batch_size):
+                next(ok).top = top
         return results
 
 

@@ -181,9 +181,9 @@ def _initialize(cfg: Config, model: VisionTransformer, kwargs: dict, data: DataB
         previous = read_meta(resumed_run / MODEL_FILE["last"])
         init = previous.get("init")
         data.mean, data.std = tuple(previous["mean"]), tuple(previous["std"])
-        kwargs.update({k: v for k, v in previous["model_kwargs"].items() if k == "norm_eps"})
-        if "norm_eps" in kwargs:
-            _set_norm_eps(model, kwargs["norm_eps"])
+        if "norm_eps" in previous["model_kwargs"]:
+            kwargs["norm_eps"] = previous["model_kwargs"]["norm_eps"]
+            model.set_norm_eps(kwargs["norm_eps"])
     elif pretrained is not None:
         result = load_pretrained(model, pretrained, strict=cfg.model.init_strict, classes=data.classes)
         kwargs.update(result.model_overrides)
@@ -199,12 +199,6 @@ def _initialize(cfg: Config, model: VisionTransformer, kwargs: dict, data: DataB
         if not cfg.model.init:
             log.warning("train.freeze=backbone without model.init trains a head on a random backbone")
     return init
-
-
-def _set_norm_eps(model: VisionTransformer, eps: float) -> None:
-    for m in model.modules():
-        if isinstance(m, torch.nn.LayerNorm):
-            m.eps = eps
 
 
 def _write_report(run_dir: Path, data: DataBundle, device: torch.device, amp_dtype) -> None:

@@ -408,10 +408,8 @@ def load_pretrained(model, source: str | Pretrained, strict: bool = True, classe
                         "--init-strict false to keep random weights for them")
     model.load_state_dict({k: v for k, v in state.items() if k in target}, strict=False)
     result = InitResult(source, notes, missing, unexpected, pretrained.mean, pretrained.std)
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
-    if pretrained.norm_eps and norms and norms[0].eps != pretrained.norm_eps:
-        for m in norms:
-            m.eps = pretrained.norm_eps
+    if pretrained.norm_eps and model.norm_eps != pretrained.norm_eps:
+        model.set_norm_eps(pretrained.norm_eps)
         result.model_overrides["norm_eps"] = pretrained.norm_eps
         notes.append(f"layer norm epsilon {pretrained.norm_eps:g}, as the source was trained with")
     log.info("initial weights: %s (%d tensors)", source, len(state) - len(unexpected))

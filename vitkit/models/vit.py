@@ -214,6 +214,16 @@ class VisionTransformer(nn.Module):
         for block in self.blocks:
             block.attn.impl = impl
 
+    @property
+    def norm_eps(self) -> float:
+        return self.blocks[0].norm1.eps if len(self.blocks) else 1e-6
+
+    def set_norm_eps(self, eps: float) -> None:
+        """Every LayerNorm's epsilon (no parameters change), e.g. to match weights trained with another one."""
+        for m in self.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.eps = eps
+
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)  # (B, N, D)
         cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)

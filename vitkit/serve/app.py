@@ -29,7 +29,7 @@ from PIL import Image
 from .. import __version__
 from ..data.images import BadImage, open_image, prepare, set_max_pixels
 from ..data.loader import Normalize
-from ..engine.predict import Classifier
+from ..engine.predict import Classifier, Prediction
 from .batcher import Batcher, QueueFull
 from .limits import Limits
 
@@ -81,14 +81,9 @@ def decode_upload(data: bytes, size: int, channels: int) -> np.ndarray:
 
 def make_infer(clf: Classifier, top_k: int):
     """The batch function the batcher runs: top-k per image, and an attention overlay where asked."""
-    k = min(top_k, len(clf.classes))
-
     def infer(images: list[np.ndarray], explain: list[bool]) -> list[dict]:
-        x = torch.from_numpy(np.stack(images))  # (B, C, H, W) uint8
-        probs = clf.logits(x, batch_size=len(images)).softmax(dim=1)
-        values, indices = probs.topk(k, dim=1)
-        results = [{"top": [{"class": clf.classes[c], "probability": round(p, 6)} for c, p in zip(i, v)]}
-                   for v, i in zip(values.tolist(), indices.tolist())]
+        tops = clf.top_classes(torch.from_numpy(np.stack(images)), top_k, batch_size=len(images))  # (B, C, H, W)
+        results = [{"top": Prediction("", top).to_dict()["top"]} for top in tops]
         wanted = [i for i, flag in enumerate(explain) if flag]
         if wanted and clf.model is not None:
             for i, uri in zip(wanted, overlays(clf, [images[i] for i in wanted])):
