@@ -9,7 +9,9 @@ from vitkit.errors import UserError
 from vitkit.models import count_flops, create_model, get_spec, list_models, model_kwargs, num_params
 
 
-@pytest.mark.parametrize("name", list_models())
+# ViT-L is ViT-B's code at another size (its parameter count is checked against timm below); building it takes
+# 25 s of the suite's time for nothing new.
+@pytest.mark.parametrize("name", [n for n in list_models() if "large" not in n])
 def test_every_registered_model_trains_a_step_and_round_trips(name, tmp_path):
     torch.manual_seed(0)
     # 224 px models run on a 2x2 patch grid: the same layers and weights but the position embedding, in seconds.
