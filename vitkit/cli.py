@@ -9,32 +9,18 @@ import argparse
 import csv
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from rich.table import Table
 
 from . import __version__
-from .console import out, print_check, print_report
+from .console import out, print_bench, print_check, print_report, setup_logging
 from .engine.interrupt import Interrupted
 from .errors import UserError
 
 log = logging.getLogger("vitkit")
-
-
-class _Formatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        prefix = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
-        return prefix + record.getMessage()
-
-
-def setup_logging(verbose: bool = False) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter())
-    root = logging.getLogger("vitkit")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    root.propagate = False
 
 
 # ------------------------------------------------------------------------------------------------------ train
@@ -45,6 +31,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.help_config:
         out.print(describe_keys(), markup=False)
         return 0
+    if args.nproc is not None and args.nproc < 1:
+        raise UserError(f"--nproc must be at least 1, not {args.nproc}")
     options = {"data.source": args.data, "model.name": args.model, "model.img_size": args.img_size,
                "train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.lr": args.lr,
                "train.optimizer": args.optimizer, "train.precision": args.precision, "train.device": args.device,
@@ -52,12 +40,19 @@ def cmd_train(args: argparse.Namespace) -> int:
                "output.dir": args.out, "output.name": args.name,
                "data.allow_empty_classes": True if args.allow_empty_classes else None, "model.init": args.init,
                "model.init_strict": args.init_strict, "train.freeze": args.freeze,
-               "train.layer_decay": args.layer_decay}
+               "train.layer_decay": args.layer_decay, "train.balance": args.balance,
+               "train.accum_steps": args.accum_steps, "train.ema": args.ema}
     if args.resume:
         cfg = resume_config(args.resume, {k: v for k, v in options.items() if k.startswith("train.")}, args.set)
     else:
         cfg = build_config(args.config, options, args.set)
+    if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # the config is valid: start the workers
+        from .engine.launch import launch
+
+        return launch(args.nproc, args.argv)
     result = train(cfg, resume=args.resume, show_progress=not args.no_progress)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     out.print(f"best val top-1 {result.best_val_top1:.4f} (epoch {result.best_epoch}), {result.epochs} epochs "
               f"in {result.seconds:.0f}s")
     out.print(f"run directory: {result.run_dir}")
@@ -72,7 +67,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .fileio import atomic_write
 
     evaluation = prepare_evaluation(args.checkpoint, args.data, args.split, args.data_root, args.device,
-                                    args.precision)
+                                    args.precision, args.tta)
     report = evaluation_report(evaluation, args.checkpoint, args.batch_size)
     text = json.dumps(report, indent=2)
     json_path = Path(args.json) if args.json else Path(args.checkpoint).with_name(
@@ -160,17 +155,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    out.print(f"{result['model']} ({result['gflop_per_image_forward']} GFLOPs/image), batch {result['batch_size']}, "
-              f"{result['precision']}, {result['device']}, torch {result['torch']}"
-              f"{', compiled' if result['compile'] else ''}", markup=False)
-    out.print(f"measured {result['precision']} matmul rate: {result['matmul_tflop_per_s']:.3f} TFLOP/s", markup=False)
-    table = Table("mode", "implementation", "img/s", "ms/batch", "peak MiB", "TFLOP/s", "MFU")
-    for r in result["results"]:
-        table.add_row(r["mode"], r["implementation"], f"{r['img_per_s']:,.1f}", f"{r['ms_per_batch']:.1f}",
-                      f"{r['peak_mem_mib']:,.0f}", f"{r['tflop_per_s']:.3f}", f"{r['mfu']:.1%}")
-    out.print(table)
-    for mode, ratio in result.get("speedup_vs_timm", {}).items():
-        out.print(f"{mode}: vitkit/timm = {ratio:.2f}x (medians of {result['repeats']} alternating runs)")
+    print_bench(result)
     return 0
 
 
@@ -204,6 +189,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------- data
+def cmd_data_shard(args: argparse.Namespace) -> int:
+    from .data.shards import write_shards
+
+    index = write_shards(args.folder, args.out, args.shard_size, args.val_fraction, args.test_fraction, args.seed)
+    for split, info in index["splits"].items():
+        out.print(f"{split}: {info['count']:,} images in {len(info['shards'])} shard(s)")
+    if index["bad_files"]:
+        out.print(f"left out: {len(index['bad_files'])} unreadable file(s), listed in {Path(args.out) / 'dataset.json'}")
+    out.print(f"next: vitkit train {args.out} --model MODEL", markup=False)
+    return 0
+
+
 def cmd_data_check(args: argparse.Namespace) -> int:
     from .data.check import check_data
     from .data.images import set_max_pixels
@@ -289,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="false: keep random weights for what the init weights lack (default true: error)")
     t.add_argument("--freeze", choices=["none", "backbone"], help="backbone: train the head only (linear probe)")
     t.add_argument("--layer-decay", type=float, help="layer-wise learning-rate decay, e.g. 0.75 (1: off)")
+    t.add_argument("--balance", choices=["none", "loss", "sampler"],
+                   help="imbalanced classes: class-weighted loss or a balanced sampler")
+    t.add_argument("--accum-steps", type=int, help="passes per batch (gradient accumulation; same result, less memory)")
+    t.add_argument("--ema", type=float, metavar="DECAY", help="keep a weight average, e.g. 0.999 (0: off)")
+    t.add_argument("--nproc", type=int, metavar="N", help="train with N processes on this machine (runs torchrun; "
+                   "the global batch size and learning rate stay as given)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. train.lr=3e-4")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -306,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     e.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     e.add_argument("--report", metavar="DIR", help="also write report.html and its figures into DIR")
+    e.add_argument("--tta", choices=["none", "flip"], default="none",
+                   help="test-time augmentation: flip averages each image's and its mirror's logits")
     e.set_defaults(func=cmd_evaluate)
 
     rp = sub.add_parser("report", help="report.html: curves, confusion, ROC/PR, calibration, attention maps")
@@ -391,6 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--near-bits", type=int, default=8, help="near duplicates differ in at most this many of 256 hash bits")
     c.add_argument("--limit", type=int, default=50, help="findings shown (0: all)")
     c.set_defaults(func=cmd_data_check)
+    h = dsub.add_parser("shard", help="write an image folder as WebDataset tar shards, streamed by 'vitkit train'")
+    h.add_argument("folder", metavar="FOLDER", help="image folder (class subfolders, or train/ val/ [test/])")
+    h.add_argument("out", metavar="OUT", help="new folder for the shards and dataset.json")
+    h.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
+    h.add_argument("--val-fraction", type=float, default=0.1, help="held out per class when FOLDER has no val/")
+    h.add_argument("--test-fraction", type=float, default=0.0, help="held out per class when FOLDER has no test/")
+    h.add_argument("--seed", type=int, default=0, help="split and shuffle seed")
+    h.set_defaults(func=cmd_data_shard)
 
     m = sub.add_parser("models", help="list the registered models")
     m.add_argument("--num-classes", type=int, help="count parameters for this many classes")
@@ -404,7 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     setup_logging(args.verbose)
     try:
         return args.func(args)

@@ -1,6 +1,8 @@
-"""What the CLI prints: evaluation reports and data checks as rich tables on standard output."""
+"""What the CLI prints: reports, data checks and benchmarks as rich tables on standard output; log format."""
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from collections import Counter
 
@@ -76,3 +78,36 @@ def print_check(report, limit: int) -> None:
     else:
         for reason in report.blocking:
             out.print(f"[red]cannot train[/red]: {escape(reason)}")
+
+
+def print_bench(result: dict) -> None:
+    """`vitkit bench`'s answer as a table and the speed-ups."""
+    out.print(f"{result['model']} ({result['gflop_per_image_forward']} GFLOPs/image), batch {result['batch_size']}, "
+              f"{result['precision']}, {result['device']}, torch {result['torch']}"
+              f"{', compiled' if result['compile'] else ''}", markup=False)
+    out.print(f"measured {result['precision']} matmul rate: {result['matmul_tflop_per_s']:.3f} TFLOP/s", markup=False)
+    table = Table("mode", "implementation", "img/s", "ms/batch", "peak MiB", "TFLOP/s", "MFU")
+    for r in result["results"]:
+        table.add_row(r["mode"], r["implementation"], f"{r['img_per_s']:,.1f}", f"{r['ms_per_batch']:.1f}",
+                      f"{r['peak_mem_mib']:,.0f}", f"{r['tflop_per_s']:.3f}", f"{r['mfu']:.1%}")
+    out.print(table)
+    for mode, ratio in result.get("speedup_vs_timm", {}).items():
+        out.print(f"{mode}: vitkit/timm = {ratio:.2f}x (medians of {result['repeats']} alternating runs)")
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        return prefix + record.getMessage()
+
+
+def setup_logging(verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger("vitkit")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all; the others only warn
+        root.setLevel(logging.WARNING)
+        handler.setFormatter(logging.Formatter(f"[rank {os.environ['RANK']}] %(levelname)s: %(message)s"))
+    root.propagate = False
