@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vitkit.data import Augment, BatchLoader, ImageSet, load_data, load_image, read_manifest, write_manifest
+from vitkit.data import load_data, load_image, read_manifest, write_manifest
 from vitkit.data import named
 from vitkit.data.dataset import stratified_split
 from vitkit.data.images import BadImage, to_mode
@@ -176,27 +176,6 @@ def test_stratified_split_keeps_a_training_image_per_class():
     parts = stratified_split(labels, {"val": 0.2}, seed=0)
     assert sorted(np.concatenate([parts["train"], parts["val"]]).tolist()) == list(range(13))
     assert set(labels[parts["train"]]) == {0, 1, 2}
-
-
-def test_batch_loader_order_and_augmentation_are_seeded():
-    images = torch.randint(0, 255, (50, 1, 8, 8), dtype=torch.uint8)
-    data = ImageSet(images, torch.arange(50) % 5, [str(i) for i in range(50)])
-    loader = BatchLoader(data, 16, (0.5,), (0.25,), torch.device("cpu"), shuffle=True, augment=Augment(hflip=0.5))
-    loader.set_epoch_seed(7)
-    first = [(x.clone(), y.clone()) for x, y in loader]
-    loader.set_epoch_seed(7)
-    again = list(loader)
-    assert len(first) == 4 and first[-1][0].shape == (2, 1, 8, 8)
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
-    assert sorted(torch.cat([y for _, y in first]).tolist()) == sorted(data.labels.tolist())
-
-
-def test_augment_with_full_crop_and_no_flip_is_identity():
-    x = torch.rand(3, 2, 8, 8)
-    aug = Augment(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0)
-    torch.testing.assert_close(aug(x, torch.Generator().manual_seed(0)), x, rtol=1e-5, atol=1e-5)
-    flip = Augment(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=1.0)
-    torch.testing.assert_close(flip(x, torch.Generator().manual_seed(0)), x.flip(-1), rtol=1e-5, atol=1e-5)
 
 
 def test_a_folder_with_train_and_test_but_no_val_holds_val_out_of_train(tmp_path):

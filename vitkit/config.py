@@ -45,8 +45,15 @@ class DataConfig:
     test_fraction: float = 0.0  # share of each class held out for testing (image folders without test/)
     crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])  # random-resized-crop area range
     hflip: float | None = None  # horizontal flip probability; null: 0.5 unless flips change the class (MNIST)
+    translate: float = 0.0  # random shift of up to this fraction of the size each way, black fill (0.1: ~3 px at 28)
+    policy: str | None = None  # 'trivial' (TrivialAugment), 'randaugment' or 'none'; null: trivial on small data
+    randaugment_ops: int = 2  # RandAugment: ops per image
+    randaugment_magnitude: float = 9.0  # RandAugment: strength of each op, 0-10
+    erase: float | None = None  # random-erasing probability (one noise rectangle); null: 0.25 on small data, else 0
+    repeats: int = 1  # repeated augmentation: each drawn image appears this many times per batch, augmented apart
     max_bad_fraction: float = 0.1  # stop when more than this share of image files cannot be decoded
     allow_empty_classes: bool = False  # keep empty class folders as classes (warning) instead of an error
+    workers: int = 2  # sharded data: processes that read and decode the stream
     cache: bool = True  # image folders: keep decoded images in $VITKIT_CACHE (~/.cache/vitkit/decoded) for next runs
     max_image_pixels: int = 89_478_485  # images with more pixels are refused before decoding (Pillow's default)
 
@@ -63,6 +70,13 @@ class TrainConfig:
     weight_decay: float = 0.05  # decoupled weight decay (not on norms, biases, position embedding, class token)
     momentum: float = 0.9  # SGD momentum
     label_smoothing: float = 0.1  # cross-entropy label smoothing
+    mixup: float = 0.0  # MixUp Beta(alpha, alpha); 0 turns it off (0.8 is DeiT's)
+    cutmix: float = 0.0  # CutMix Beta(alpha, alpha); 0 turns it off (1.0 is DeiT's)
+    mix_prob: float = 1.0  # share of batches that are mixed when mixup or cutmix is on
+    mix_switch: float = 0.5  # chance of CutMix rather than MixUp when both are on
+    ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999); 0 turns it off
+    accum_steps: int = 1  # split each batch into this many passes (same result, less memory per pass)
+    balance: str = "none"  # imbalanced classes: 'loss' (class-weighted loss), 'sampler' (balanced draws) or 'none'
     grad_clip: float = 1.0  # clip the gradient norm to this; 0 turns clipping off
     precision: str = "auto"  # 'auto' (bf16 where the hardware has it), 'bf16' or 'fp32'
     device: str = "auto"  # 'auto' (cuda if available), 'cpu' or 'cuda'
@@ -100,6 +114,8 @@ CHOICES = {
     "model.in_chans": (None, 1, 3),
     "train.optimizer": ("adamw", "sgd"),
     "train.freeze": ("none", "backbone"),
+    "train.balance": ("none", "loss", "sampler"),
+    "data.policy": (None, "none", "trivial", "randaugment"),
     "train.precision": ("auto", "bf16", "fp32"),
     "train.device": ("auto", "cpu", "cuda"),
 }
@@ -249,6 +265,18 @@ def validate(cfg: Config) -> None:
             or t.max_nonfinite_steps < 0:
         raise UserError("train.warmup_epochs, min_lr, weight_decay, grad_clip, patience and max_nonfinite_steps "
                         "must not be negative")
+    if not 0 <= d.translate <= 0.5 or not 0 <= d.randaugment_magnitude <= 10 or d.randaugment_ops < 1:
+        raise UserError("data.translate must be in [0, 0.5], data.randaugment_magnitude in [0, 10] and "
+                        "data.randaugment_ops at least 1")
+    for key, value in {"data.erase": d.erase, "train.mix_prob": t.mix_prob, "train.mix_switch": t.mix_switch}.items():
+        if value is not None and not 0 <= value <= 1:
+            raise UserError(f"{key} must be between 0 and 1, not {value}")
+    if t.mixup < 0 or t.cutmix < 0 or not 0 <= t.ema < 1:
+        raise UserError("train.mixup and train.cutmix must not be negative, train.ema must be in [0, 1)")
+    if d.repeats < 1 or t.accum_steps < 1:
+        raise UserError("data.repeats and train.accum_steps must be at least 1")
+    if t.batch_size % t.accum_steps:
+        raise UserError(f"train.batch_size ({t.batch_size}) must be a multiple of train.accum_steps ({t.accum_steps})")
     if d.max_image_pixels < 1:
         raise UserError(f"data.max_image_pixels must be a positive number of pixels, not {d.max_image_pixels}")
 

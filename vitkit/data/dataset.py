@@ -37,6 +37,9 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def class_counts(self, num_classes: int) -> torch.Tensor:
+        return torch.bincount(self.labels, minlength=num_classes).float()
+
 
 @dataclass
 class DataBundle:
@@ -122,6 +125,10 @@ def load_data(source: str, *, img_size: int | None = None, channels: int | None 
 
     `splits` limits which splits are decoded (evaluate needs only one).
     """
+    from .shards import is_sharded
+
+    if is_sharded(source):
+        return _load_shards(Path(source), img_size, channels, splits)
     rows = read_manifest(manifest) if manifest is not None and manifest.exists() else None
     if is_named(source):
         return _load_named(source.lower(), img_size, channels, data_root, val_fraction, seed, rows, splits)
@@ -192,6 +199,28 @@ def _load_folder(root, img_size, channels, val_fraction, test_fraction, seed, ro
                               [chosen[i][0] for i in keep])
     mean, std = folder_stats(out.get("train") or next(iter(out.values()), None), channels)
     return DataBundle(str(root), scan.classes, out, img_size, channels, mean, std, True, bad, assigned)
+
+
+def _load_shards(root: Path, img_size, channels, wanted) -> DataBundle:
+    """Shards written by `vitkit data shard`: train streams from disk, val and test are decoded into memory."""
+    from .shards import ShardSet, read_index, shard_channels
+
+    index = read_index(root)
+    if img_size is None:
+        raise DataError("sharded data needs an image size: pass --img-size or choose a model with one")
+    channels = channels or shard_channels(root, index)
+    out: dict = {}
+    for split, info in index["splits"].items():
+        if wanted and split not in wanted:
+            continue
+        shard_set = ShardSet(root, info["shards"], info["count"], info["class_counts"], img_size, channels)
+        out[split] = shard_set if split == "train" else shard_set.decode()
+        log.info("%s: %d images in %d shard(s)%s", split, info["count"], len(info["shards"]),
+                 ", streamed from disk" if split == "train" else "")
+    sample = out["train"].decode(limit=2000) if "train" in out else next(iter(out.values()), None)
+    mean, std = folder_stats(sample, channels)
+    bad = [tuple(b) for b in index.get("bad_files", [])]
+    return DataBundle(str(root), index["classes"], out, img_size, channels, mean, std, True, bad, [])
 
 
 def decode_split(root: Path, paths: list[str], size: int, channels: int, split: str, use_cache: bool = True

@@ -1,7 +1,11 @@
 """Batches from in-memory uint8 images, augmented as whole batches on the training device.
 
-No per-sample Python work in the hot loop: a batch is one index into the image tensor, one affine warp that does
-random-resized-crop and horizontal flip for every image at once, and one normalization.
+No per-sample Python work in the hot loop: a batch is one index into the image tensor, one affine warp, grouped
+colour ops and one normalization (see `augment.py`).
+
+A batch is always the *global* batch: its order and every random draw are the same in each process, and process
+`rank` of `world_size` takes its slice of it. So a run's images, augmentations and mixing partners do not depend
+on how many processes train it, and a run saved by N processes resumes on M.
 """
 from __future__ import annotations
 
@@ -10,38 +14,10 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 
+from ..errors import UserError
+from .augment import Augment, Mix
 from .dataset import ImageSet
-
-
-@dataclass
-class Augment:
-    """Random resized crop (area fraction in `scale`, aspect ratio in `ratio`) and horizontal flip."""
-
-    scale: tuple[float, float] = (0.8, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    hflip: float = 0.5
-
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """x: float (B, C, H, W); returns the same shape, each image cropped, rescaled and maybe mirrored."""
-        B = x.shape[0]
-        rand = torch.rand(B, 5, generator=generator).to(x.device)  # (B, 5): area, ratio, cx, cy, flip
-        area = self.scale[0] + (self.scale[1] - self.scale[0]) * rand[:, 0]
-        log_r = math.log(self.ratio[0]) + (math.log(self.ratio[1]) - math.log(self.ratio[0])) * rand[:, 1]
-        aspect = torch.exp(log_r)
-        w = torch.sqrt(area * aspect).clamp(max=1.0)  # crop width as a fraction of the image
-        h = torch.sqrt(area / aspect).clamp(max=1.0)
-        cx = (1 - w) * (2 * rand[:, 2] - 1)  # crop centre in [-1, 1] coordinates, crop inside the image
-        cy = (1 - h) * (2 * rand[:, 3] - 1)
-        flip = torch.where(rand[:, 4] < self.hflip, -1.0, 1.0)
-        theta = torch.zeros(B, 2, 3, device=x.device)
-        theta[:, 0, 0] = w * flip
-        theta[:, 0, 2] = cx
-        theta[:, 1, 1] = h
-        theta[:, 1, 2] = cy
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (B, H, W, 2)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 class Normalize:
@@ -49,22 +25,37 @@ class Normalize:
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0
 
-    def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        return (x_uint8.float() - self.mean) / self.std
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 or float pixels in [0, 255] to normalized float."""
+        return (x.float() - self.mean) / self.std
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # (b, C, H, W) normalized float, this process's share
+    y: torch.Tensor  # (b,) class indices (of the unmixed image)
+    target: torch.Tensor | None  # (b, num_classes) soft targets when mixing, else None
+    size: int  # images in the global batch (the loss divides by this)
 
 
 class BatchLoader:
-    """Iterate over (images float (B, C, H, W) normalized, labels (B,)) on `device`.
+    """Iterate over `Batch`es on `device`.
 
     With `shuffle`, the order and the augmentation come from `generator`, so a seeded generator per epoch makes
-    every epoch reproducible (and resumable) on its own. `rank`/`world_size` give each process its own shard.
+    every epoch reproducible (and resumable) on its own. `repeats` > 1 puts each drawn image `repeats` times in
+    its batch with different augmentations (repeated augmentation; the epoch keeps its length). `class_weights`
+    draws the order with replacement in proportion to each image's class weight (a balanced sampler).
     """
 
     def __init__(self, data: ImageSet, batch_size: int, mean, std, device: torch.device, shuffle: bool = False,
-                 augment: Augment | None = None, drop_last: bool = False, rank: int = 0, world_size: int = 1):
+                 augment: Augment | None = None, drop_last: bool = False, rank: int = 0, world_size: int = 1,
+                 mix: Mix | None = None, num_classes: int = 0, repeats: int = 1,
+                 class_weights: torch.Tensor | None = None):
         self.data, self.batch_size, self.shuffle = data, batch_size, shuffle
         self.augment, self.drop_last, self.device = augment, drop_last, device
         self.rank, self.world_size = rank, world_size
+        self.mix, self.num_classes, self.repeats = mix if mix else None, num_classes, repeats
+        self.class_weights = class_weights
         self.normalize = Normalize(mean, std, device)
         self.generator = torch.Generator()
         # Small datasets live on the training device once, instead of one copy per batch.
@@ -73,33 +64,119 @@ class BatchLoader:
         self.labels = data.labels.to(device) if on_device else data.labels
 
     def __len__(self) -> int:
-        n = len(self.data) // self.world_size
+        n = len(self.data)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def set_epoch_seed(self, seed: int) -> None:
         self.generator.manual_seed(seed)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Batch]:
         return self.batches()
 
-    def batches(self, start: int = 0, rng_state: torch.Tensor | None = None
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The epoch's batches from batch `start` on; `rng_state` is `generator.get_state()` saved at that batch."""
+    def order(self) -> torch.Tensor:
         n = len(self.data)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        per_rank = n // self.world_size if self.world_size > 1 else n
-        order = order[self.rank * per_rank:(self.rank + 1) * per_rank]
+        if not self.shuffle:
+            return torch.arange(n)
+        if self.class_weights is not None:
+            weights = self.class_weights[self.data.labels]
+            return torch.multinomial(weights, n, replacement=True, generator=self.generator)
+        order = torch.randperm(n, generator=self.generator)
+        if self.repeats > 1:
+            order = order[:math.ceil(n / self.repeats)].repeat_interleave(self.repeats)[:n]
+        return order
+
+    def batches(self, start: int = 0, rng_state: torch.Tensor | None = None) -> Iterator[Batch]:
+        """The epoch's batches from batch `start` on; `rng_state` is `generator.get_state()` saved at that batch."""
+        order = self.order()
         if rng_state is not None:
             self.generator.set_state(rng_state)  # augmentation draws continue where the saved epoch stopped
         for first in range(start * self.batch_size, len(order), self.batch_size):
             idx = order[first:first + self.batch_size]
             if self.drop_last and len(idx) < self.batch_size:
                 return
-            idx = idx.to(self.images.device)
-            x = self.images[idx].to(self.device, non_blocking=True)
-            y = self.labels[idx].to(self.device, non_blocking=True)
-            x = self.normalize(x)
-            if self.augment is not None:
-                # Normalization is affine per channel, so warping after it equals warping before it.
-                x = self.augment(x, self.generator)
-            yield x, y
+            yield self._batch(idx)
+
+    def _batch(self, idx: torch.Tensor) -> Batch:
+        n = len(idx)
+        params = self.augment.draw(n, self.generator) if self.augment is not None else None
+        mixing = self.mix.draw(self.generator) if self.mix is not None else None
+        mine = torch.tensor_split(torch.arange(n), self.world_size)[self.rank]  # positions in the global batch
+        positions = mine
+        if mixing is not None:
+            positions = torch.cat([mine, n - 1 - mine])  # each image's partner is its mirror in the global batch
+        x = self._images(idx[positions], params, positions)
+        y = self.labels[idx[positions].to(self.labels.device)].to(self.device, non_blocking=True)
+        if mixing is None:
+            return Batch(x, y, None, n)
+        b = len(mine)
+        x, target = self.mix.apply(x[:b], x[b:], y[:b], y[b:], self.num_classes, mixing)
+        return Batch(x, y[:b], target, n)
+
+    def _images(self, idx: torch.Tensor, params: dict | None, positions: torch.Tensor) -> torch.Tensor:
+        x = self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)
+        if params is None:
+            return self.normalize(x)
+        return self.augment.apply(x, {k: v[positions] for k, v in params.items()}, self.normalize)
+
+
+class ShardLoader:
+    """`Batch`es streamed from a `ShardSet`, with `BatchLoader`'s interface.
+
+    An epoch is `len(data) // batch_size` steps in every process (DDP needs equal step counts); process `rank`
+    reads every `world_size`-th shard of the epoch's shard order and starts another pass over them if they run out
+    first. Augmentation is drawn per process, and mixing partners come from the process's own share, so unlike the
+    in-memory path the images depend on the number of processes. A resume inside an epoch reads the epoch again
+    up to the saved step (same images, same draws).
+    """
+
+    def __init__(self, data, batch_size: int, mean, std, device: torch.device, augment: Augment | None = None,
+                 rank: int = 0, world_size: int = 1, mix: Mix | None = None, num_classes: int = 0, workers: int = 2,
+                 buffer: int = 2000):
+        if len(data.shards) < world_size:
+            raise UserError(f"{len(data.shards)} training shard(s) cannot feed {world_size} processes: write smaller "
+                            "shards (vitkit data shard --shard-size)")
+        self.data, self.batch_size, self.device, self.augment = data, batch_size, device, augment
+        self.rank, self.world_size, self.mix, self.num_classes = rank, world_size, mix if mix else None, num_classes
+        self.workers, self.buffer = workers, buffer
+        self.normalize = Normalize(mean, std, device)
+        self.generator = torch.Generator()
+        self.local = len(torch.tensor_split(torch.arange(batch_size), world_size)[rank])
+        self.seed = 0
+
+    def __len__(self) -> int:
+        return max(1, len(self.data) // self.batch_size)
+
+    def set_epoch_seed(self, seed: int) -> None:
+        self.seed = seed
+        self.generator.manual_seed(seed * 31 + self.rank)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.batches()
+
+    def _stream(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from .shards import ShardStream
+
+        order = torch.randperm(len(self.data.shards), generator=torch.Generator().manual_seed(self.seed))
+        mine = [self.data.shards[int(i)] for i in order[self.rank::self.world_size]]
+        for repeat in range(1_000_000):
+            stream = ShardStream(self.data, mine, self.seed * 7 + repeat * 1_000_003 + self.rank, self.buffer)
+            loader = torch.utils.data.DataLoader(stream, batch_size=self.local, num_workers=self.workers,
+                                                 drop_last=True, persistent_workers=False)
+            yield from loader
+
+    def batches(self, start: int = 0, rng_state: torch.Tensor | None = None) -> Iterator[Batch]:
+        stream = self._stream()
+        for step in range(len(self)):
+            images, labels = next(stream)
+            params = self.augment.draw(len(images), self.generator) if self.augment is not None else None
+            mixing = self.mix.draw(self.generator) if self.mix is not None else None
+            if step < start:
+                continue
+            x = images.to(self.device, non_blocking=True)
+            x = self.augment.apply(x, params, self.normalize) if params is not None else self.normalize(x)
+            y = labels.to(self.device, non_blocking=True)
+            if mixing is None:
+                yield Batch(x, y, None, self.batch_size)
+                continue
+            x, target = self.mix.apply(x, x.flip(0), y, y.flip(0), self.num_classes, mixing)
+            yield Batch(x, y, target, self.batch_size)

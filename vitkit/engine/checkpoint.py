@@ -24,6 +24,7 @@ from ..models import VisionTransformer, model_kwargs
 
 FORMAT = "vitkit-model/1"
 MODEL_FILE = {"best": "best.safetensors", "last": "last.safetensors"}
+EMA_FILE = "ema.safetensors"  # the weight average's latest weights (train.ema)
 STATE_FILE = "state.pt"
 
 

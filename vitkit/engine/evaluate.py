@@ -9,6 +9,7 @@ import torch
 
 from ..data import MANIFEST, ImageSet, Normalize, is_named, load_data, read_manifest
 from ..data.dataset import check_bad_files
+from ..data.shards import is_sharded, read_index
 from ..errors import DataError, UserError
 from ..metrics import classification_report
 from .checkpoint import load_model
@@ -16,18 +17,26 @@ from .device import autocast, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
+TTA = ("none", "flip")
+
 
 @torch.inference_mode()
 def predict_logits(model: torch.nn.Module, images: torch.Tensor, mean, std, device: torch.device,
-                   amp_dtype: torch.dtype | None, batch_size: int = 512) -> torch.Tensor:
-    """uint8 images (N, C, H, W) to float32 logits (N, K) on the CPU."""
+                   amp_dtype: torch.dtype | None, batch_size: int = 512, tta: str = "none") -> torch.Tensor:
+    """uint8 images (N, C, H, W) to float32 logits (N, K) on the CPU. `tta="flip"` averages the logits of each
+    image and its mirror image (test-time augmentation)."""
+    if tta not in TTA:
+        raise UserError(f"test-time augmentation must be one of {', '.join(TTA)}, not {tta!r}")
     model.eval()
     normalize = Normalize(mean, std, device)
     out = []
     for start in range(0, len(images), batch_size):
         x = normalize(images[start:start + batch_size].to(device, non_blocking=True))
         with autocast(device, amp_dtype):
-            out.append(model(x).float().cpu())
+            logits = model(x).float()
+            if tta == "flip":
+                logits = (logits + model(x.flip(-1)).float()) / 2
+        out.append(logits.cpu())
     return torch.cat(out) if out else torch.empty(0, getattr(model, "num_classes", 0))
 
 
@@ -52,6 +61,8 @@ def default_split(source: str, manifest: Path | None, test_fraction: float) -> s
     """'test' if the data has a test split, else 'val', decided before any image is decoded."""
     if is_named(source):
         return "test"
+    if is_sharded(source):
+        return "test" if "test" in read_index(source)["splits"] else "val"
     if manifest is not None and manifest.exists():
         return "test" if any(split == "test" for _, _, split in read_manifest(manifest)) else "val"
     if (Path(source) / "train").is_dir() and (Path(source) / "test").is_dir():
@@ -71,18 +82,20 @@ class Evaluation:
     split: str
     data: ImageSet
     bad_files: list[tuple[str, str]]
+    tta: str = "none"
     _logits: torch.Tensor | None = field(default=None, repr=False)
 
     def logits(self, batch_size: int = 512) -> torch.Tensor:
         """The model's logits on the split, computed once (metrics and the report share them)."""
         if self._logits is None:
             self._logits = predict_logits(self.model, self.data.images, self.meta["mean"], self.meta["std"],
-                                          self.device, self.amp_dtype, batch_size)
+                                          self.device, self.amp_dtype, batch_size, self.tta)
         return self._logits
 
 
 def prepare_evaluation(checkpoint: str | Path, source: str | None = None, split: str | None = None,
-                       data_root: str | None = None, device: str = "auto", precision: str = "auto") -> Evaluation:
+                       data_root: str | None = None, device: str = "auto", precision: str = "auto",
+                       tta: str = "none") -> Evaluation:
     """Load `checkpoint` and the `split` of `source` (default: the data it was trained on; test if the data has a
     test split, else val) as the checkpoint saw it: same split manifest, size, channels and class indices."""
     dev = resolve_device(device)
@@ -107,7 +120,7 @@ def prepare_evaluation(checkpoint: str | Path, source: str | None = None, split:
     max_bad = meta.get("config", {}).get("data", {}).get("max_bad_fraction", 0.1)
     check_bad_files(bundle.bad_files, len(bundle.splits[split]) + len(bundle.bad_files), max_bad)
     data = remap_labels(bundle.splits[split], bundle.classes, meta["classes"])
-    return Evaluation(model, meta, dev, resolve_precision(precision, dev), source, split, data, bundle.bad_files)
+    return Evaluation(model, meta, dev, resolve_precision(precision, dev), source, split, data, bundle.bad_files, tta)
 
 
 def evaluate_checkpoint(checkpoint: str | Path, source: str | None = None, split: str | None = None,
@@ -120,6 +133,6 @@ def evaluate_checkpoint(checkpoint: str | Path, source: str | None = None, split
 
 def evaluation_report(ev: Evaluation, checkpoint: str | Path, batch_size: int = 512) -> dict:
     report = classification_report(ev.logits(batch_size), ev.data.labels, ev.meta["classes"])
-    report.update({"checkpoint": str(checkpoint), "data": ev.source, "split": ev.split,
+    report.update({"checkpoint": str(checkpoint), "data": ev.source, "split": ev.split, "tta": ev.tta,
                    "skipped_files": [{"path": p, "reason": r} for p, r in ev.bad_files]})
     return report

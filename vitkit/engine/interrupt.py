@@ -1,17 +1,21 @@
 """SIGINT and SIGTERM during training: finish the current step, save a resumable state, then stop.
 
 The first signal only sets a flag that the trainer reads at every step boundary; a second one stops at once (the
-files on disk are then those of the last save, which every write keeps whole).
+files on disk are then those of the last save, which every write keeps whole). A repeat within `REPEAT_WINDOW`
+seconds counts as the same request: under torchrun a Ctrl-C reaches each worker from the terminal and again
+from torchrun.
 """
 from __future__ import annotations
 
 import logging
 import signal
 import threading
+import time
 
 log = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+REPEAT_WINDOW = 2.0
 
 
 class Interrupted(Exception):
@@ -29,6 +33,7 @@ class StopRequest:
     def __init__(self):
         self.signum: int | None = None
         self._previous: dict = {}
+        self._at = 0.0
 
     def __enter__(self) -> "StopRequest":
         self.signum = None
@@ -43,9 +48,11 @@ class StopRequest:
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum is not None:
+            if time.monotonic() - self._at < REPEAT_WINDOW:
+                return
             self.__exit__()
             raise KeyboardInterrupt
-        self.signum = signum
+        self.signum, self._at = signum, time.monotonic()
         log.warning("%s received: saving at the end of this step (send it again to stop at once)",
                     signal.Signals(signum).name)
 

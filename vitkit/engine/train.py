@@ -60,7 +60,7 @@ RESUME_REFUSED = ("model.", "data.source", "data.val_fraction", "data.test_fract
                   "train.seed", "train.batch_size", "train.optimizer", "train.freeze", "train.layer_decay",
                   "train.backbone_lr_scale")
 # Changing these affects neither the weights nor the split.
-RESUME_FREE = ("data.root", "data.cache", "data.max_bad_fraction", "data.allow_empty_classes", "data.max_image_pixels",
+RESUME_FREE = ("data.root", "data.cache", "data.workers", "train.accum_steps", "data.max_bad_fraction", "data.allow_empty_classes", "data.max_image_pixels",
                "train.eval_batch_size", "train.threads", "train.patience", "train.max_nonfinite_steps", "train.compile",
                "output.")
 
@@ -132,12 +132,21 @@ def _report_bad_files(data: DataBundle, run_dir: Path, max_fraction: float) -> N
 
 def train(cfg: Config, resume: str | Path | None = None, show_progress: bool = True) -> RunResult:
     """Train a model as `cfg` says and write its run directory; with `resume`, continue that run."""
+    device = dist.local_device(resolve_device(cfg.train.device))
+    joined = dist.setup(device)
+    try:
+        return _train(cfg, device, resume, show_progress)
+    finally:
+        if joined:
+            dist.teardown()
+
+
+def _train(cfg: Config, device: torch.device, resume: str | Path | None, show_progress: bool) -> RunResult:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     set_max_pixels(cfg.data.max_image_pixels)
-    run_dir = Path(resume) if resume else new_run_dir(cfg)
+    run_dir = Path(resume) if resume else dist.broadcast(new_run_dir(cfg) if dist.is_main() else None)
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.train.device)
     amp_dtype = resolve_precision(cfg.train.precision, device)
     pretrained = read_source(cfg.model.init) if cfg.model.init and not resume else None  # fail before decoding
     data = _load_bundle(cfg, run_dir / MANIFEST)
@@ -239,4 +248,8 @@ def _log_start(cfg, data, model, run_dir, device, amp_dtype) -> None:
              data.img_size, data.img_size, data.channels)
     log.info("model: %s, %.2fM parameters, %.3f GFLOPs/image; device %s, %s", cfg.model.name,
              num_params(model) / 1e6, count_flops(model) / 1e9, device, "bf16 autocast" if amp_dtype else "fp32")
+    world, passes = dist.world_size(), cfg.train.accum_steps
+    if world > 1 or passes > 1:
+        log.info("global batch %d: %d process(es) x %d pass(es) of about %d images; lr %g as configured",
+                 cfg.train.batch_size, world, passes, cfg.train.batch_size // (world * passes), cfg.train.lr)
     log.info("run directory: %s", run_dir)

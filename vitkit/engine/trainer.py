@@ -7,6 +7,7 @@ exactly where the uninterrupted one would be, between epochs or inside one. File
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -20,21 +21,25 @@ import torch
 from tqdm import tqdm
 
 from ..config import Config
-from ..data import Augment, BatchLoader, DataBundle
+from ..data import DataBundle
+from ..data.loader import Batch
+from ..errors import UserError
 from ..fileio import atomic_write
 from ..metrics import topk_accuracy
 from ..models import VisionTransformer
 from . import dist
-from .checkpoint import MODEL_FILE, STATE_FILE, save_model, save_state
+from .checkpoint import EMA_FILE, MODEL_FILE, STATE_FILE, save_model, save_state
 from .device import autocast
+from .ema import ModelEma
 from .evaluate import predict_logits
 from .interrupt import Interrupted, StopRequest
 from .optim import build_optimizer, build_scheduler
+from .recipe import build_recipe, make_loader
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "lr", "seconds",
-                  "img_per_s"]
+METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "val_top1_ema", "lr",
+                  "seconds", "img_per_s"]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -72,20 +77,25 @@ class Trainer:
         self.cfg, self.data, self.run_dir, self.meta = cfg, data, run_dir, meta
         self.device, self.amp_dtype = device, amp_dtype
         self.model = model.to(device)
-        self.forward = compiled(self.model) if cfg.train.compile else self.model  # training forward passes
+        # Several processes: DDP averages the gradients; the loss below is scaled so that the average equals the
+        # gradient of the global batch's mean loss, whatever the number of processes.
+        self.ddp = dist.wrap(self.model, device)
+        net = self.ddp or self.model
+        self.forward = compiled(net) if cfg.train.compile else net  # training forward passes
         self.show_progress = show_progress and dist.is_main()
         t = cfg.train
-        hflip = cfg.data.hflip if cfg.data.hflip is not None else (0.5 if data.hflip else 0.0)
-        augment = Augment(scale=tuple(cfg.data.crop_scale), hflip=hflip)
-        train_set = data.splits["train"]
-        drop_last = len(train_set) >= 2 * t.batch_size  # avoid a tiny, noisy last step; keep all data when small
-        self.train_loader = BatchLoader(train_set, t.batch_size, data.mean, data.std, device, shuffle=True,
-                                        augment=augment, drop_last=drop_last, rank=dist.rank(),
-                                        world_size=dist.world_size())
+        recipe = build_recipe(cfg, data)
+        self.train_loader = make_loader(cfg, data, recipe, device)
+        if t.batch_size < dist.world_size() * t.accum_steps:
+            raise UserError(f"train.batch_size {t.batch_size} is the global batch: it must hold at least one image per "
+                            f"process and pass ({dist.world_size()} x {t.accum_steps})")
         self.val = data.splits.get("val")
         self.optimizer = build_optimizer(self.model, t)
         self.scheduler = build_scheduler(self.optimizer, t, len(self.train_loader))
-        self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+        weights = recipe.class_weights.to(device) if t.balance == "loss" else None
+        self.loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=t.label_smoothing, reduction="sum")
+        self.soft_loss_fn = torch.nn.CrossEntropyLoss(weight=weights, reduction="sum")  # mixed targets
+        self.ema = ModelEma(self.model, t.ema) if t.ema > 0 else None
         self.state = TrainState()
         self.stop = StopRequest()
         # A CPU step is synchronous anyway, so its loss is checked at once; on a GPU every 20 steps, unless
@@ -99,7 +109,8 @@ class Trainer:
         return {"epoch": s.epoch, "best_top1": s.best_top1, "best_epoch": s.best_epoch,
                 "epochs_without_improvement": s.epochs_without_improvement, "history": s.history,
                 "skipped_steps": s.skipped_steps, "partial": s.partial, "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), **rng_states()}
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), **rng_states(),
+                **({"ema": self.ema.state_dict()} if self.ema else {})}
 
     def load_state_dict(self, state: dict) -> None:
         self.state = TrainState(state["epoch"], state["best_top1"], state["best_epoch"],
@@ -109,6 +120,12 @@ class Trainer:
             self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            if "ema" in state:
+                self.ema.load_state_dict(state["ema"])
+            else:
+                log.warning("the saved run kept no weight average: train.ema starts from the current weights")
+                self.ema = ModelEma(self.model, self.cfg.train.ema)
         set_rng_states(state)
 
     # ------------------------------------------------------------------------------------------ loop
@@ -124,7 +141,7 @@ class Trainer:
                        "lr": max(g["lr"] for g in self.optimizer.param_groups), "seconds": round(seconds, 2),
                        "img_per_s": round(images / seconds, 1)}
                 stop = self.end_epoch(row)
-                if self.stop and epoch < epochs:
+                if self.stopping() and epoch < epochs:
                     raise self._interrupted(f"after epoch {epoch}")
                 if stop:
                     log.info("early stop: val top-1 has not improved for %d epochs", self.cfg.train.patience)
@@ -135,13 +152,15 @@ class Trainer:
         """One pass over the training split, or the rest of an interrupted one: (loss, accuracy, images, seconds
         spent on this epoch before the interruption)."""
         seed = epoch_seed(self.cfg.train.seed, epoch)
-        torch.manual_seed(seed)  # dropout and drop path
+        torch.manual_seed(seed + 7919 * dist.rank())  # dropout and drop path, different in each process
         self.train_loader.set_epoch_seed(seed)
         partial, self.state.partial = self.state.partial, None
         self.model.train()
         if partial is not None and partial["epoch"] == epoch:
             first, seen, earlier = partial["step"], partial["seen"], partial["seconds"]
             loss_sum, correct = partial["loss_sum"].to(self.device), partial["correct"].to(self.device)
+            if not dist.is_main():  # the saved sums are all processes' together: counted once, by rank 0
+                seen, loss_sum, correct = 0, torch.zeros_like(loss_sum), torch.zeros_like(correct)
             set_rng_states(partial)
             batches = self.train_loader.batches(first, partial["rng_loader"])
             log.info("continuing epoch %d at step %d of %d", epoch, first + 1, len(self.train_loader))
@@ -155,20 +174,20 @@ class Trainer:
                    unit="batch", leave=False, disable=None if self.show_progress else True,  # None: off if no TTY
                    dynamic_ncols=True)
         last = len(self.train_loader) - 1
-        for step, (x, y) in enumerate(batches, start=first):
-            result = self.train_step(x, y, epoch, step)
+        for step, batch in enumerate(batches, start=first):
+            result = self.train_step(batch, epoch, step)
             if result is not None:
-                loss, logits = result
-                loss_sum += loss.detach() * len(y)
-                correct += (logits.argmax(1) == y).sum()
-                seen += len(y)
+                batch_loss, logits = result
+                loss_sum += batch_loss
+                correct += (logits.argmax(1) == batch.y).sum()
+                seen += len(batch.y)
             if step % 20 == 0 or step == last:
                 if not self.check_each_step:
                     self._check_finite(loss_sum, epoch, step)
                 bar.set_postfix(loss=f"{float(loss_sum) / max(seen, 1):.4f}", acc=f"{float(correct) / max(seen, 1):.3f}",
                                 img_s=f"{(seen - seen_before) / (time.perf_counter() - start):.0f}", refresh=False)
             bar.update()
-            if self.stop:
+            if self.stopping():
                 bar.close()
                 self.save_partial(epoch, step + 1, loss_sum, correct, seen, earlier + time.perf_counter() - start)
                 raise self._interrupted(f"in epoch {epoch} after step {step + 1} of {last + 1}")
@@ -178,24 +197,44 @@ class Trainer:
         n = max(float(totals[2]), 1.0)
         return float(totals[0]) / n, float(totals[1]) / n, int(totals[2]), earlier
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int = 0, step: int = 0
-                   ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """One optimizer step; None when the step was skipped for a non-finite loss or gradient."""
-        with autocast(self.device, self.amp_dtype):
-            logits = self.forward(x)
-            loss = self.loss_fn(logits.float(), y)
+    def train_step(self, batch: Batch, epoch: int = 0, step: int = 0) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """One optimizer step over `batch` in `train.accum_steps` passes: (summed loss of this process's images,
+        their logits), or None when the step was skipped for a non-finite loss or gradient."""
         self.optimizer.zero_grad(set_to_none=True)
-        if self.check_each_step and not torch.isfinite(loss):
-            return self._skip(epoch, step, "loss")
-        loss.backward()
-        if self.cfg.train.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-            if self.check_each_step and not torch.isfinite(norm):
+        passes = self.cfg.train.accum_steps
+        xs, ys = batch.x.chunk(passes), batch.y.chunk(passes)
+        targets = batch.target.chunk(passes) if batch.target is not None else [None] * len(xs)
+        scale = dist.world_size() / batch.size  # sum over the images / global batch size, times DDP's averaging
+        total, all_logits = torch.zeros((), device=self.device), []
+        for i, (x, y, target) in enumerate(zip(xs, ys, targets)):
+            last = i == len(xs) - 1
+            with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
+                with autocast(self.device, self.amp_dtype):
+                    logits = self.forward(x)
+                    loss = self.loss_fn(logits.float(), y) if target is None else self.soft_loss_fn(logits.float(),
+                                                                                                     target)
+                if self.check_each_step and self.ddp is None and not torch.isfinite(loss):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return self._skip(epoch, step, "loss")
+                (loss * scale).backward()
+            total += loss.detach()
+            all_logits.append(logits.detach())
+        # Under DDP every process holds the same averaged gradient, so they agree on skipping a step.
+        clip = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else float("inf")
+        if clip < float("inf") or self.ddp is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            if (self.check_each_step or self.ddp is not None) and not torch.isfinite(norm):
                 self.optimizer.zero_grad(set_to_none=True)
                 return self._skip(epoch, step, "gradient")
         self.optimizer.step()
         self.scheduler.step()
-        return loss, logits
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return total, torch.cat(all_logits)
+
+    def stopping(self) -> bool:
+        """Whether a signal asked to stop, in any process (they all stop at the same step)."""
+        return dist.any_true(bool(self.stop), self.device)
 
     def _skip(self, epoch: int, step: int, what: str) -> None:
         """Skip this step (the schedule still advances), or stop when no more skips are allowed."""
@@ -219,18 +258,25 @@ class Trainer:
                 f"(now {self.cfg.train.lr}), or try --precision fp32; the last completed epoch is saved")
 
     def _interrupted(self, where: str) -> Interrupted:
-        name = signal.Signals(self.stop.signum).name
-        return Interrupted(self.stop.signum, f"stopped by {name} {where}; saved in {self.run_dir}; continue with: "
+        signum = self.stop.signum or signal.SIGTERM  # another process received it
+        name = signal.Signals(signum).name
+        return Interrupted(signum, f"stopped by {name} {where}; saved in {self.run_dir}; continue with: "
                                              f"vitkit train --resume {self.run_dir}")
 
     def validate(self) -> dict:
         if self.val is None or len(self.val) == 0:
-            return {"val_loss": float("nan"), "val_top1": float("nan"), "val_top5": float("nan")}
-        logits = predict_logits(self.model, self.val.images, self.data.mean, self.data.std, self.device,
-                                self.amp_dtype, self.cfg.train.eval_batch_size)
+            return {"val_loss": float("nan"), "val_top1": float("nan"), "val_top5": float("nan"),
+                    "val_top1_ema": float("nan")}
+        logits = self._val_logits(self.model)
         labels = self.val.labels
-        return {"val_loss": float(torch.nn.functional.cross_entropy(logits, labels)),
-                "val_top1": topk_accuracy(logits, labels, 1), "val_top5": topk_accuracy(logits, labels, 5)}
+        row = {"val_loss": float(torch.nn.functional.cross_entropy(logits, labels)),
+               "val_top1": topk_accuracy(logits, labels, 1), "val_top5": topk_accuracy(logits, labels, 5)}
+        row["val_top1_ema"] = topk_accuracy(self._val_logits(self.ema.module), labels, 1) if self.ema else float("nan")
+        return row
+
+    def _val_logits(self, model: torch.nn.Module) -> torch.Tensor:
+        return predict_logits(model, self.val.images, self.data.mean, self.data.std, self.device, self.amp_dtype,
+                              self.cfg.train.eval_batch_size)
 
     # ------------------------------------------------------------------------------------------ hooks
     def end_epoch(self, row: dict) -> bool:
@@ -239,6 +285,8 @@ class Trainer:
         s.epoch = row["epoch"]
         s.history.append(row)
         top1 = row["val_top1"]
+        if self.ema is not None and row["val_top1_ema"] > top1:  # the better of the raw and averaged weights
+            top1 = row["val_top1_ema"]
         if self.val is None or len(self.val) == 0:
             improved = True  # nothing to compare on: the latest weights are the best we know
         else:
@@ -249,24 +297,34 @@ class Trainer:
             s.epochs_without_improvement += 1
         if dist.is_main():
             self.save(improved, row)
-            log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f top-1 %.4f top-5 %.4f | %.1fs, %.0f img/s%s",
+            ema = f" (EMA {row['val_top1_ema']:.4f})" if self.ema is not None else ""
+            log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f top-1 %.4f%s top-5 %.4f | %.1fs, %.0f img/s%s",
                      row["epoch"], self.cfg.train.epochs, row["train_loss"], row["train_acc"], row["val_loss"],
-                     row["val_top1"], row["val_top5"], row["seconds"], row["img_per_s"], "  *best*" if improved else "")
+                     row["val_top1"], ema, row["val_top5"], row["seconds"], row["img_per_s"],
+                     "  *best*" if improved else "")
         patience = self.cfg.train.patience
         return patience > 0 and s.epochs_without_improvement >= patience
 
     def save(self, improved: bool, row: dict) -> None:
-        meta = {**self.meta, "epoch": row["epoch"], "val_top1": row["val_top1"]}
-        save_model([self.run_dir / MODEL_FILE[k] for k in (("last", "best") if improved else ("last",))],
-                   self.model, meta)
+        meta = {**self.meta, "epoch": row["epoch"], "val_top1": row["val_top1"], "weights": "raw"}
+        ema_better = self.ema is not None and row["val_top1_ema"] > row["val_top1"]
+        save_model([self.run_dir / MODEL_FILE["last"]] + ([self.run_dir / MODEL_FILE["best"]] if improved and
+                                                          not ema_better else []), self.model, meta)
+        if self.ema is not None:
+            ema_meta = {**meta, "val_top1": row["val_top1_ema"], "weights": "ema"}
+            save_model([self.run_dir / EMA_FILE] + ([self.run_dir / MODEL_FILE["best"]] if improved and ema_better
+                                                    else []), self.ema.module, ema_meta)
         save_state(self.run_dir / STATE_FILE, self.state_dict())  # the epoch counts as done once this exists
         write_metrics(self.run_dir / "metrics.csv", self.state.history)
 
     def save_partial(self, epoch: int, step: int, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int,
                      seconds: float) -> None:
-        """Save the state in the middle of `epoch`, `step` batches done, for an exact resume from there."""
-        self.state.partial = {"epoch": epoch, "step": step, "loss_sum": loss_sum.detach().cpu(),
-                              "correct": correct.detach().cpu(), "seen": seen, "seconds": seconds,
+        """Save the state in the middle of `epoch`, `step` batches done, for an exact resume from there (with any
+        number of processes: the partial sums are those of all processes)."""
+        totals = dist.all_reduce_sum(torch.stack([loss_sum.detach().float(), correct.float(),
+                                                  torch.tensor(float(seen), device=self.device)])).cpu()
+        self.state.partial = {"epoch": epoch, "step": step, "loss_sum": totals[0], "correct": totals[1],
+                              "seen": int(totals[2]), "seconds": seconds,
                               "rng_loader": self.train_loader.generator.get_state(), **rng_states()}
         if dist.is_main():
             save_state(self.run_dir / STATE_FILE, self.state_dict())

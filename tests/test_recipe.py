@@ -1,0 +1,84 @@
+"""The accuracy recipe in training: EMA, mixing, accumulation, class balance, small-data defaults, TTA."""
+import csv
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vitkit
+from vitkit.engine.checkpoint import read_meta
+from vitkit.engine.evaluate import predict_logits
+from vitkit.models import create_model
+
+from .conftest import TINY_MODEL, run_cli, write_folder
+from .test_train import config
+
+STRONG = {"data.policy": "trivial", "data.erase": 0.5, "data.translate": 0.1, "data.repeats": 2,
+          "train.mixup": 0.8, "train.cutmix": 1.0, "train.ema": 0.9, "model.drop_path_rate": 0.0}
+
+
+def _weights(path):
+    return load_file(path)
+
+
+def test_full_recipe_is_reproducible_and_saves_the_weight_average(fake_mnist, tmp_path):
+    runs = [vitkit.train(config(tmp_path / str(i), "fashion-mnist", str(fake_mnist), **STRONG,
+                                **{"train.epochs": 3, "output.name": "r"}), show_progress=False) for i in range(2)]
+    a, b = (r.run_dir for r in runs)
+    for name in ("last.safetensors", "ema.safetensors", "best.safetensors"):
+        wa, wb = _weights(a / name), _weights(b / name)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
+    raw, ema = _weights(a / "last.safetensors"), _weights(a / "ema.safetensors")
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw)
+    rows = list(csv.DictReader(open(a / "metrics.csv")))
+    assert all(0 <= float(r["val_top1_ema"]) <= 1 for r in rows)
+    best = read_meta(a / "best.safetensors")
+    best_row = max(rows, key=lambda r: max(float(r["val_top1"]), float(r["val_top1_ema"])))
+    assert best["weights"] == ("ema" if float(best_row["val_top1_ema"]) > float(best_row["val_top1"]) else "raw")
+    assert read_meta(a / "ema.safetensors")["weights"] == "ema"
+
+
+def test_accumulated_passes_give_the_same_weights_as_one_pass(fake_mnist, tmp_path):
+    runs = [vitkit.train(config(tmp_path / str(k), "fashion-mnist", str(fake_mnist), **{
+        "train.epochs": 1, "train.accum_steps": k, "model.drop_path_rate": 0.0, "train.mixup": 0.5,
+        "output.name": "r"}), show_progress=False) for k in (1, 4)]
+    one, four = (_weights(r.run_dir / "last.safetensors") for r in runs)
+    assert max(float((one[k] - four[k]).abs().max()) for k in one) < 1e-5
+
+
+def test_imbalance_is_warned_about_and_balancing_says_what_it_does(tmp_path):
+    root = tmp_path / "skewed"
+    write_folder(root, per_class=40, classes=("common",))
+    write_folder(root, per_class=3, classes=("rare",), seed=1)
+    plain = run_cli("train", root, *TINY_MODEL, "--epochs", "1", "--out", tmp_path / "runs", "--no-progress")
+    assert plain.returncode == 0, plain.stderr
+    assert "strongly imbalanced: 'common' has 36 images, 'rare' only 2" in plain.stderr
+    assert "small training split (38 images < 20000): data.policy=trivial, data.erase=0.25" in plain.stderr
+    run = run_cli("train", root, *TINY_MODEL, "--epochs", "1", "--balance", "loss", "--out", tmp_path / "runs",
+                  "--no-progress")  # the sampler's draws are checked in test_augment
+    assert run.returncode == 0, run.stderr
+    assert "--balance loss: class weights from 0.53 to 9.50" in run.stderr and "imbalanced" not in run.stderr
+
+
+def test_flip_tta_averages_the_mirror_images_logits(fake_mnist, tmp_path):
+    model = create_model("vit_micro_patch7_28", num_classes=4).eval()
+    images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
+    args = ((0.5,), (0.25,), torch.device("cpu"), None)
+    both = predict_logits(model, images, *args, tta="flip")
+    plain, mirrored = predict_logits(model, images, *args), predict_logits(model, images.flip(-1), *args)
+    torch.testing.assert_close(both, (plain + mirrored) / 2)
+    result = vitkit.train(config(tmp_path, "fashion-mnist", str(fake_mnist), **{"train.epochs": 1}),
+                          show_progress=False)
+    out = run_cli("evaluate", result.best_checkpoint, "fashion-mnist", "--data-root", fake_mnist, "--tta", "flip",
+                  "--format", "json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["tta"] == "flip"
+
+
+@pytest.mark.parametrize("assignment,message", [
+    ("data.policy=autoaugment", "data.policy must be one of"), ("train.accum_steps=3", "multiple of train.accum"),
+    ("train.mixup=-1", "must not be negative"), ("data.erase=2", "data.erase must be between 0 and 1")])
+def test_recipe_options_are_checked(assignment, message):
+    out = run_cli("train", "fashion-mnist", "--batch-size", "64", "--set", assignment)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
