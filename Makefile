@@ -30,7 +30,7 @@ fashion-mnist:
 
 demo: install fashion-mnist
 	$(VENV)/bin/vitkit train --config configs/demo.yaml --out $(dir $(DEMO_RUN)) --name $(notdir $(DEMO_RUN))
-	$(VENV)/bin/vitkit evaluate $(DEMO_RUN)/best.safetensors fashion-mnist --split test
+	$(VENV)/bin/vitkit evaluate $(DEMO_RUN)/best.safetensors fashion-mnist --split test --tta flip
 	@echo "Run directory: $(DEMO_RUN)"
 
 test: install
