@@ -56,7 +56,7 @@ def main() -> None:
     for balance in ("none", "loss", "sampler"):
         cfg = build_config("configs/demo.yaml", {
             "data.source": str(folder), "model.img_size": 28, "train.epochs": args.epochs, "train.balance": balance,
-            "data.policy": "none", "data.erase": 0.0, "output.dir": str(args.out / "runs"),
+            "data.policy": "none", "data.erase": 0.0, "train.compile": False, "output.dir": str(args.out / "runs"),
             "output.name": f"balance-{balance}", "output.report": False})
         result = vitkit.train(cfg, show_progress=False)
         report = evaluate_checkpoint(result.best_checkpoint, str(folder), "test")
