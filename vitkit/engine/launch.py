@@ -32,8 +32,11 @@ def launch(nproc: int, argv: list[str]) -> int:
     log.info("launching %d processes: %s", nproc, " ".join(command[1:]))
     child = subprocess.Popen(command, start_new_session=True)
 
+    received: list[int] = []
+
     def forward(signum, frame):
         log.warning("%s received: asking the %d processes to save and stop", signal.Signals(signum).name, nproc)
+        received.append(signum)
         child.send_signal(signal.SIGTERM)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -42,5 +45,6 @@ def launch(nproc: int, argv: list[str]) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    # torchrun reports a worker's failure as 1; a worker stopped by our SIGTERM exits 143 after saving.
+    if received:  # torchrun reports the stopped workers as failed; the run itself was saved (rank 0 said where)
+        return 128 + received[0]
     return code
