@@ -72,9 +72,7 @@ class Augment:
         p = {k: v.to(x.device) for k, v in p.items()}
         x = self._warp(x, p)
         for r in range(p["op"].shape[1] if "op" in p else 0):
-            level = p["level"][:, r] if self.policy == "trivial" else torch.full_like(p["level"][:, r],
-                                                                                      self.magnitude / 10)
-            x = self._colour(x, p["op"][:, r], level * p["sign"][:, r])
+            x = self._colour(x, p["op"][:, r], self._level(p, r) * p["sign"][:, r])
         x = normalize(x)
         if "erase" in p:
             x = self._erase(x, p)
@@ -104,12 +102,17 @@ class Augment:
         grid = F.affine_grid(crop[:, :2], list(x.shape), align_corners=False)  # (B, H, W, 2)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
+    def _level(self, p: dict, r: int) -> torch.Tensor:
+        """Round `r`'s strength per image in [0, 1]: drawn (TrivialAugment) or the fixed magnitude (RandAugment)."""
+        if self.policy == "trivial":
+            return p["level"][:, r]
+        return torch.full_like(p["level"][:, r], self.magnitude / 10)
+
     def _geometry(self, p: dict, r: int, H: int, W: int) -> torch.Tensor:
         """The policy's shear/translate/rotate of round `r` as (B, 3, 3) matrices (identity for other ops)."""
-        op, sign = p["op"][:, r], p["sign"][:, r]
-        level = p["level"][:, r] if self.policy == "trivial" else torch.full_like(sign, self.magnitude / 10)
+        op = p["op"][:, r]
         top = MAX_LEVEL[self.policy]
-        v = level * sign
+        v = self._level(p, r) * p["sign"][:, r]
         m = _affine(len(op), op.device)
         is_op = {name: op == OPS.index(name) for name in GEOMETRIC}
         m[:, 0, 1] = torch.where(is_op["shear_x"], v * top["shear"] * H / W, m[:, 0, 1])
