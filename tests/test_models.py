@@ -96,3 +96,28 @@ def test_overrides_and_errors():
         create_model("vit_small_patch16_224", img_size=100)
     with pytest.raises(UserError, match="not divisible by num_heads"):
         create_model("vit_small_patch16_224", embed_dim=100)
+
+
+def test_conv_stem_keeps_the_token_grid_counts_its_flops_and_round_trips(tmp_path):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for name in ("vit_micro_patch7_28", "vit_mini_patch4_32", "vit_small_patch16_224"):
+        patch, conv = create_model(name), create_model(name, stem="conv", attn_impl="math").eval()
+        assert conv.patch_embed.grid_size == patch.patch_embed.grid_size
+    with FlopCounterMode(display=False) as counter:  # the last one: ViT-S/16, four stride-2 convs
+        conv(torch.randn(1, 3, 224, 224))
+    assert counter.get_total_flops() == count_flops(conv)
+    kwargs = model_kwargs("vit_micro_patch7_28", stem="conv")
+    model = create_model("vit_micro_patch7_28", stem="conv")
+    model(torch.randn(8, 1, 28, 28)).sum().backward()  # training mode: BatchNorm statistics move
+    model.eval()
+    path = tmp_path / "conv.safetensors"
+    save_model(path, model, model_meta("vit_micro_patch7_28", kwargs, [str(i) for i in range(10)], [0.5], [0.5]))
+    loaded, _ = load_model(path)
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    with pytest.raises(UserError, match="stem must be 'patch' or 'conv'"):
+        create_model("vit_micro_patch7_28", stem="convs")
+    with pytest.raises(UserError, match="conv stem cannot give 3x3 patches on 27x27"):
+        create_model("vit_micro_patch7_28", img_size=27, patch_size=3, stem="conv")

@@ -159,15 +159,17 @@ def test_offline_timm_name_is_a_one_line_error_that_says_how(monkeypatch, fake_m
     assert "--init path/to/model.safetensors" in r.stderr
 
 
-def test_fine_tuning_a_vitkit_checkpoint_on_other_classes(tmp_path, fake_mnist, image_folder):
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_fine_tuning_a_vitkit_checkpoint_on_other_classes(tmp_path, fake_mnist, image_folder, stem):
     """Pretrain on one task, fine-tune on another with --init, --freeze backbone and layer decay, through the CLI."""
     pre = run_cli("train", "fashion-mnist", "--data-root", fake_mnist, *TINY_MODEL, "--epochs", "1",
-                  "--out", tmp_path, "--name", "pre", "--no-progress", "--set", "output.report=false")
+                  "--out", tmp_path, "--name", "pre", "--no-progress", "--set", "output.report=false",
+                  "--set", f"model.stem={stem}")
     assert pre.returncode == 0, pre.stderr
     source = tmp_path / "pre" / "best.safetensors"
     probe = run_cli("train", image_folder, *TINY_MODEL, "--epochs", "1",
                     "--init", source, "--freeze", "backbone", "--layer-decay", "0.7", "--out", tmp_path,
-                    "--name", "probe", "--no-progress", "--set", "output.report=false")
+                    "--name", "probe", "--no-progress", "--set", "output.report=false", "--set", f"model.stem={stem}")
     assert probe.returncode == 0, probe.stderr
     for words in ("head replaced: the source was trained on other classes", "1-channel kernels spread over 3 channels",
                   "backbone frozen: only the head trains"):
@@ -176,12 +178,16 @@ def test_fine_tuning_a_vitkit_checkpoint_on_other_classes(tmp_path, fake_mnist, 
 
     from vitkit.engine.checkpoint import read_meta
     before, after = load_file(source), load_file(tmp_path / "probe" / "last.safetensors")
-    frozen = [k for k in before if not k.startswith(("head.", "patch_embed.proj.weight"))]
+    first = "patch_embed.stem.0.weight" if stem == "conv" else "patch_embed.proj.weight"  # the kernel on the pixels
+    frozen = [k for k in before if not k.startswith(("head.", first))]
+    if stem == "conv":  # BatchNorm statistics are part of the frozen backbone
+        assert "patch_embed.stem.1.running_mean" in frozen and "patch_embed.stem.4.running_var" in frozen
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)  # the backbone did not move
-    torch.testing.assert_close(after["patch_embed.proj.weight"], before["patch_embed.proj.weight"].repeat(1, 3, 1, 1) / 3)
+    torch.testing.assert_close(after[first], before[first].repeat(1, 3, 1, 1) / 3)
     meta = read_meta(tmp_path / "probe" / "best.safetensors")
     assert meta["init"]["source"] == str(source) and meta["mean"] == read_meta(source)["mean"] * 3
     assert meta["init"]["notes"][0].startswith("head replaced")
+    assert meta["model_kwargs"]["stem"] == stem
 
 
 def test_layer_decay_and_backbone_scale_give_each_layer_its_learning_rate():
@@ -201,3 +207,16 @@ def test_layer_decay_and_backbone_scale_give_each_layer_its_learning_rate():
     assert decay[id(m.blocks[0].attn.qkv.weight)] == 0.05 and decay[id(m.blocks[0].norm1.weight)] == 0.0
     plain = build_optimizer(tiny(), TrainConfig(lr=1.0))
     assert len(plain.param_groups) == 2 and all(g["lr"] == 1.0 for g in plain.param_groups)
+
+
+def test_a_patchify_checkpoint_initializes_a_conv_stem_model_only_when_not_strict(tmp_path):
+    torch.manual_seed(0)
+    source = tiny()
+    save_file(source.state_dict(), tmp_path / "patch.safetensors")
+    with pytest.raises(UserError, match=r"lacks \d+ tensor.*patch_embed.*--init-strict false"):
+        load_pretrained(tiny(stem="conv"), str(tmp_path / "patch.safetensors"))
+    target = tiny(stem="conv")
+    result = load_pretrained(target, str(tmp_path / "patch.safetensors"), strict=False)
+    assert any("the source has a patchify stem, this model a conv stem" in n for n in result.notes)
+    assert all(k.startswith("patch_embed.") for k in result.missing)
+    assert torch.equal(target.blocks[1].attn.qkv.weight, source.blocks[1].attn.qkv.weight)

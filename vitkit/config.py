@@ -29,6 +29,7 @@ class ModelConfig:
     num_heads: int | None = None  # override the number of attention heads
     mlp_ratio: float | None = None  # override the MLP hidden size / width
     global_pool: str | None = None  # 'token' (class token) or 'avg' (mean of patch tokens); null: the model's
+    stem: str | None = None  # 'patch' (one strided conv, timm's ViT) or 'conv' (3x3 conv stack); null: the model's
     drop_rate: float = 0.0  # dropout after attention projection, in the MLP and before the head
     attn_drop_rate: float = 0.0  # dropout on attention probabilities
     drop_path_rate: float = 0.1  # stochastic depth of the last block (linearly less for earlier ones)
@@ -111,6 +112,7 @@ class Config:
 CHOICES = {
     "model.attn_impl": ("auto", "sdpa", "math"),
     "model.global_pool": (None, "token", "avg"),
+    "model.stem": (None, "patch", "conv"),
     "model.in_chans": (None, 1, 3),
     "train.optimizer": ("adamw", "sgd"),
     "train.freeze": ("none", "backbone"),

@@ -156,6 +156,10 @@ class Trainer:
         self.train_loader.set_epoch_seed(seed)
         partial, self.state.partial = self.state.partial, None
         self.model.train()
+        for m in self.model.modules():  # a frozen conv stem's BatchNorm keeps its running statistics too
+            params = list(m.parameters(recurse=False))
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and params and not params[0].requires_grad:
+                m.eval()
         if partial is not None and partial["epoch"] == epoch:
             first, seen, earlier = partial["step"], partial["seen"], partial["seconds"]
             loss_sum, correct = partial["loss_sum"].to(self.device), partial["correct"].to(self.device)

@@ -278,6 +278,8 @@ def from_jax(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 def to_jax(state: dict[str, torch.Tensor], num_heads: int) -> dict[str, np.ndarray]:
     """timm layout to the original `vision_transformer` .npz names (class-token models): `np.savez(path, **arrays)`."""
+    if any(key.startswith("patch_embed.stem.") for key in state):
+        raise UserError("a model with a conv stem has no .npz layout: only patchify-stem models can be written so")
     n = lambda x: x.detach().float().cpu().numpy()  # noqa: E731
     dim = state["cls_token"].shape[-1]
     out = {"cls": n(state["cls_token"]), "embedding/kernel": n(state["patch_embed.proj.weight"].permute(2, 3, 1, 0)),
@@ -358,17 +360,26 @@ def adapt(state: dict[str, torch.Tensor], model, other_classes: bool = False
         state.pop("head.bias", None)
         new = target["head.weight"].shape[0] if "head.weight" in target else 0
         notes.append(f"head replaced: {old} classes in the source, {new} here (new head, random initial weights)")
-    w = state.get("patch_embed.proj.weight")
-    want = target["patch_embed.proj.weight"].shape
+    source_conv_stem = any(k.startswith("patch_embed.stem.") for k in state)
+    target_conv_stem = any(k.startswith("patch_embed.stem.") for k in target)
+    if "patch_embed.proj.weight" in state and source_conv_stem != target_conv_stem:
+        for key in [k for k in state if k.startswith("patch_embed.")]:
+            state.pop(key)
+        kinds = ("a conv stem", "a patchify stem") if source_conv_stem else ("a patchify stem", "a conv stem")
+        notes.append(f"patch embedding not loaded: the source has {kinds[0]}, this model {kinds[1]} (random initial "
+                     "weights)")
+    first = "patch_embed.stem.0.weight" if target_conv_stem else "patch_embed.proj.weight"  # sees the pixels
+    w = state.get(first)
+    want = target[first].shape
     if w is not None and w.shape[1] != want[1]:
         if want[1] == 1:
             notes.append(f"patch embedding: the {w.shape[1]}-channel kernels summed for 1-channel input")
-            state["patch_embed.proj.weight"] = w = w.sum(dim=1, keepdim=True)
+            state[first] = w = w.sum(dim=1, keepdim=True)
         elif w.shape[1] == 1:
-            state["patch_embed.proj.weight"] = w = w.repeat(1, want[1], 1, 1) / want[1]
+            state[first] = w = w.repeat(1, want[1], 1, 1) / want[1]
             notes.append(f"patch embedding: the 1-channel kernels spread over {want[1]} channels")
-    if w is not None and w.shape[-2:] != want[-2:]:
-        state["patch_embed.proj.weight"] = resample_patch_kernel(w, tuple(want[-2:]))
+    if w is not None and w.shape[-2:] != want[-2:] and not target_conv_stem:
+        state[first] = resample_patch_kernel(w, tuple(want[-2:]))
         notes.append(f"patch embedding: {w.shape[-1]}x{w.shape[-2]} kernels resampled to {want[-1]}x{want[-2]} "
                      "(pseudo-inverse resize)")
     pos = state.get("pos_embed")

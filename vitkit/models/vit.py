@@ -6,6 +6,7 @@ residual) mix the tokens. A final LayerNorm and a linear head on the class token
 give the logits.
 
 Parameter names are those of timm's `VisionTransformer`, so state dicts load in both directions by a plain copy.
+`stem="conv"` swaps the patchify conv for a small stack of 3x3 convs (Xiao et al. 2021), which timm's ViT lacks.
 """
 from __future__ import annotations
 
@@ -32,6 +33,14 @@ def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor
     keep = 1.0 - drop_prob
     mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)  # (B, 1, 1)
     return x * mask / keep
+
+
+def _check_size(x: torch.Tensor, img_size: tuple[int, int]) -> None:
+    if tuple(x.shape[-2:]) != img_size:
+        raise UserError(
+            f"input images are {x.shape[-2]}x{x.shape[-1]} but the model expects {img_size[0]}x{img_size[1]}: "
+            "resize the images (vitkit's loaders do this from the checkpoint's img_size)"
+        )
 
 
 class DropPath(nn.Module):
@@ -65,13 +74,42 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        if (H, W) != self.img_size:
-            raise UserError(
-                f"input images are {H}x{W} but the model expects {self.img_size[0]}x{self.img_size[1]}: "
-                "resize the images (vitkit's loaders do this from the checkpoint's img_size)"
-            )
+        _check_size(x, self.img_size)
         x = self.proj(x)  # (B, D, H/p, W/p)
+        return x.flatten(2).transpose(1, 2)  # (B, N, D)
+
+
+class ConvStem(nn.Module):
+    """Image to tokens through a few 3x3 convolutions, as in Xiao et al., "Early Convolutions Help Transformers
+    See Better" (NeurIPS 2021): k stride-2 convs (BatchNorm, ReLU), widths doubling up to `embed_dim`, then a
+    1x1 conv. With 2**k >= patch size the token grid is the patchify stem's; overlapping receptive fields give the
+    tokens local features, which helps small models on small data. Not part of timm's ViT: `stem="patch"` is.
+    """
+
+    def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.img_size = _to_pair(img_size)
+        self.patch_size = _to_pair(patch_size)
+        k = max(1, (max(self.patch_size) - 1).bit_length())  # stride-2 convs: 2**k >= patch size
+        self.grid_size = tuple(-(-side // 2 ** k) for side in self.img_size)  # each conv halves, rounding up
+        if any(g * p != side for g, p, side in zip(self.grid_size, self.patch_size, self.img_size)):
+            raise UserError(
+                f"a conv stem cannot give {self.patch_size[0]}x{self.patch_size[1]} patches on "
+                f"{self.img_size[0]}x{self.img_size[1]} images: use stem 'patch' or a patch size that is a power of "
+                "two or that divides the image into a grid of ceil(side / 2**k)"
+            )
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        widths = [in_chans] + [max(embed_dim // 2 ** (k - 1 - i), 8) for i in range(k)]
+        layers = []
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                       nn.ReLU(inplace=True)]
+        self.stem = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(widths[-1], embed_dim, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_size(x, self.img_size)
+        x = self.proj(self.stem(x))  # (B, D, grid_h, grid_w)
         return x.flatten(2).transpose(1, 2)  # (B, N, D)
 
 
@@ -171,8 +209,10 @@ class VisionTransformer(nn.Module):
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, global_pool: Literal["token", "avg"] = "token", drop_rate: float = 0.0,
                  pos_drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 attn_impl: AttnImpl = "auto", norm_eps: float = 1e-6):
+                 attn_impl: AttnImpl = "auto", norm_eps: float = 1e-6, stem: Literal["patch", "conv"] = "patch"):
         super().__init__()
+        if stem not in ("patch", "conv"):
+            raise UserError(f"stem must be 'patch' or 'conv', not {stem!r}")
         if global_pool not in ("token", "avg"):
             raise UserError(f"global_pool must be 'token' or 'avg', not {global_pool!r}")
         for name, value in (("num_classes", num_classes), ("embed_dim", embed_dim), ("depth", depth),
@@ -184,7 +224,7 @@ class VisionTransformer(nn.Module):
         self.embed_dim = embed_dim
         self.num_prefix_tokens = 1
 
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.patch_embed = (PatchEmbed if stem == "patch" else ConvStem)(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
         self.pos_drop = nn.Dropout(pos_drop_rate)
@@ -277,9 +317,17 @@ def count_flops(model: VisionTransformer) -> int:
     D = model.embed_dim
     N = model.patch_embed.num_patches
     T = N + model.num_prefix_tokens
-    ph, pw = model.patch_embed.patch_size
-    in_chans = model.patch_embed.proj.in_channels
-    flops = 2 * N * in_chans * ph * pw * D  # patch embedding
+    flops = 0
+    if isinstance(model.patch_embed, ConvStem):
+        h, w = model.patch_embed.img_size
+        for conv in model.patch_embed.stem:
+            if isinstance(conv, nn.Conv2d):
+                h, w = -(-h // 2), -(-w // 2)
+                flops += 2 * h * w * conv.out_channels * conv.in_channels * 9
+        flops += 2 * N * model.patch_embed.proj.in_channels * D  # the 1x1 projection
+    else:
+        ph, pw = model.patch_embed.patch_size
+        flops += 2 * N * model.patch_embed.proj.in_channels * ph * pw * D  # patch embedding
     for block in model.blocks:
         hidden = block.mlp.fc1.out_features
         flops += 2 * T * D * 3 * D  # qkv
