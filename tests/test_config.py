@@ -1,4 +1,6 @@
 """Configuration layering and validation."""
+from pathlib import Path
+
 import pytest
 
 from vitkit.config import build_config, describe_keys, save_config
@@ -37,3 +39,14 @@ def test_every_key_is_documented():
     for line in text.splitlines():
         if line.startswith("  "):
             assert "# " in line and line.split("# ", 1)[1].strip(), line
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_are_valid_and_build_their_models(path):
+    from vitkit.models import create_model
+
+    cfg = build_config(path)
+    m = cfg.model
+    overrides = dict(patch_size=m.patch_size, embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
+                     mlp_ratio=m.mlp_ratio, global_pool=m.global_pool, stem=m.stem, img_size=m.img_size)
+    assert create_model(m.name, **overrides).patch_embed.num_patches > 0
