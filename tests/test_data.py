@@ -225,3 +225,17 @@ def test_decoded_folders_are_cached_by_content(tmp_path, monkeypatch, caplog):
     other_size = load_data(str(root), img_size=8, seed=0)
     assert other_size.splits["train"].images.shape[-1] == 8
     assert load_data(str(root), img_size=16, seed=0, use_cache=False).splits["val"].images.shape[0] > 0
+
+
+def test_decoding_shows_no_progress_bar_off_a_terminal(tmp_path, capsys):
+    """Logs and CI get no bar (it once printed hundreds of redraws into `--no-progress` logs); the caller can
+    also turn it off."""
+    from vitkit.data.folder import decode_all
+
+    for i in range(520):
+        Image.fromarray(np.full((8, 8), i % 256, np.uint8)).save(tmp_path / f"{i:03d}.png")
+    paths = sorted(p.name for p in tmp_path.iterdir())
+    for show in (True, False):
+        arrays, bad = decode_all(tmp_path, paths, 8, 1, show_progress=show)
+        assert len(arrays) == 520 and not bad
+        assert "decoding" not in capsys.readouterr().err

@@ -120,7 +120,7 @@ def resize_images(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.T
 def load_data(source: str, *, img_size: int | None = None, channels: int | None = None,
               data_root: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.0, seed: int = 0,
               manifest: Path | None = None, splits: tuple[str, ...] | None = None,
-              allow_empty_classes: bool = False, use_cache: bool = True) -> DataBundle:
+              allow_empty_classes: bool = False, use_cache: bool = True, show_progress: bool = True) -> DataBundle:
     """Load DATA into memory, split it (or reuse `manifest`), at `img_size` with `channels` (None: the data's own).
 
     `splits` limits which splits are decoded (evaluate needs only one).
@@ -133,7 +133,7 @@ def load_data(source: str, *, img_size: int | None = None, channels: int | None 
     if is_named(source):
         return _load_named(source.lower(), img_size, channels, data_root, val_fraction, seed, rows, splits)
     return _load_folder(Path(source), img_size, channels, val_fraction, test_fraction, seed, rows, splits,
-                        allow_empty_classes, use_cache)
+                        allow_empty_classes, use_cache, show_progress)
 
 
 def _load_named(name, img_size, channels, data_root, val_fraction, seed, rows, wanted) -> DataBundle:
@@ -171,7 +171,7 @@ def adapt_stats(mean, std, channels):
 
 
 def _load_folder(root, img_size, channels, val_fraction, test_fraction, seed, rows, wanted,
-                 allow_empty_classes, use_cache=True) -> DataBundle:
+                 allow_empty_classes, use_cache=True, show_progress=True) -> DataBundle:
     scan = scan_folder(root, allow_empty_classes)
     if img_size is None:
         raise DataError("an image folder needs an image size: pass --img-size or choose a model with one")
@@ -192,7 +192,8 @@ def _load_folder(root, img_size, channels, val_fraction, test_fraction, seed, ro
         chosen = [(p, c) for p, c, s in assigned if s == split]
         if not chosen or (wanted and split not in wanted):
             continue
-        stacked, keep, bad_here = decode_split(root, [p for p, _ in chosen], img_size, channels, split, use_cache)
+        stacked, keep, bad_here = decode_split(root, [p for p, _ in chosen], img_size, channels, split, use_cache,
+                                                 show_progress)
         bad += bad_here
         images = torch.from_numpy(stacked)
         out[split] = ImageSet(images, torch.tensor([label_of[chosen[i][1]] for i in keep], dtype=torch.int64),
@@ -223,8 +224,8 @@ def _load_shards(root: Path, img_size, channels, wanted) -> DataBundle:
     return DataBundle(str(root), index["classes"], out, img_size, channels, mean, std, True, bad, [])
 
 
-def decode_split(root: Path, paths: list[str], size: int, channels: int, split: str, use_cache: bool = True
-                 ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+def decode_split(root: Path, paths: list[str], size: int, channels: int, split: str, use_cache: bool = True,
+                 show_progress: bool = True) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """A split's images as one uint8 array (K, C, H, W), the indices of `paths` decoded, and the bad files.
 
     With `use_cache`, from the decode cache when the same files were decoded the same way before (`data/cache.py`).
@@ -234,7 +235,7 @@ def decode_split(root: Path, paths: list[str], size: int, channels: int, split: 
     if cached is not None:
         log.info("%s: %d decoded images from the cache (%s)", split, len(cached[0]), cache_root() / key)
         return cached
-    arrays, bad = decode_all(root, paths, size, channels, desc=f"decoding {split}")
+    arrays, bad = decode_all(root, paths, size, channels, desc=f"decoding {split}", show_progress=show_progress)
     keep = [i for i, a in enumerate(arrays) if a is not None]
     images = np.stack([arrays[i] for i in keep]) if keep else np.zeros((0, channels, size, size), np.uint8)
     if key:

@@ -101,8 +101,8 @@ def detect_channels(root: Path, paths: list[str], sample: int = 200) -> int:
     return 1
 
 
-def decode_all(root: Path, paths: list[str], size: int, channels: int, desc: str = "decoding"
-               ) -> tuple[list[np.ndarray | None], list[tuple[str, str]]]:
+def decode_all(root: Path, paths: list[str], size: int, channels: int, desc: str = "decoding",
+               show_progress: bool = True) -> tuple[list[np.ndarray | None], list[tuple[str, str]]]:
     """Decode every file (threads: Pillow releases the GIL while decoding). Bad files come back as None + reason."""
     def one(rel: str):
         try:
@@ -114,7 +114,8 @@ def decode_all(root: Path, paths: list[str], size: int, channels: int, desc: str
     workers = min(8, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(workers) as pool:
         for rel, (arr, reason) in zip(paths, tqdm(pool.map(one, paths, chunksize=64), total=len(paths), desc=desc,
-                                                  unit="img", leave=False, disable=len(paths) < 500)):
+                                                  unit="img", leave=False,
+                                                  disable=True if len(paths) < 500 or not show_progress else None)):
             arrays.append(arr)
             if reason is not None:
                 bad.append((rel, reason))

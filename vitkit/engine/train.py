@@ -107,7 +107,7 @@ def build_model_for(cfg: Config, data: DataBundle) -> tuple[VisionTransformer, d
     return VisionTransformer(**kwargs), kwargs
 
 
-def _load_bundle(cfg: Config, manifest: Path) -> DataBundle:
+def _load_bundle(cfg: Config, manifest: Path, show_progress: bool = True) -> DataBundle:
     if not cfg.data.source:
         raise UserError("no DATA given: pass an image folder or a named dataset (fashion-mnist, mnist, cifar10, "
                         "cifar100)")
@@ -117,7 +117,7 @@ def _load_bundle(cfg: Config, manifest: Path) -> DataBundle:
     return load_data(cfg.data.source, img_size=img_size, channels=cfg.model.in_chans, data_root=cfg.data.root,
                      val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction, seed=cfg.train.seed,
                      manifest=manifest, splits=("train", "val"), allow_empty_classes=cfg.data.allow_empty_classes,
-                     use_cache=cfg.data.cache)
+                     use_cache=cfg.data.cache, show_progress=show_progress)
 
 
 def _report_bad_files(data: DataBundle, run_dir: Path, max_fraction: float) -> None:
@@ -150,7 +150,7 @@ def _train(cfg: Config, device: torch.device, resume: str | Path | None, show_pr
     run_dir.mkdir(parents=True, exist_ok=True)
     amp_dtype = resolve_precision(cfg.train.precision, device)
     pretrained = read_source(cfg.model.init) if cfg.model.init and not resume else None  # fail before decoding
-    data = _load_bundle(cfg, run_dir / MANIFEST)
+    data = _load_bundle(cfg, run_dir / MANIFEST, show_progress)
     if "train" not in data.splits or len(data.splits["train"]) == 0:
         raise DataError(f"{cfg.data.source} has no training images")
     _report_bad_files(data, run_dir, cfg.data.max_bad_fraction)
