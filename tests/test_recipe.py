@@ -39,6 +39,21 @@ def test_full_recipe_is_reproducible_and_saves_the_weight_average(fake_mnist, tm
     assert read_meta(a / "ema.safetensors")["weights"] == "ema"
 
 
+def test_without_validation_best_holds_the_weight_average(fake_mnist, tmp_path):
+    r = run_cli("train", "fashion-mnist", "--data-root", fake_mnist, *TINY_MODEL, "--epochs", "2", "--ema", "0.9",
+                "--set", "data.val_fraction=0", "--out", tmp_path, "--name", "r", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "no validation split: every epoch's averaged (EMA) weights become best.safetensors" in r.stderr
+    assert "epoch 2/2  train loss" in r.stderr and "| no validation split |" in r.stderr and "nan" not in r.stderr
+    assert "no validation split: best is the last epoch, 2 epochs in" in r.stdout
+    run = tmp_path / "r"
+    best, ema, raw = (_weights(run / f"{n}.safetensors") for n in ("best", "ema", "last"))
+    assert all(torch.equal(best[k], ema[k]) for k in best)
+    assert any(not torch.equal(best[k], raw[k]) for k in best)
+    meta = read_meta(run / "best.safetensors")
+    assert (meta["weights"], meta["epoch"]) == ("ema", 2)
+
+
 def test_accumulated_passes_give_the_same_weights_as_one_pass(fake_mnist, tmp_path):
     runs = [vitkit.train(config(tmp_path / str(k), "fashion-mnist", str(fake_mnist), **{
         "train.epochs": 1, "train.accum_steps": k, "model.drop_path_rate": 0.0, "train.mixup": 0.5,

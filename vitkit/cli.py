@@ -9,6 +9,7 @@ import argparse
 import csv
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -53,8 +54,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(cfg, resume=args.resume, show_progress=not args.no_progress)
     if os.environ.get("RANK", "0") != "0":
         return 0
-    out.print(f"best val top-1 {result.best_val_top1:.4f} (epoch {result.best_epoch}), {result.epochs} epochs "
-              f"in {result.seconds:.0f}s")
+    best = (f"best val top-1 {result.best_val_top1:.4f} (epoch {result.best_epoch})"
+            if not math.isnan(result.best_val_top1) else "no validation split: best is the last epoch")
+    out.print(f"{best}, {result.epochs} epochs in {result.seconds:.0f}s")
     out.print(f"run directory: {result.run_dir}")
     out.print(f"best model:    {result.best_checkpoint}")
     out.print(f"next: vitkit evaluate {result.best_checkpoint} {cfg.data.source}", markup=False)

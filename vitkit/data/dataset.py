@@ -110,6 +110,8 @@ def resize_images(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.T
     """uint8 (N, C, H, W) to (N, C, size, size), antialiased bilinear, in chunks to bound memory."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
+    if len(images) == 0:  # an empty split (data.val_fraction=0)
+        return images.new_empty((0, images.shape[1], size, size))
     out = [F.interpolate(images[i:i + chunk].float(), size=(size, size), mode="bilinear", antialias=True,
                          align_corners=False).round().clamp(0, 255).to(torch.uint8)
            for i in range(0, len(images), chunk)]

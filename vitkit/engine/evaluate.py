@@ -113,8 +113,9 @@ def prepare_evaluation(checkpoint: str | Path, source: str | None = None, split:
                        test_fraction=meta.get("test_fraction", 0.0), seed=meta.get("split_seed", 0), splits=(split,),
                        allow_empty_classes=True)  # a class without images has no support here, nothing worse
     if split not in bundle.splits or len(bundle.splits[split]) == 0:
-        have = ", ".join(s for s, v in bundle.splits.items() if len(v)) or "none"
-        raise UserError(f"{source} has no {split!r} split (it has: {have}): choose --split from those")
+        held_none = split == "val" and meta.get("val_fraction") == 0
+        why = " (the run held none out: data.val_fraction=0)" if held_none else ""
+        raise UserError(f"{source} has no {split!r} split{why}: choose another --split, or other data with that split")
     if not same_source and not is_named(source):
         log.warning("no split manifest of this checkpoint matches %s: a fresh split with the same seed was made", source)
     max_bad = meta.get("config", {}).get("data", {}).get("max_bad_fraction", 0.1)

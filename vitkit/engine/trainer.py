@@ -96,6 +96,9 @@ class Trainer:
         self.loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=t.label_smoothing, reduction="sum")
         self.soft_loss_fn = torch.nn.CrossEntropyLoss(weight=weights, reduction="sum")  # mixed targets
         self.ema = ModelEma(self.model, t.ema) if t.ema > 0 else None
+        if not self.has_val and dist.is_main():
+            log.info("no validation split: every epoch's %s weights become best.safetensors",
+                     "averaged (EMA)" if self.ema is not None else "latest")
         self.state = TrainState()
         self.stop = StopRequest()
         # A CPU step is synchronous anyway, so its loss is checked at once; on a GPU every 20 steps, unless
@@ -267,8 +270,12 @@ class Trainer:
         return Interrupted(signum, f"stopped by {name} {where}; saved in {self.run_dir}; continue with: "
                                              f"vitkit train --resume {self.run_dir}")
 
+    @property
+    def has_val(self) -> bool:
+        return self.val is not None and len(self.val) > 0
+
     def validate(self) -> dict:
-        if self.val is None or len(self.val) == 0:
+        if not self.has_val:
             return {"val_loss": float("nan"), "val_top1": float("nan"), "val_top5": float("nan"),
                     "val_top1_ema": float("nan")}
         logits = self._val_logits(self.model)
@@ -291,7 +298,7 @@ class Trainer:
         top1 = row["val_top1"]
         if self.ema is not None and row["val_top1_ema"] > top1:  # the better of the raw and averaged weights
             top1 = row["val_top1_ema"]
-        if self.val is None or len(self.val) == 0:
+        if not self.has_val:
             improved = True  # nothing to compare on: the latest weights are the best we know
         else:
             improved = not math.isnan(top1) and top1 > s.best_top1
@@ -301,17 +308,21 @@ class Trainer:
             s.epochs_without_improvement += 1
         if dist.is_main():
             self.save(improved, row)
-            ema = f" (EMA {row['val_top1_ema']:.4f})" if self.ema is not None else ""
-            log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f top-1 %.4f%s top-5 %.4f | %.1fs, %.0f img/s%s",
-                     row["epoch"], self.cfg.train.epochs, row["train_loss"], row["train_acc"], row["val_loss"],
-                     row["val_top1"], ema, row["val_top5"], row["seconds"], row["img_per_s"],
-                     "  *best*" if improved else "")
+            if self.has_val:
+                ema = f" (EMA {row['val_top1_ema']:.4f})" if self.ema is not None else ""
+                val = f"val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.4f}{ema} top-5 {row['val_top5']:.4f}"
+            else:
+                val = "no validation split"
+            log.info("epoch %d/%d  train loss %.4f acc %.4f | %s | %.1fs, %.0f img/s%s", row["epoch"],
+                     self.cfg.train.epochs, row["train_loss"], row["train_acc"], val, row["seconds"],
+                     row["img_per_s"], "  *best*" if improved and self.has_val else "")
         patience = self.cfg.train.patience
         return patience > 0 and s.epochs_without_improvement >= patience
 
     def save(self, improved: bool, row: dict) -> None:
         meta = {**self.meta, "epoch": row["epoch"], "val_top1": row["val_top1"], "weights": "raw"}
-        ema_better = self.ema is not None and row["val_top1_ema"] > row["val_top1"]
+        # Without validation the average is preferred: at the end of a decaying schedule it is the steadier model.
+        ema_better = self.ema is not None and (not self.has_val or row["val_top1_ema"] > row["val_top1"])
         save_model([self.run_dir / MODEL_FILE["last"]] + ([self.run_dir / MODEL_FILE["best"]] if improved and
                                                           not ema_better else []), self.model, meta)
         if self.ema is not None:
