@@ -46,6 +46,7 @@ def test_without_validation_best_holds_the_weight_average(fake_mnist, tmp_path):
     assert "no validation split: every epoch's averaged (EMA) weights become best.safetensors" in r.stderr
     assert "epoch 2/2  train loss" in r.stderr and "| no validation split |" in r.stderr and "nan" not in r.stderr
     assert "no validation split: best is the last epoch, 2 epochs in" in r.stdout
+    assert f"no report: there is no validation split; 'vitkit report {tmp_path / 'r'} [DATA]'" in r.stderr
     run = tmp_path / "r"
     best, ema, raw = (_weights(run / f"{n}.safetensors") for n in ("best", "ema", "last"))
     assert all(torch.equal(best[k], ema[k]) for k in best)
@@ -89,6 +90,11 @@ def test_flip_tta_averages_the_mirror_images_logits(fake_mnist, tmp_path):
                   "--format", "json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["tta"] == "flip"
+    plain = run_cli("evaluate", result.best_checkpoint, "fashion-mnist", "--data-root", fake_mnist, "--format", "json")
+    assert plain.returncode == 0, plain.stderr
+    run = result.best_checkpoint.parent  # each evaluation keeps its own file
+    assert json.loads((run / "best-eval-test-tta-flip.json").read_text())["tta"] == "flip"
+    assert json.loads((run / "best-eval-test.json").read_text())["tta"] == "none"
 
 
 @pytest.mark.parametrize("assignment,message", [

@@ -73,7 +73,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluation_report(evaluation, args.checkpoint, args.batch_size)
     text = json.dumps(report, indent=2)
     json_path = Path(args.json) if args.json else Path(args.checkpoint).with_name(
-        f"{Path(args.checkpoint).stem}-eval-{report['split']}.json")
+        f"{Path(args.checkpoint).stem}-eval-{report['split']}{'' if args.tta == 'none' else '-tta-' + args.tta}.json")
     atomic_write(json_path, text + "\n")
     if args.report:
         from .report import build_report
@@ -312,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     e.add_argument("--report", metavar="DIR", help="also write report.html and its figures into DIR")
     e.add_argument("--tta", choices=["none", "flip"], default="none",
-                   help="test-time augmentation: flip averages each image's and its mirror's logits")
+                   help="test-time augmentation: flip averages each image's and its mirror's logits "
+                        "(its JSON is written as NAME-eval-SPLIT-tta-flip.json)")
     e.set_defaults(func=cmd_evaluate)
 
     rp = sub.add_parser("report", help="report.html: curves, confusion, ROC/PR, calibration, attention maps")

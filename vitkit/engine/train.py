@@ -217,7 +217,11 @@ def _write_report(run_dir: Path, data: DataBundle, device: torch.device, amp_dty
     from .evaluate import Evaluation
 
     val = data.splits.get("val")
-    if val is None or len(val) == 0 or not (run_dir / MODEL_FILE["best"]).is_file():
+    if not (run_dir / MODEL_FILE["best"]).is_file():
+        return
+    if val is None or len(val) == 0:
+        log.info("no report: there is no validation split; 'vitkit report %s [DATA]' writes one on the test split",
+                 run_dir)
         return
     model, meta = load_model(run_dir / MODEL_FILE["best"], device)
     evaluation = Evaluation(model, meta, device, amp_dtype, data.source, "val", val, data.bad_files)
