@@ -62,6 +62,21 @@ def test_predict_reports_an_unreadable_file_without_crashing(trained, tmp_path):
     assert result.returncode == 0 and "unreadable" in result.stdout and "Traceback" not in result.stderr
 
 
+def test_predict_compiled_with_frozen_weights_gives_the_eager_answers(trained):
+    _, folder, run, _ = trained
+    args = ("predict", run / "best.safetensors", folder / "coat", "--format", "json", "--top-k", "3",
+            "--batch-size", "8")  # 20 readable images: batches of 8, 8 and 4, two compiled graphs
+    eager, compiled = run_cli(*args), run_cli(*args, "--compile")
+    assert eager.returncode == 0 and compiled.returncode == 0, compiled.stderr
+    assert "compiling the model for inference" in compiled.stderr
+    for a, b in zip(json.loads(eager.stdout), json.loads(compiled.stdout), strict=True):
+        assert a["file"] == b["file"] and ("top" in a) == ("top" in b)
+        for x, y in zip(a.get("top", []), b.get("top", [])):
+            assert y["probability"] == pytest.approx(x["probability"], abs=0.03)
+    onnx = run_cli("predict", run / "best.onnx", folder / "coat", "--compile")
+    assert onnx.returncode == 2 and "--compile is for PyTorch checkpoints" in onnx.stderr
+
+
 def test_resume_of_a_finished_run_continues_with_more_epochs(trained):
     _, _, run, _ = trained
     result = run_cli("train", "--resume", run, "--epochs", "5", "--no-progress")

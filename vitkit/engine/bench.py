@@ -6,7 +6,8 @@ milliseconds per batch, peak memory, achieved FLOP/s and MFU, the share of the d
 measured by the command itself (a large square matmul, best of several). A training step counts 3x the forward
 FLOPs. With `compare="timm"`, timm's VisionTransformer with the same configuration, precision, batch and optimizer
 runs in the same process, alternating with ours run by run, so that drift of a shared machine hits both alike.
-`compile` applies `torch.compile` to vitkit's model only; timm's stays eager, the reference the targets name.
+`compile` applies `torch.compile` to vitkit's model only (for inference with frozen weights, as `vitkit predict
+--compile` and `vitkit evaluate --compile` run it); timm's stays eager, the reference the targets name.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from torch import nn
 from ..errors import UserError
 from ..models import count_flops, create_model, model_kwargs
 from .device import autocast, resolve_device, resolve_precision
+from .evaluate import compiled_for_inference
 
 log = logging.getLogger(__name__)
 
@@ -196,12 +198,13 @@ def run_bench(s: BenchSettings) -> dict:
     if s.compare == "timm":
         models["timm"] = timm_twin(kwargs).to(device)
     flops = count_flops(models["vitkit"])
-    if s.compile:
-        models["vitkit"] = torch.compile(models["vitkit"])
+    eager = models["vitkit"]
     rate = matmul_rate(device, torch.bfloat16 if amp_dtype is not None else torch.float32)
     x, y = _inputs(s, kwargs, device)
     results = []
     for mode in s.modes:
+        if s.compile:  # inference compiles after training ran, so the frozen weights are the final ones
+            models["vitkit"] = compiled_for_inference(eager) if mode == "infer" else torch.compile(eager)
         steps = {name: make_step(m, mode, x, y, device, amp_dtype) for name, m in models.items()}
         runs: dict[str, list[float]] = {name: [] for name in models}
         peaks = {}

@@ -15,7 +15,7 @@ from ..data.images import IMAGE_SUFFIXES, BadImage, is_hidden, load_image, prepa
 from ..errors import UserError
 from .checkpoint import load_model
 from .device import resolve_device, resolve_precision
-from .evaluate import predict_logits
+from .evaluate import compiled_for_inference, predict_logits
 
 
 @dataclass
@@ -51,10 +51,14 @@ class Classifier:
 
     runtime = "torch"
 
-    def __init__(self, checkpoint: str | os.PathLike, device: str = "auto", precision: str = "auto"):
+    def __init__(self, checkpoint: str | os.PathLike, device: str = "auto", precision: str = "auto",
+                 compile: bool = False):
         self.device = resolve_device(device)
         self.model, self.meta = load_model(checkpoint, self.device)
         self.amp_dtype = resolve_precision(precision, self.device)
+        # `compile`: logits from `compiled_for_inference` (worth it for thousands of images); the attention maps of
+        # --explain keep using the eager model
+        self._forward = compiled_for_inference(self.model) if compile else self.model
         self.classes: list[str] = self.meta["classes"]
         self.img_size: int = self.meta["img_size"]
         self.in_chans: int = self.meta["in_chans"]
@@ -67,7 +71,7 @@ class Classifier:
 
     def logits(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """uint8 (N, C, H, W) at the model's size to logits (N, K)."""
-        return predict_logits(self.model, images, self.meta["mean"], self.meta["std"], self.device, self.amp_dtype,
+        return predict_logits(self._forward, images, self.meta["mean"], self.meta["std"], self.device, self.amp_dtype,
                               batch_size)
 
     def top_classes(self, images: torch.Tensor, top_k: int = 5, batch_size: int = 256
@@ -134,7 +138,7 @@ class OnnxClassifier(Classifier):
 
 
 def load_classifier(path: str | os.PathLike, runtime: str = "auto", device: str = "auto",
-                    precision: str = "auto") -> Classifier:
+                    precision: str = "auto", compile: bool = False) -> Classifier:
     """A checkpoint (.safetensors, PyTorch) or an exported model (.onnx, ONNX Runtime); `runtime` auto picks by suffix."""
     is_onnx = Path(path).suffix.lower() == ".onnx"
     if runtime == "auto":
@@ -143,7 +147,9 @@ def load_classifier(path: str | os.PathLike, runtime: str = "auto", device: str 
         if not is_onnx:
             raise UserError(f"--runtime onnx needs an exported .onnx file, not {path}: "
                             f"run 'vitkit export {path}' first and give the .onnx it writes")
+        if compile:
+            raise UserError("--compile is for PyTorch checkpoints: ONNX Runtime optimizes its graph itself")
         return OnnxClassifier(path, device)
     if is_onnx:
         raise UserError(f"{path} is an ONNX model: use --runtime onnx (or auto)")
-    return Classifier(path, device, precision)
+    return Classifier(path, device, precision, compile)
