@@ -2,10 +2,12 @@
 
     python benchmarks/serve_load.py --model vit_micro_patch7_28 --img-size 28 --in-chans 1 --clients 16
     python benchmarks/serve_load.py --checkpoint runs/demo/best.safetensors --duration 30 --json out.json
+    python benchmarks/serve_load.py --model vit_small_patch16_224 --img-size 224 --in-chans 3 --compile
 
 Bounded and loopback only: the server listens on 127.0.0.1, every client sends one image per request over its own
 keep-alive connection, for `--duration` seconds after a warm-up. Reported per mode: requests/s, p50/p99 latency,
-errors (any answer but 200, or a failed connection), and the server's mean batch size from /health. Without
+errors (any answer but 200, or a failed connection), and the server's mean batch size from /health. `--compile`
+adds a third mode, batched with `vitkit serve --compile` (frozen weights, compiled before the server answers). Without
 `--checkpoint`, a model with random weights is written to a temporary folder (speed does not depend on the weights).
 """
 from __future__ import annotations
@@ -51,7 +53,8 @@ def start_server(checkpoint: Path, max_batch: int, extra: list[str]) -> tuple[su
     proc = subprocess.Popen([sys.executable, "-m", "vitkit", "serve", str(checkpoint), "--port", str(port),
                              "--max-batch", str(max_batch), "--max-queue", "1024", "--max-connections", "512", *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(300):
+    deadline = time.monotonic() + 900  # --compile compiles every batch size first
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", "/health")
@@ -126,6 +129,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32, help="--max-batch of the batched mode")
     p.add_argument("--precision", default="auto")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--compile", action="store_true", help="also measure the batched server with --compile")
     args = p.parse_args()
     rng = np.random.default_rng(0)
     buffer = io.BytesIO()
@@ -133,11 +137,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint or random_checkpoint(Path(tmp), args.model, args.img_size, args.in_chans)
         extra = ["--precision", args.precision]
-        results = [run_mode(checkpoint, b, args.clients, args.duration, args.warmup, buffer.getvalue(), extra)
-                   for b in (args.batch, 1)]
+        modes = [("batched", args.batch, []), ("unbatched", 1, [])]
+        if args.compile:
+            modes.insert(1, ("compiled", args.batch, ["--compile"]))
+        results = [run_mode(checkpoint, b, args.clients, args.duration, args.warmup, buffer.getvalue(), extra + more)
+                   for _, b, more in modes]
+        for r, (mode, _, _) in zip(results, modes):
+            r["mode"] = mode
     print(f"{'mode':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'mean batch':>11}")
-    for r, mode in zip(results, ("batched", "unbatched")):
-        print(f"{mode:<10} {r['requests_per_s']:>8} {r['p50_ms']:>8} {r['p99_ms']:>8} {r['errors']:>7} "
+    for r in results:
+        print(f"{r['mode']:<10} {r['requests_per_s']:>8} {r['p50_ms']:>8} {r['p99_ms']:>8} {r['errors']:>7} "
               f"{r['mean_batch']:>11}")
     if args.json:
         args.json.write_text(json.dumps({"model": args.model, "cpu_count": os.cpu_count(), "results": results},

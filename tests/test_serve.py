@@ -71,6 +71,24 @@ def test_predict_several_images_in_order_with_overlays(server):
     assert "overlay" not in plain["predictions"][0]
 
 
+def test_compiled_server_compiles_before_answering_and_answers_as_the_eager_one(server, checkpoint, tmp_path):
+    log = tmp_path / "compiled.log"
+    compiled = Server(serve_command(checkpoint, "--precision", "fp32", "--compile", "--max-batch", "2"), log,
+                      timeout=240)
+    files = [("a.png", image_bytes(1)), ("b.jpg", image_bytes(2, fmt="JPEG")), ("c.png", image_bytes(3))]
+    try:
+        code, _, fast = compiled.post_files(files)  # three images, at most two per batch: padded sizes 2 and 1
+    finally:
+        compiled.stop()
+    assert code == 200, fast
+    assert "compiling for batches of 1, 2 images" in log.read_text()
+    _, _, eager = server.post_files(files)
+    for a, b in zip(eager["predictions"], fast["predictions"], strict=True):
+        assert a["file"] == b["file"] and [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
+        for x, y in zip(a["top"], b["top"]):
+            assert y["probability"] == pytest.approx(x["probability"], abs=1e-3)
+
+
 def test_server_predict_and_onnx_agree_on_a_golden_set(server, exported, tmp_path):
     checkpoint, _ = exported  # the same weights as the server's: make_checkpoint is seeded
     names = ["g0.png", "g1.jpg", "g2.png", "g3.gif"]

@@ -177,7 +177,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_body_mb=args.max_body_mb,
                              max_images=args.max_images, max_image_pixels=args.max_image_pixels,
                              timeout_s=args.timeout, max_connections=args.max_connections)
-    serve(args.checkpoint, settings, device=args.device, precision=args.precision, access_log=args.access_log)
+    serve(args.checkpoint, settings, device=args.device, precision=args.precision, access_log=args.access_log,
+          compile=args.compile)
     return 0
 
 
@@ -389,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     v.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     v.add_argument("--access-log", action="store_true", help="log every request")
+    v.add_argument("--compile", action="store_true",
+                   help="compile the model with frozen weights for each power-of-two batch size up to --max-batch "
+                        "before serving: a slower start, then faster batches")
     v.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("data", help="inspect a dataset before training")

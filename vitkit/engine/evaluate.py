@@ -25,27 +25,37 @@ class FrozenCompiled(torch.nn.Module):
     become constants, so their bf16 copies are made once at compile time and linear layers run on prepacked oneDNN
     weights on CPUs (ViT-S/16, bf16, batch 32 on this project's 2-core AMX CPU: 1.3x the compiled model without
     freezing, see docs/benchmarks.md). Freezing is switched on around each call only (a global switch would also
-    freeze the trainer's own evaluation, whose weights change every epoch). Shapes are static: one graph per batch
-    size (a pass over a split has two, the batch and the remainder), compiled on first use. Where compiling fails,
-    PyTorch runs those parts eagerly, with a warning."""
+    freeze the trainer's own evaluation, whose weights change every epoch). Shapes are static, so each batch is
+    padded to the next power of two: one graph per such size, compiled on first use (`vitkit serve --compile`
+    compiles them all before it answers). Where compiling fails, PyTorch runs those parts eagerly, with a warning."""
 
     def __init__(self, model: torch.nn.Module):
         import torch._dynamo
 
         super().__init__()
         torch._dynamo.config.suppress_errors = True
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 16)  # batch sizes 1 to 2**15
         self.compiled = torch.compile(model, dynamic=False)
         self.num_classes = getattr(model, "num_classes", 0)
+
+    @staticmethod
+    def bucket(n: int) -> int:
+        """The padded batch size: the power of two at or above n."""
+        return 1 << max(0, n - 1).bit_length()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from torch._inductor import config
 
+        n = len(x)
+        x = x.contiguous()  # decoded photos arrive channels-last; one memory layout, one graph per size
+        if self.bucket(n) > n:
+            x = torch.cat([x, x.new_zeros(self.bucket(n) - n, *x.shape[1:])])
         with config.patch(freezing=True):
-            return self.compiled(x)
+            return self.compiled(x)[:n]
 
 
 def compiled_for_inference(model: torch.nn.Module) -> FrozenCompiled:
-    log.info("compiling the model for inference (tens of seconds on a small CPU, once per batch size)")
+    log.info("compiling the model for inference (tens of seconds on a small CPU, once per power-of-two batch size)")
     return FrozenCompiled(model)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,9 @@ from ..data.images import IMAGE_SUFFIXES, BadImage, is_hidden, load_image, prepa
 from ..errors import UserError
 from .checkpoint import load_model
 from .device import resolve_device, resolve_precision
-from .evaluate import compiled_for_inference, predict_logits
+from .evaluate import FrozenCompiled, compiled_for_inference, predict_logits
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -62,6 +65,16 @@ class Classifier:
         self.classes: list[str] = self.meta["classes"]
         self.img_size: int = self.meta["img_size"]
         self.in_chans: int = self.meta["in_chans"]
+
+    def warm_up(self, max_batch: int) -> None:
+        """With `compile`, compile now for every padded batch size up to `max_batch` (see `FrozenCompiled`), so that
+        no request waits for it later."""
+        if self._forward is self.model:
+            return
+        sizes = [1 << i for i in range(FrozenCompiled.bucket(max_batch).bit_length())]
+        log.info("compiling for batches of %s images", ", ".join(map(str, sizes)))
+        for n in sizes:
+            self.logits(torch.zeros(n, self.in_chans, self.img_size, self.img_size, dtype=torch.uint8), n)
 
     def preprocess(self, image: str | os.PathLike | Image.Image) -> np.ndarray:
         """A path or Pillow image to the uint8 (C, H, W) array the model was trained on."""

@@ -208,14 +208,16 @@ UPLOAD_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-d
 
 
 def serve(checkpoint: str | Path, settings: ServeSettings, device: str = "auto", precision: str = "auto",
-          access_log: bool = False) -> None:
-    """Load the checkpoint and serve it with uvicorn until SIGINT/SIGTERM."""
+          access_log: bool = False, compile: bool = False) -> None:
+    """Load the checkpoint and serve it with uvicorn until SIGINT/SIGTERM. `compile`: compile the model with frozen
+    weights for every padded batch size up to `settings.max_batch` before answering (see `FrozenCompiled`)."""
     from ..engine.export import require
 
     require("fastapi", "serve")
     require("multipart", "serve")
     uvicorn = require("uvicorn", "serve")
-    clf = Classifier(checkpoint, device=device, precision=precision)
+    clf = Classifier(checkpoint, device=device, precision=precision, compile=compile)
+    clf.warm_up(settings.max_batch)
     app = create_app(clf, settings, Path(checkpoint).name)
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: reachable from other machines, with no authentication", settings.host)
