@@ -34,7 +34,8 @@ class FrozenCompiled(torch.nn.Module):
 
         super().__init__()
         torch._dynamo.config.suppress_errors = True
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 16)  # batch sizes 1 to 2**15
+        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # < 2.6
+        setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 16))  # batch sizes 1 to 2**15
         self.compiled = torch.compile(model, dynamic=False)
         self.num_classes = getattr(model, "num_classes", 0)
 

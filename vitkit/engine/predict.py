@@ -69,7 +69,7 @@ class Classifier:
     def warm_up(self, max_batch: int) -> None:
         """With `compile`, compile now for every padded batch size up to `max_batch` (see `FrozenCompiled`), so that
         no request waits for it later."""
-        if self._forward is self.model:
+        if not isinstance(getattr(self, "_forward", None), FrozenCompiled):
             return
         sizes = [1 << i for i in range(FrozenCompiled.bucket(max_batch).bit_length())]
         log.info("compiling for batches of %s images", ", ".join(map(str, sizes)))
