@@ -47,10 +47,10 @@ class FrozenCompiled(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from torch._inductor import config
 
-        n = len(x)
+        n, size = len(x), self.bucket(len(x))
         x = x.contiguous()  # decoded photos arrive channels-last; one memory layout, one graph per size
-        if self.bucket(n) > n:
-            x = torch.cat([x, x.new_zeros(self.bucket(n) - n, *x.shape[1:])])
+        if size > n:
+            x = torch.cat([x, x.new_zeros(size - n, *x.shape[1:])])
         with config.patch(freezing=True):
             return self.compiled(x)[:n]
 
