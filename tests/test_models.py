@@ -121,3 +121,35 @@ def test_conv_stem_keeps_the_token_grid_counts_its_flops_and_round_trips(tmp_pat
         create_model("vit_micro_patch7_28", stem="convs")
     with pytest.raises(UserError, match="conv stem cannot give 3x3 patches on 27x27"):
         create_model("vit_micro_patch7_28", img_size=27, patch_size=3, stem="conv")
+
+
+def test_deeper_conv_stem_adds_stride_1_convs_and_keeps_the_single_stem_names(tmp_path):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    single = create_model("vit_micro_patch7_28", stem="conv")
+    deep = create_model("vit_micro_patch7_28", stem="conv", stem_depth=2, attn_impl="math")
+    assert deep.patch_embed.grid_size == single.patch_embed.grid_size == (4, 4)
+    convs = [m for m in deep.patch_embed.stem if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride[0] for c in convs] == [2, 1, 2, 1, 2, 1]
+    assert [c.out_channels for c in convs] == [32, 32, 64, 64, 128, 128]
+    # stem_depth 1 is the stem saved before the option existed: same names, so old checkpoints still load
+    assert [k for k in single.state_dict() if k.startswith("patch_embed.stem.") and k.endswith("weight")] == [
+        f"patch_embed.stem.{i}.weight" for i in (0, 1, 3, 4, 6, 7)]
+    deep.eval()
+    with FlopCounterMode(display=False) as counter:
+        deep(torch.randn(1, 1, 28, 28))
+    assert counter.get_total_flops() == count_flops(deep) > count_flops(single)
+    deep.train()
+    deep(torch.randn(8, 1, 28, 28)).sum().backward()
+    deep.eval()
+    path = tmp_path / "deep.safetensors"
+    kwargs = model_kwargs("vit_micro_patch7_28", stem="conv", stem_depth=2, attn_impl="math")
+    save_model(path, deep, model_meta("vit_micro_patch7_28", kwargs, [str(i) for i in range(10)], [0.5], [0.5]))
+    loaded, _ = load_model(path)
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), deep(x), rtol=0, atol=0)
+    with pytest.raises(UserError, match="stem_depth must be a positive integer"):
+        create_model("vit_micro_patch7_28", stem="conv", stem_depth=0)
+    with pytest.raises(UserError, match="stem_depth 2 needs stem 'conv'"):
+        create_model("vit_micro_patch7_28", stem_depth=2)

@@ -30,6 +30,7 @@ class ModelConfig:
     mlp_ratio: float | None = None  # override the MLP hidden size / width
     global_pool: str | None = None  # 'token' (class token) or 'avg' (mean of patch tokens); null: the model's
     stem: str | None = None  # 'patch' (one strided conv, timm's ViT) or 'conv' (3x3 conv stack); null: the model's
+    stem_depth: int | None = None  # 3x3 convs per resolution in a conv stem (the first strided); null: the model's (1)
     drop_rate: float = 0.0  # dropout after attention projection, in the MLP and before the head
     attn_drop_rate: float = 0.0  # dropout on attention probabilities
     drop_path_rate: float = 0.1  # stochastic depth of the last block (linearly less for earlier ones)

@@ -84,10 +84,16 @@ class ConvStem(nn.Module):
     See Better" (NeurIPS 2021): k stride-2 convs (BatchNorm, ReLU), widths doubling up to `embed_dim`, then a
     1x1 conv. With 2**k >= patch size the token grid is the patchify stem's; overlapping receptive fields give the
     tokens local features, which helps small models on small data. Not part of timm's ViT: `stem="patch"` is.
+
+    `depth` 3x3 convs at each resolution, the first of them strided: depth 2 adds a stride-1 conv after each
+    stride-2 one, a deeper local feature extractor for little compute when the token grid is small.
     """
 
-    def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int):
+    def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int,
+                 depth: int = 1):
         super().__init__()
+        if int(depth) < 1:
+            raise UserError(f"stem_depth must be a positive integer, not {depth}")
         self.img_size = _to_pair(img_size)
         self.patch_size = _to_pair(patch_size)
         k = max(1, (max(self.patch_size) - 1).bit_length())  # stride-2 convs: 2**k >= patch size
@@ -102,8 +108,9 @@ class ConvStem(nn.Module):
         widths = [in_chans] + [max(embed_dim // 2 ** (k - 1 - i), 8) for i in range(k)]
         layers = []
         for c_in, c_out in zip(widths[:-1], widths[1:]):
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out),
-                       nn.ReLU(inplace=True)]
+            for i in range(depth):
+                layers += [nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, stride=2 if i == 0 else 1, padding=1,
+                                     bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
         self.stem = nn.Sequential(*layers)
         self.proj = nn.Conv2d(widths[-1], embed_dim, kernel_size=1)
 
@@ -209,7 +216,8 @@ class VisionTransformer(nn.Module):
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, global_pool: Literal["token", "avg"] = "token", drop_rate: float = 0.0,
                  pos_drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 attn_impl: AttnImpl = "auto", norm_eps: float = 1e-6, stem: Literal["patch", "conv"] = "patch"):
+                 attn_impl: AttnImpl = "auto", norm_eps: float = 1e-6, stem: Literal["patch", "conv"] = "patch",
+                 stem_depth: int = 1):
         super().__init__()
         if stem not in ("patch", "conv"):
             raise UserError(f"stem must be 'patch' or 'conv', not {stem!r}")
@@ -224,7 +232,10 @@ class VisionTransformer(nn.Module):
         self.embed_dim = embed_dim
         self.num_prefix_tokens = 1
 
-        self.patch_embed = (PatchEmbed if stem == "patch" else ConvStem)(img_size, patch_size, in_chans, embed_dim)
+        if stem == "patch" and stem_depth != 1:
+            raise UserError(f"stem_depth {stem_depth} needs stem 'conv': the patchify stem is one conv")
+        self.patch_embed = (PatchEmbed(img_size, patch_size, in_chans, embed_dim) if stem == "patch" else
+                            ConvStem(img_size, patch_size, in_chans, embed_dim, stem_depth))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
         self.pos_drop = nn.Dropout(pos_drop_rate)
@@ -322,7 +333,7 @@ def count_flops(model: VisionTransformer) -> int:
         h, w = model.patch_embed.img_size
         for conv in model.patch_embed.stem:
             if isinstance(conv, nn.Conv2d):
-                h, w = -(-h // 2), -(-w // 2)
+                h, w = -(-h // conv.stride[0]), -(-w // conv.stride[1])
                 flops += 2 * h * w * conv.out_channels * conv.in_channels * 9
         flops += 2 * N * model.patch_embed.proj.in_channels * D  # the 1x1 projection
     else:
