@@ -85,7 +85,9 @@ def print_bench(result: dict) -> None:
     out.print(f"{result['model']} ({result['gflop_per_image_forward']} GFLOPs/image), batch {result['batch_size']}, "
               f"{result['precision']}, {result['device']}, torch {result['torch']}"
               f"{', compiled' if result['compile'] else ''}", markup=False)
-    out.print(f"measured {result['precision']} matmul rate: {result['matmul_tflop_per_s']:.3f} TFLOP/s", markup=False)
+    before, after = result["matmul_tflop_per_s_runs"]
+    out.print(f"measured {result['precision']} matmul rate: {result['matmul_tflop_per_s']:.3f} TFLOP/s (before the "
+              f"runs {before:.3f}, after {after:.3f}; MFU uses the higher)", markup=False)
     table = Table("mode", "implementation", "img/s", "ms/batch", "peak MiB", "TFLOP/s", "MFU")
     for r in result["results"]:
         table.add_row(r["mode"], r["implementation"], f"{r['img_per_s']:,.1f}", f"{r['ms_per_batch']:.1f}",
