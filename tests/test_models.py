@@ -98,6 +98,20 @@ def test_overrides_and_errors():
         create_model("vit_small_patch16_224", embed_dim=100)
 
 
+def _assert_micro_conv_stem_round_trips(tmp_path, **overrides):
+    """A conv-stem micro model, after a training step has moved its BatchNorm statistics, saves and loads exactly."""
+    kwargs = model_kwargs("vit_micro_patch7_28", stem="conv", **overrides)
+    model = create_model("vit_micro_patch7_28", stem="conv", **overrides)
+    model(torch.randn(8, 1, 28, 28)).sum().backward()  # training mode: BatchNorm statistics move
+    model.eval()
+    path = tmp_path / "conv.safetensors"
+    save_model(path, model, model_meta("vit_micro_patch7_28", kwargs, [str(i) for i in range(10)], [0.5], [0.5]))
+    loaded, _ = load_model(path)
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
 def test_conv_stem_keeps_the_token_grid_counts_its_flops_and_round_trips(tmp_path):
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -107,16 +121,7 @@ def test_conv_stem_keeps_the_token_grid_counts_its_flops_and_round_trips(tmp_pat
     with FlopCounterMode(display=False) as counter:  # the last one: ViT-S/16, four stride-2 convs
         conv(torch.randn(1, 3, 224, 224))
     assert counter.get_total_flops() == count_flops(conv)
-    kwargs = model_kwargs("vit_micro_patch7_28", stem="conv")
-    model = create_model("vit_micro_patch7_28", stem="conv")
-    model(torch.randn(8, 1, 28, 28)).sum().backward()  # training mode: BatchNorm statistics move
-    model.eval()
-    path = tmp_path / "conv.safetensors"
-    save_model(path, model, model_meta("vit_micro_patch7_28", kwargs, [str(i) for i in range(10)], [0.5], [0.5]))
-    loaded, _ = load_model(path)
-    x = torch.randn(3, 1, 28, 28)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    _assert_micro_conv_stem_round_trips(tmp_path)
     with pytest.raises(UserError, match="stem must be 'patch' or 'conv'"):
         create_model("vit_micro_patch7_28", stem="convs")
     with pytest.raises(UserError, match="conv stem cannot give 3x3 patches on 27x27"):
@@ -139,16 +144,7 @@ def test_deeper_conv_stem_adds_stride_1_convs_and_keeps_the_single_stem_names(tm
     with FlopCounterMode(display=False) as counter:
         deep(torch.randn(1, 1, 28, 28))
     assert counter.get_total_flops() == count_flops(deep) > count_flops(single)
-    deep.train()
-    deep(torch.randn(8, 1, 28, 28)).sum().backward()
-    deep.eval()
-    path = tmp_path / "deep.safetensors"
-    kwargs = model_kwargs("vit_micro_patch7_28", stem="conv", stem_depth=2, attn_impl="math")
-    save_model(path, deep, model_meta("vit_micro_patch7_28", kwargs, [str(i) for i in range(10)], [0.5], [0.5]))
-    loaded, _ = load_model(path)
-    x = torch.randn(3, 1, 28, 28)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), deep(x), rtol=0, atol=0)
+    _assert_micro_conv_stem_round_trips(tmp_path, stem_depth=2, attn_impl="math")
     with pytest.raises(UserError, match="stem_depth must be a positive integer"):
         create_model("vit_micro_patch7_28", stem="conv", stem_depth=0)
     with pytest.raises(UserError, match="stem_depth 2 needs stem 'conv'"):
