@@ -39,3 +39,14 @@ def test_bench_table_and_mistakes():
     assert bad.returncode == 2 and "unknown model" in bad.stderr
     zero = run_cli("bench", "--steps", "0")
     assert zero.returncode == 2 and "at least 1" in zero.stderr
+
+
+def test_bench_trains_as_vitkit_train_does_bf16_weights_on_a_cpu_unless_turned_off():
+    common = ["bench", "--model", "vit_micro_patch7_28", "--batch-size", "8", "--steps", "1", "--repeats", "1",
+              "--warmup", "1", "--device", "cpu", "--mode", "train", "--precision"]
+    on, off = run_cli(*common, "bf16"), run_cli(*common, "bf16", "--no-bf16-weights", "--json")
+    assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
+    assert "vitkit's training step: a bf16 copy of the weights, fp32 master weights" in on.stdout
+    assert json.loads(off.stdout)["bf16_weights"] is False
+    fp32 = run_cli(*common, "fp32", "--bf16-weights")
+    assert fp32.returncode == 2 and "needs bf16 training" in fp32.stderr

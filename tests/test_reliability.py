@@ -96,8 +96,12 @@ def test_a_save_killed_by_sigkill_leaves_no_partial_file_under_the_final_name(tm
 
 
 # ------------------------------------------------------------------------------------------------ signals
-def test_a_signal_mid_epoch_saves_and_the_resume_is_bit_exact(image_folder, tmp_path, monkeypatch):
-    options = {"train.epochs": 3, "train.batch_size": 8}
+# bf16 weights: the bf16 working copy is rebuilt from the fp32 master on resume; the conv stem's BatchNorm statistics
+# are the master's
+@pytest.mark.parametrize("precision", [{}, {"train.precision": "bf16", "train.bf16_weights": True,
+                                            "model.stem": "conv", "train.ema": 0.9}], ids=["fp32", "bf16-weights"])
+def test_a_signal_mid_epoch_saves_and_the_resume_is_bit_exact(image_folder, tmp_path, monkeypatch, precision):
+    options = {"train.epochs": 3, "train.batch_size": 8, **precision}
     full = vitkit.train(config(tmp_path, image_folder, **options, **{"output.name": "full"}), show_progress=False)
     calls = {"n": 0}
     original = trainer_mod.Trainer.train_step

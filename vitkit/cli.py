@@ -154,7 +154,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         overrides["img_size"] = args.img_size
     modes = ("train", "infer") if args.mode == "both" else (args.mode,)
     result = run_bench(BenchSettings(args.model, args.batch_size, args.precision, args.device, modes, args.steps,
-                                     args.warmup, args.repeats, args.compare, args.compile, overrides))
+                                     args.warmup, args.repeats, args.compare, args.compile, args.bf16_weights,
+                                     overrides))
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -370,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=5, help="runs per model and mode (medians reported)")
     b.add_argument("--compare", choices=["timm"], help="also time timm's model with the same configuration")
     b.add_argument("--compile", action="store_true", help="torch.compile vitkit's model (timm's stays eager)")
+    b.add_argument("--bf16-weights", action=argparse.BooleanOptionalAction,
+                   help="vitkit's training step on a bf16 copy of the weights, fp32 master weights (default: as "
+                        "vitkit train, on for bf16 on a CPU)")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model option, e.g. depth=8")
     b.add_argument("--json", action="store_true", help="print the results as JSON")
     b.set_defaults(func=cmd_bench)

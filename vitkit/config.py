@@ -81,6 +81,7 @@ class TrainConfig:
     balance: str = "none"  # imbalanced classes: 'loss' (class-weighted loss), 'sampler' (balanced draws) or 'none'
     grad_clip: float = 1.0  # clip the gradient norm to this; 0 turns clipping off
     precision: str = "auto"  # 'auto' (bf16 where the hardware has it), 'bf16' or 'fp32'
+    bf16_weights: bool | None = None  # bf16 training on a bf16 copy of the weights, fp32 master copy; null: on CPUs
     device: str = "auto"  # 'auto' (cuda if available), 'cpu' or 'cuda'
     seed: int = 0  # seed for the split, initialization, order and augmentation
     patience: int = 0  # stop after this many epochs without a better val top-1; 0 turns early stopping off

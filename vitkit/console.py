@@ -82,9 +82,13 @@ def print_check(report, limit: int) -> None:
 
 def print_bench(result: dict) -> None:
     """`vitkit bench`'s answer as a table and the speed-ups."""
+    master = result.get("bf16_weights") and any(r["mode"] == "train" for r in result["results"])
     out.print(f"{result['model']} ({result['gflop_per_image_forward']} GFLOPs/image), batch {result['batch_size']}, "
               f"{result['precision']}, {result['device']}, torch {result['torch']}"
               f"{', compiled' if result['compile'] else ''}", markup=False)
+    if master:
+        out.print("vitkit's training step: a bf16 copy of the weights, fp32 master weights (as vitkit train here)",
+                  markup=False)
     before, after = result["matmul_tflop_per_s_runs"]
     out.print(f"measured {result['precision']} matmul rate: {result['matmul_tflop_per_s']:.3f} TFLOP/s (before the "
               f"runs {before:.3f}, after {after:.3f}; MFU uses the higher)", markup=False)

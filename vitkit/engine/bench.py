@@ -8,7 +8,9 @@ higher of the two, so that a busy moment does not lower the peak). A training st
 With `compare="timm"`, timm's VisionTransformer with the same configuration, precision, batch and optimizer runs in
 the same process, alternating with ours run by run, so that drift of a shared machine hits both alike.
 `compile` applies `torch.compile` to vitkit's model only (for inference with frozen weights, as `vitkit predict
---compile` and `vitkit evaluate --compile` run it); timm's stays eager, the reference the targets name.
+--compile` and `vitkit evaluate --compile` run it); timm's stays eager, the reference the targets name. vitkit's
+training step is the trainer's: with bf16 on a CPU it runs on a bf16 copy of the weights with fp32 master weights
+(`bf16_weights`, as `train.bf16_weights`; see `vitkit.engine.master`), timm's under autocast.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from ..errors import UserError
 from ..models import count_flops, create_model, model_kwargs
 from .device import autocast, resolve_device, resolve_precision
 from .evaluate import compiled_for_inference
+from .master import Bf16Weights, use_bf16_weights
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ class BenchSettings:
     repeats: int = 5  # runs per model and mode; medians are reported
     compare: str | None = None  # "timm"
     compile: bool = False  # torch.compile vitkit's model (timm's stays eager: the reference)
+    bf16_weights: bool | None = None  # vitkit's training step on a bf16 copy of the weights; None: as vitkit train
     overrides: dict = field(default_factory=dict)  # model arguments, e.g. img_size
 
 
@@ -126,7 +130,8 @@ def _measure_own_peak(spec: dict) -> float:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     model = create_model(s.model, **s.overrides) if implementation == "vitkit" else timm_twin(kwargs)
-    step = make_step(model.to(device), mode, x, y, device, amp_dtype)
+    bf16_weights = implementation == "vitkit" and use_bf16_weights(s.bf16_weights, device, amp_dtype)
+    step = make_step(model.to(device), mode, x, y, device, amp_dtype, bf16_weights)
     for _ in range(s.warmup + s.steps):
         step()
     done.set()
@@ -151,8 +156,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_step(model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor, device, amp_dtype):
-    """A closure running one batch: a full training step, or an inference forward pass."""
+def make_step(model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor, device, amp_dtype,
+              bf16_weights: bool = False, compile: bool = False):
+    """A closure running one batch: a full training step as the trainer runs it, or an inference forward pass.
+    `compile` compiles the module that runs the training passes (the bf16 copy with `bf16_weights`)."""
     if mode == "infer":
         model.eval()
 
@@ -161,16 +168,24 @@ def make_step(model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor, dev
                 model(x)
         return infer
     model.train()
+    work = Bf16Weights(model) if bf16_weights else None
+    net = work.module if work else model
+    net = torch.compile(net) if compile else net
+    inputs, casts = (x.to(torch.bfloat16), None) if work else (x, amp_dtype)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
 
     def train():
         optimizer.zero_grad(set_to_none=True)
-        with autocast(device, amp_dtype):
-            loss = loss_fn(model(x).float(), y)
+        with autocast(device, casts):
+            loss = loss_fn(net(inputs).float(), y)
         loss.backward()
+        if work:
+            work.grads_to_master()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        if work:
+            work.sync()
     return train
 
 
@@ -203,11 +218,13 @@ def run_bench(s: BenchSettings) -> dict:
     mm_dtype = torch.bfloat16 if amp_dtype is not None else torch.float32
     rates = [matmul_rate(device, mm_dtype)]  # measured again after the runs: a busy moment must not set the peak
     x, y = _inputs(s, kwargs, device)
+    bf16_weights = use_bf16_weights(s.bf16_weights, device, amp_dtype)
     measured_runs = []
     for mode in s.modes:
-        if s.compile:  # inference compiles after training ran, so the frozen weights are the final ones
-            models["vitkit"] = compiled_for_inference(eager) if mode == "infer" else torch.compile(eager)
-        steps = {name: make_step(m, mode, x, y, device, amp_dtype) for name, m in models.items()}
+        if s.compile and mode == "infer":  # compiled after training ran, so the frozen weights are the final ones
+            models["vitkit"] = compiled_for_inference(eager)
+        steps = {name: make_step(m, mode, x, y, device, amp_dtype, bf16_weights and name == "vitkit",
+                                 s.compile and name == "vitkit") for name, m in models.items()}
         runs: dict[str, list[float]] = {name: [] for name in models}
         peaks = {}
         for r in range(s.repeats):
@@ -233,7 +250,7 @@ def run_bench(s: BenchSettings) -> dict:
                for name, mode, img_s, seconds, peak, achieved, measured in measured_runs]
     out = {"model": s.model, "model_kwargs": kwargs, "batch_size": s.batch_size, "precision": precision,
            "device": _device_name(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-           "compile": s.compile, "gflop_per_image_forward": round(flops / 1e9, 4),
+           "compile": s.compile, "bf16_weights": bf16_weights, "gflop_per_image_forward": round(flops / 1e9, 4),
            "matmul_tflop_per_s": round(max(rates) / 1e12, 3),
            "matmul_tflop_per_s_runs": [round(r / 1e12, 3) for r in rates], "steps": s.steps, "repeats": s.repeats,
            "results": [asdict(r) for r in results]}

@@ -63,6 +63,15 @@ def broadcast(obj):
     return box[0]
 
 
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers in every process."""
+    if not active():
+        return
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, src=0)
+
+
 def local_device(device: torch.device) -> torch.device:
     """The process's own GPU under torchrun (cuda:LOCAL_RANK); other devices unchanged."""
     if device.type == "cuda" and device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:

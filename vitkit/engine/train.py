@@ -23,6 +23,7 @@ from . import dist
 from .checkpoint import MODEL_FILE, STATE_FILE, load_model, load_state, model_meta, read_meta
 from .device import resolve_device, resolve_precision
 from .evaluate import source_key
+from .master import use_bf16_weights
 from .trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -146,9 +147,10 @@ def _train(cfg: Config, device: torch.device, resume: str | Path | None, show_pr
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     set_max_pixels(cfg.data.max_image_pixels)
+    amp_dtype = resolve_precision(cfg.train.precision, device)
+    bf16_weights = use_bf16_weights(cfg.train.bf16_weights, device, amp_dtype)
     run_dir = Path(resume) if resume else dist.broadcast(new_run_dir(cfg) if dist.is_main() else None)
     run_dir.mkdir(parents=True, exist_ok=True)
-    amp_dtype = resolve_precision(cfg.train.precision, device)
     pretrained = read_source(cfg.model.init) if cfg.model.init and not resume else None  # fail before decoding
     data = _load_bundle(cfg, run_dir / MANIFEST, show_progress)
     if "train" not in data.splits or len(data.splits["train"]) == 0:
@@ -159,13 +161,13 @@ def _train(cfg: Config, device: torch.device, resume: str | Path | None, show_pr
     meta = model_meta(cfg.model.name, kwargs, data.classes, data.mean, data.std, data_source=source_key(
         cfg.data.source), val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
         split_seed=cfg.train.seed, config=cfg.to_dict(), **({"init": init} if init else {}))
-    trainer = Trainer(cfg, data, model, run_dir, meta, device, amp_dtype, show_progress)
+    trainer = Trainer(cfg, data, model, run_dir, meta, device, amp_dtype, show_progress, bf16_weights)
     if resume:
         _restore(trainer, run_dir, cfg)
     elif dist.is_main():
         atomic_write(run_dir / "config.yaml", save_config(cfg))
         write_manifest(run_dir / MANIFEST, data.manifest)
-    _log_start(cfg, data, model, run_dir, device, amp_dtype)
+    _log_start(cfg, data, model, run_dir, device, amp_dtype, bf16_weights)
     start = time.perf_counter()
     try:
         state = trainer.fit()
@@ -247,12 +249,13 @@ def _restore(trainer: Trainer, run_dir: Path, cfg: Config) -> None:
     log.info("resuming %s %s", run_dir, where)
 
 
-def _log_start(cfg, data, model, run_dir, device, amp_dtype) -> None:
+def _log_start(cfg, data, model, run_dir, device, amp_dtype, bf16_weights: bool) -> None:
     sizes = ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
     log.info("data: %s, %d classes, %s, %dx%d, %d channel(s)", cfg.data.source, len(data.classes), sizes,
              data.img_size, data.img_size, data.channels)
     log.info("model: %s, %.2fM parameters, %.3f GFLOPs/image; device %s, %s", cfg.model.name,
-             num_params(model) / 1e6, count_flops(model) / 1e9, device, "bf16 autocast" if amp_dtype else "fp32")
+             num_params(model) / 1e6, count_flops(model) / 1e9, device,
+             "fp32" if amp_dtype is None else "bf16 weights, fp32 master copy" if bf16_weights else "bf16 autocast")
     world, passes = dist.world_size(), cfg.train.accum_steps
     if world > 1 or passes > 1:
         log.info("global batch %d: %d process(es) x %d pass(es) of about %d images; lr %g as configured",

@@ -33,6 +33,7 @@ from .device import autocast
 from .ema import ModelEma
 from .evaluate import predict_logits
 from .interrupt import Interrupted, StopRequest
+from .master import Bf16Weights
 from .optim import build_optimizer, build_scheduler
 from .recipe import build_recipe, make_loader
 
@@ -73,14 +74,19 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 class Trainer:
     def __init__(self, cfg: Config, data: DataBundle, model: VisionTransformer, run_dir: Path, meta: dict,
-                 device: torch.device, amp_dtype: torch.dtype | None, show_progress: bool = True):
+                 device: torch.device, amp_dtype: torch.dtype | None, show_progress: bool = True,
+                 bf16_weights: bool = False):
         self.cfg, self.data, self.run_dir, self.meta = cfg, data, run_dir, meta
         self.device, self.amp_dtype = device, amp_dtype
-        self.model = model.to(device)
+        self.model = model.to(device)  # the weights that are optimized, evaluated and saved
+        # bf16_weights: training passes run on a bf16 copy without autocast; the fp32 model stays the master copy.
+        if bf16_weights:
+            dist.broadcast_module(self.model)  # DDP below makes the copies agree; the masters must agree too
+        self.work = Bf16Weights(self.model) if bf16_weights else None
         # Several processes: DDP averages the gradients; the loss below is scaled so that the average equals the
         # gradient of the global batch's mean loss, whatever the number of processes.
-        self.ddp = dist.wrap(self.model, device)
-        net = self.ddp or self.model
+        self.ddp = dist.wrap(self.work.module if self.work else self.model, device)
+        net = self.ddp or (self.work.module if self.work else self.model)
         self.forward = compiled(net) if cfg.train.compile else net  # training forward passes
         self.show_progress = show_progress and dist.is_main()
         t = cfg.train
@@ -121,6 +127,8 @@ class Trainer:
                                 state.get("skipped_steps", 0), state.get("partial"))
         if "model" in state:
             self.model.load_state_dict(state["model"])
+        if self.work is not None:
+            self.work.sync()
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None:
@@ -163,6 +171,8 @@ class Trainer:
             params = list(m.parameters(recurse=False))
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and params and not params[0].requires_grad:
                 m.eval()
+        if self.work is not None:
+            self.work.follow_modes()
         if partial is not None and partial["epoch"] == epoch:
             first, seen, earlier = partial["step"], partial["seen"], partial["seconds"]
             loss_sum, correct = partial["loss_sum"].to(self.device), partial["correct"].to(self.device)
@@ -207,7 +217,7 @@ class Trainer:
     def train_step(self, batch: Batch, epoch: int = 0, step: int = 0) -> tuple[torch.Tensor, torch.Tensor] | None:
         """One optimizer step over `batch` in `train.accum_steps` passes: (summed loss of this process's images,
         their logits), or None when the step was skipped for a non-finite loss or gradient."""
-        self.optimizer.zero_grad(set_to_none=True)
+        self.zero_grad()
         passes = self.cfg.train.accum_steps
         xs, ys = batch.x.chunk(passes), batch.y.chunk(passes)
         targets = batch.target.chunk(passes) if batch.target is not None else [None] * len(xs)
@@ -216,28 +226,41 @@ class Trainer:
         for i, (x, y, target) in enumerate(zip(xs, ys, targets)):
             last = i == len(xs) - 1
             with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
-                with autocast(self.device, self.amp_dtype):
+                if self.work is not None:  # the bf16 copy runs without autocast
+                    x, casts = x.to(torch.bfloat16), contextlib.nullcontext()
+                else:
+                    casts = autocast(self.device, self.amp_dtype)
+                with casts:
                     logits = self.forward(x)
                     loss = self.loss_fn(logits.float(), y) if target is None else self.soft_loss_fn(logits.float(),
                                                                                                      target)
                 if self.check_each_step and self.ddp is None and not torch.isfinite(loss):
-                    self.optimizer.zero_grad(set_to_none=True)
+                    self.zero_grad()
                     return self._skip(epoch, step, "loss")
                 (loss * scale).backward()
             total += loss.detach()
             all_logits.append(logits.detach())
+        if self.work is not None:
+            self.work.grads_to_master()
         # Under DDP every process holds the same averaged gradient, so they agree on skipping a step.
         clip = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else float("inf")
         if clip < float("inf") or self.ddp is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             if (self.check_each_step or self.ddp is not None) and not torch.isfinite(norm):
-                self.optimizer.zero_grad(set_to_none=True)
+                self.zero_grad()
                 return self._skip(epoch, step, "gradient")
         self.optimizer.step()
         self.scheduler.step()
+        if self.work is not None:
+            self.work.sync()
         if self.ema is not None:
             self.ema.update(self.model)
         return total, torch.cat(all_logits)
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.work is not None:
+            self.work.zero_grad()
 
     def stopping(self) -> bool:
         """Whether a signal asked to stop, in any process (they all stop at the same step)."""
