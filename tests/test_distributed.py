@@ -69,3 +69,19 @@ def test_two_processes_train_the_same_weights_as_one_and_resume_on_one(fake_mnis
 def test_nproc_must_be_positive():
     bad = run_cli("train", "fashion-mnist", "--nproc", "0")
     assert bad.returncode == 2 and "--nproc must be at least 1" in bad.stderr
+
+
+def test_two_processes_with_bf16_weights_train_what_one_process_trains(fake_mnist, tmp_path):
+    # The bf16 copies run the passes and DDP averages their bf16 gradients; the fp32 masters take the step. bf16
+    # rounds the two halves' gradients differently from the whole batch's, so the weights agree to bf16's precision
+    # (7e-4 measured) rather than to float reassociation's; a wrong gradient scale is far off (twice the learning
+    # rate moved the weights by 0.19 with the conv stem). The patch stem here: a conv stem's BatchNorm would see
+    # half batches in each process.
+    bf16 = [*COMMON, "--precision", "bf16", "--set", "train.bf16_weights=true",
+            "--data-root", str(fake_mnist), "--out", str(tmp_path), "--epochs", "2"]
+    one = run_cli("train", *bf16, "--name", "one")
+    two = _torchrun(*bf16, "--name", "two")
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr[-3000:]
+    assert "bf16 weights, fp32 master copy" in two.stderr
+    for name in ("last.safetensors", "ema.safetensors"):
+        assert _largest_difference(tmp_path / "one" / name, tmp_path / "two" / name) < 5e-3
