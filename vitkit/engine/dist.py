@@ -67,9 +67,8 @@ def broadcast_module(module: torch.nn.Module) -> None:
     """Rank 0's parameters and buffers in every process."""
     if not active():
         return
-    with torch.no_grad():
-        for t in [*module.parameters(), *module.buffers()]:
-            dist.broadcast(t.data, src=0)
+    for t in [*module.parameters(), *module.buffers()]:
+        dist.broadcast(t.data, src=0)
 
 
 def local_device(device: torch.device) -> torch.device:

@@ -85,8 +85,9 @@ class Trainer:
         self.work = Bf16Weights(self.model) if bf16_weights else None
         # Several processes: DDP averages the gradients; the loss below is scaled so that the average equals the
         # gradient of the global batch's mean loss, whatever the number of processes.
-        self.ddp = dist.wrap(self.work.module if self.work else self.model, device)
-        net = self.ddp or (self.work.module if self.work else self.model)
+        train_net = self.work.module if self.work else self.model  # what the forward and backward passes run on
+        self.ddp = dist.wrap(train_net, device)
+        net = self.ddp or train_net
         self.forward = compiled(net) if cfg.train.compile else net  # training forward passes
         self.show_progress = show_progress and dist.is_main()
         t = cfg.train
