@@ -49,8 +49,15 @@ def setup(device: torch.device) -> bool:
     return True
 
 
-def teardown() -> None:
+def teardown(wait: bool) -> None:
+    """Leave the process group. With `wait` (every process got to the same point: the end of the run or an agreed
+    stop) each first waits for the others, as rank 0 may still be writing files: a gloo process that left while its
+    peer was busy aborted at exit about one run in four ("terminate called without an active exception"), and
+    torchrun then stops the rest. Without it (an error in one process) nobody waits for processes that may never come.
+    """
     if dist.is_available() and dist.is_initialized():
+        if wait and active():
+            dist.barrier()
         dist.destroy_process_group()
 
 

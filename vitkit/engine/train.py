@@ -23,6 +23,7 @@ from . import dist
 from .checkpoint import MODEL_FILE, STATE_FILE, load_model, load_state, model_meta, read_meta
 from .device import resolve_device, resolve_precision
 from .evaluate import source_key
+from .interrupt import Interrupted
 from .master import use_bf16_weights
 from .trainer import Trainer
 
@@ -136,11 +137,17 @@ def train(cfg: Config, resume: str | Path | None = None, show_progress: bool = T
     """Train a model as `cfg` says and write its run directory; with `resume`, continue that run."""
     device = dist.local_device(resolve_device(cfg.train.device))
     joined = dist.setup(device)
+    together = False  # all processes got to the same point: the end, or a stop they agreed on
     try:
-        return _train(cfg, device, resume, show_progress)
+        result = _train(cfg, device, resume, show_progress)
+        together = True
+        return result
+    except Interrupted:
+        together = True
+        raise
     finally:
         if joined:
-            dist.teardown()
+            dist.teardown(wait=together)
 
 
 def _train(cfg: Config, device: torch.device, resume: str | Path | None, show_progress: bool) -> RunResult:
