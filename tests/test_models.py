@@ -6,7 +6,7 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 from vitkit.engine.checkpoint import load_model, model_meta, save_model
 from vitkit.errors import UserError
-from vitkit.models import count_flops, create_model, get_spec, list_models, model_kwargs, num_params
+from vitkit.models import count_flops, create_model, get_spec, list_models, model_kwargs, model_size, num_params
 
 
 # ViT-L is ViT-B's code at another size (its parameter count is checked against timm below); building it takes
@@ -83,6 +83,16 @@ def test_vit_tiny_224_outputs_match_timm():
 def test_flops_of_vit_base_match_the_published_figure():
     # ViT-B/16 at 224: about 17.6 G multiply-adds, i.e. ~35 GFLOPs
     assert abs(count_flops(create_model("vit_base_patch16_224")) / 1e9 - 35.1) < 0.3
+
+
+def test_model_size_counts_without_weights_what_the_built_model_has():
+    for name, overrides in (("vit_small_patch16_224", {"img_size": 384, "num_classes": 7}),
+                            ("vit_micro_patch7_28", {"stem": "conv", "stem_depth": 2, "global_pool": "avg"})):
+        model = create_model(name, **overrides)
+        tokens = model.patch_embed.num_patches + model.num_prefix_tokens
+        assert model_size(name, **overrides) == (num_params(model), count_flops(model), tokens)
+    with pytest.raises(UserError, match="not divisible by num_heads"):
+        model_size("vit_small_patch16_224", num_heads=5)
 
 
 def test_overrides_and_errors():

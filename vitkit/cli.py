@@ -224,13 +224,13 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ models, info
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import count_flops, create_model, get_spec, list_models, num_params
+    from .models import get_spec, list_models, model_size
 
     table = Table("model", "params", "GFLOPs", "image", "patch", "description")
     for name in list_models():
         spec = get_spec(name)
-        model = create_model(name, **({"num_classes": args.num_classes} if args.num_classes else {}))
-        table.add_row(name, f"{num_params(model) / 1e6:.2f}M", f"{count_flops(model) / 1e9:.3f}",
+        params, flops, _ = model_size(name, **({"num_classes": args.num_classes} if args.num_classes else {}))
+        table.add_row(name, f"{params / 1e6:.2f}M", f"{flops / 1e9:.3f}",
                       f"{spec.kwargs['img_size']}", str(spec.kwargs["patch_size"]), spec.description)
     out.print(table)
     return 0
@@ -238,17 +238,15 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .config import parse_assignment
-    from .models import count_flops, create_model, model_kwargs, num_params
+    from .models import model_kwargs, model_size
 
     overrides = dict(parse_assignment(a) for a in args.set)
     kwargs = model_kwargs(args.model, **overrides)
-    model = create_model(args.model, **overrides)
-    n_tokens = model.patch_embed.num_patches + 1
+    params, flops, n_tokens = model_size(args.model, **overrides)
     out.print(f"[bold]{args.model}[/bold]")
     for key, value in kwargs.items():
         out.print(f"  {key}: {value}", markup=False)
-    out.print(f"  tokens: {n_tokens}  parameters: {num_params(model):,}  FLOPs/image: "
-              f"{count_flops(model) / 1e9:.3f} G")
+    out.print(f"  tokens: {n_tokens}  parameters: {params:,}  FLOPs/image: {flops / 1e9:.3f} G")
     return 0
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
+import torch
+
 from ..errors import UserError
-from .vit import VisionTransformer
+from .vit import VisionTransformer, count_flops, num_params
 
 
 @dataclass(frozen=True)
@@ -87,3 +89,11 @@ def create_model(name: str, init: str | None = None, init_strict: bool = True, *
 
         load_pretrained(model, init, strict=init_strict)
     return model
+
+
+def model_size(name: str, **overrides) -> tuple[int, int, int]:
+    """(parameters, forward FLOPs per image, tokens) of a registered model, counted on a copy without weights (the
+    meta device): instant even for the largest sizes, whose random initialization takes seconds."""
+    with torch.device("meta"):
+        model = VisionTransformer(**model_kwargs(name, **overrides))
+    return num_params(model), count_flops(model), model.patch_embed.num_patches + model.num_prefix_tokens
