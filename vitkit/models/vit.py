@@ -253,6 +253,8 @@ class VisionTransformer(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
+        if self.pos_embed.is_meta:  # a copy without weights, for counting (`model_size`): nothing to draw
+            return
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
         for m in self.modules():
