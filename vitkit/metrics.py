@@ -1,11 +1,13 @@
-"""Classification metrics from logits, computed with scikit-learn where it has them."""
+"""Classification metrics from logits, computed with scikit-learn where it has them.
+
+scikit-learn is imported where it is used: it costs every command that imports vitkit about a second otherwise.
+"""
 from __future__ import annotations
 
 import warnings
 
 import numpy as np
 import torch
-from sklearn import metrics as skm
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
@@ -16,6 +18,8 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
 
 def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
     """Loss, top-1/top-5, per-class precision/recall/F1/support, averages, confusion matrix; binary extras."""
+    from sklearn import metrics as skm
+
     logits = logits.float()
     y_true = labels.numpy()
     probs = logits.softmax(dim=1).numpy()
@@ -50,6 +54,8 @@ def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: l
 
 def binary_metrics(y_true: np.ndarray, y_pred: np.ndarray, score: np.ndarray, classes: list[str]) -> dict:
     """Class 1 is the positive class: sensitivity = its recall, specificity = class 0's recall."""
+    from sklearn import metrics as skm
+
     tn, fp, fn, tp = skm.confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel()
     both = len(np.unique(y_true)) == 2
     return {
