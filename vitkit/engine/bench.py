@@ -208,6 +208,7 @@ def run_bench(s: BenchSettings) -> dict:
     device = resolve_device(s.device)
     amp_dtype = resolve_precision(s.precision, device)
     precision = "bf16" if amp_dtype is not None else "fp32"
+    bf16_weights = use_bf16_weights(s.bf16_weights, device, amp_dtype)  # a mistake fails before any measuring
     kwargs = model_kwargs(s.model, **s.overrides)
     torch.manual_seed(0)
     models = {"vitkit": create_model(s.model, **s.overrides).to(device)}
@@ -218,7 +219,6 @@ def run_bench(s: BenchSettings) -> dict:
     mm_dtype = torch.bfloat16 if amp_dtype is not None else torch.float32
     rates = [matmul_rate(device, mm_dtype)]  # measured again after the runs: a busy moment must not set the peak
     x, y = _inputs(s, kwargs, device)
-    bf16_weights = use_bf16_weights(s.bf16_weights, device, amp_dtype)
     measured_runs = []
     for mode in s.modes:
         if s.compile and mode == "infer":  # compiled after training ran, so the frozen weights are the final ones
