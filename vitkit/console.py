@@ -89,6 +89,10 @@ def print_bench(result: dict) -> None:
     if master:
         out.print("vitkit's training step: a bf16 copy of the weights, fp32 master weights (as vitkit train here)",
                   markup=False)
+    if result.get("malloc"):
+        out.print(f"malloc, for both implementations: {result['malloc']}" + (
+            " (glibc thresholds raised; VITKIT_MALLOC=default to leave them)" if result["malloc"] == "tuned" else ""),
+            markup=False)
     before, after = result["matmul_tflop_per_s_runs"]
     out.print(f"measured {result['precision']} matmul rate: {result['matmul_tflop_per_s']:.3f} TFLOP/s (before the "
               f"runs {before:.3f}, after {after:.3f}; MFU uses the higher)", markup=False)

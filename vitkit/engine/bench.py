@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..models import count_flops, create_model, model_kwargs
+from . import allocator
 from .device import autocast, resolve_device, resolve_precision
 from .evaluate import compiled_for_inference
 from .master import Bf16Weights, use_bf16_weights
@@ -115,6 +116,7 @@ def _measure_own_peak(spec: dict) -> float:
 
     implementation, mode = spec.pop("implementation"), spec["modes"][0]
     s = BenchSettings(**{**spec, "modes": tuple(spec["modes"])})
+    allocator.tune()  # as in the parent
     device = resolve_device(s.device)
     amp_dtype = resolve_precision(s.precision, device)
     kwargs = model_kwargs(s.model, **s.overrides)
@@ -205,6 +207,7 @@ def run_bench(s: BenchSettings) -> dict:
     """Measure as `s` says; a JSON-ready dict with the settings, the device, the matmul rate and the results."""
     if s.batch_size < 1 or s.steps < 1 or s.repeats < 1 or s.warmup < 0:
         raise UserError("--batch-size, --steps and --repeats must be at least 1, --warmup at least 0")
+    malloc = allocator.tune()  # process-wide: timm's model runs under the same allocator settings
     device = resolve_device(s.device)
     amp_dtype = resolve_precision(s.precision, device)
     precision = "bf16" if amp_dtype is not None else "fp32"
@@ -250,7 +253,7 @@ def run_bench(s: BenchSettings) -> dict:
                for name, mode, img_s, seconds, peak, achieved, measured in measured_runs]
     out = {"model": s.model, "model_kwargs": kwargs, "batch_size": s.batch_size, "precision": precision,
            "device": _device_name(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-           "compile": s.compile, "bf16_weights": bf16_weights, "gflop_per_image_forward": round(flops / 1e9, 4),
+           "compile": s.compile, "bf16_weights": bf16_weights, "malloc": malloc, "gflop_per_image_forward": round(flops / 1e9, 4),
            "matmul_tflop_per_s": round(max(rates) / 1e12, 3),
            "matmul_tflop_per_s_runs": [round(r / 1e12, 3) for r in rates], "steps": s.steps, "repeats": s.repeats,
            "results": [asdict(r) for r in results]}

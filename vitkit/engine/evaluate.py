@@ -12,6 +12,7 @@ from ..data.dataset import check_bad_files
 from ..data.shards import is_sharded, read_index
 from ..errors import DataError, UserError
 from ..metrics import classification_report
+from . import allocator
 from .checkpoint import load_model
 from .device import autocast, resolve_device, resolve_precision
 
@@ -141,6 +142,7 @@ def prepare_evaluation(checkpoint: str | Path, source: str | None = None, split:
     """Load `checkpoint` and the `split` of `source` (default: the data it was trained on; test if the data has a
     test split, else val) as the checkpoint saw it: same split manifest, size, channels and class indices.
     `compile` computes the logits with `compiled_for_inference` (pays off over thousands of images)."""
+    allocator.tune()
     dev = resolve_device(device)
     model, meta = load_model(checkpoint, dev)
     if source is None:

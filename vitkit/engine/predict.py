@@ -14,6 +14,7 @@ from PIL import Image
 
 from ..data.images import IMAGE_SUFFIXES, BadImage, is_hidden, load_image, prepare
 from ..errors import UserError
+from . import allocator
 from .checkpoint import load_model
 from .device import resolve_device, resolve_precision
 from .evaluate import FrozenCompiled, compiled_for_inference, predict_logits
@@ -56,6 +57,7 @@ class Classifier:
 
     def __init__(self, checkpoint: str | os.PathLike, device: str = "auto", precision: str = "auto",
                  compile: bool = False):
+        allocator.tune()
         self.device = resolve_device(device)
         self.model, self.meta = load_model(checkpoint, self.device)
         self.amp_dtype = resolve_precision(precision, self.device)

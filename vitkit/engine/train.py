@@ -19,7 +19,7 @@ from ..fileio import atomic_write
 from ..models import count_flops, get_spec, model_kwargs, num_params
 from ..models.pretrained import Pretrained, load_pretrained, read_source
 from ..models.vit import VisionTransformer
-from . import dist
+from . import allocator, dist
 from .checkpoint import MODEL_FILE, STATE_FILE, load_model, load_state, model_meta, read_meta
 from .device import resolve_device, resolve_precision
 from .evaluate import source_key
@@ -135,6 +135,7 @@ def _report_bad_files(data: DataBundle, run_dir: Path, max_fraction: float) -> N
 
 def train(cfg: Config, resume: str | Path | None = None, show_progress: bool = True) -> RunResult:
     """Train a model as `cfg` says and write its run directory; with `resume`, continue that run."""
+    allocator.tune()
     device = dist.local_device(resolve_device(cfg.train.device))
     joined = dist.setup(device)
     together = False  # all processes got to the same point: the end, or a stop they agreed on
