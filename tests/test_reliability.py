@@ -170,6 +170,51 @@ def test_resume_refuses_changes_that_break_it_and_names_the_ones_it_allows(fake_
     assert "train.threads" not in caplog.text
 
 
+# -------------------------------------------------------------------------------------------- out of memory
+def _inject_oom(monkeypatch, epoch):
+    original = trainer_mod.Trainer.train_step
+
+    def step(self, batch, at_epoch=0, at_step=0):
+        if at_epoch == epoch and at_step == 1:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                               "memory: you tried to allocate 3221225472 bytes. Error code 12 (Cannot allocate memory)")
+        return original(self, batch, at_epoch, at_step)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", step)
+
+
+def test_out_of_memory_is_told_apart_from_other_errors():
+    from vitkit.engine.device import out_of_memory
+
+    gpu = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+                                 "79.11 GiB of which 1.21 GiB is free.")
+    assert out_of_memory(gpu) == "tried to allocate 2.00 GiB on the GPU"
+    assert out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1610612736 "
+                                      "bytes. Error code 12 (Cannot allocate memory)")) == \
+        "tried to allocate 1.5 GiB on the CPU"
+    assert out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+    assert out_of_memory(ValueError("can't allocate memory")) is None
+
+
+def test_out_of_memory_in_training_says_what_is_saved_and_how_to_continue(fake_mnist, tmp_path, monkeypatch):
+    _inject_oom(monkeypatch, epoch=1)
+    cfg = config(tmp_path, "fashion-mnist", str(fake_mnist), **{"train.epochs": 2})
+    with pytest.raises(UserError, match=r"^out of memory while training \(tried to allocate 3.0 GiB on the CPU\): use "
+                                        r"a smaller --batch-size, or --accum-steps 2 to keep the batch"):
+        vitkit.train(cfg, show_progress=False)
+    monkeypatch.undo()
+    _inject_oom(monkeypatch, epoch=2)
+    with pytest.raises(UserError) as err:
+        vitkit.train(cfg, show_progress=False)
+    run = next(p for p in (tmp_path / "runs").iterdir() if (p / "last.safetensors").is_file())
+    assert str(err.value) == (f"out of memory while training (tried to allocate 3.0 GiB on the CPU); epochs 1-1 are "
+                              f"saved in {run}: continue in smaller passes with: vitkit train --resume {run} "
+                              f"--accum-steps 2")
+    monkeypatch.undo()
+    resumed = vitkit.train(resume_config(run, {"train.accum_steps": 2}), resume=run, show_progress=False)
+    assert resumed.epochs == 2 and [r["epoch"] for r in _rows(run)] == ["1", "2"]
+
+
 # ----------------------------------------------------------------------------------------------- non-finite
 def _inject_inf(monkeypatch, at_calls):
     original = trainer_mod.Trainer.__init__

@@ -455,4 +455,11 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(err, (NonFiniteLoss, ExportMismatch)):
             print(f"vitkit: error: {err}", file=sys.stderr)
             return 1
-        raise
+        from .engine.device import out_of_memory
+
+        detail = out_of_memory(err)
+        if detail is None:
+            raise
+        smaller = "--max-batch" if args.func is cmd_serve else "--batch-size"
+        print(f"vitkit: error: out of memory ({detail}): try a smaller {smaller}", file=sys.stderr)
+        return 2

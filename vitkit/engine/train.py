@@ -21,7 +21,7 @@ from ..models.pretrained import Pretrained, load_pretrained, read_source
 from ..models.vit import VisionTransformer
 from . import allocator, dist
 from .checkpoint import MODEL_FILE, STATE_FILE, load_model, load_state, model_meta, read_meta
-from .device import resolve_device, resolve_precision
+from .device import out_of_memory, resolve_device, resolve_precision
 from .evaluate import source_key
 from .interrupt import Interrupted
 from .master import use_bf16_weights
@@ -183,6 +183,17 @@ def _train(cfg: Config, device: torch.device, resume: str | Path | None, show_pr
         log.warning("interrupted: epochs 1-%d are saved in %s; continue with: vitkit train --resume %s",
                     trainer.state.epoch, run_dir, run_dir)
         raise
+    except RuntimeError as err:
+        detail = out_of_memory(err)
+        if detail is None:
+            raise
+        smaller = f"--accum-steps {2 * cfg.train.accum_steps}"
+        if trainer.state.epoch == 0:
+            raise UserError(f"out of memory while training ({detail}): use a smaller --batch-size, or {smaller} to "
+                            "keep the batch and compute it in smaller passes") from None
+        raise UserError(f"out of memory while training ({detail}); epochs 1-{trainer.state.epoch} are saved in "
+                        f"{run_dir}: continue in smaller passes with: vitkit train --resume {run_dir} {smaller}"
+                        ) from None
     seconds = time.perf_counter() - start
     if cfg.output.report and dist.is_main():
         _write_report(run_dir, data, device, amp_dtype)
