@@ -213,6 +213,7 @@ def run_bench(s: BenchSettings) -> dict:
     precision = "bf16" if amp_dtype is not None else "fp32"
     bf16_weights = use_bf16_weights(s.bf16_weights, device, amp_dtype)  # a mistake fails before any measuring
     kwargs = model_kwargs(s.model, **s.overrides)
+    x, y = _inputs(s, kwargs, device)  # a batch too large for memory fails here, before anything is measured
     torch.manual_seed(0)
     models = {"vitkit": create_model(s.model, **s.overrides).to(device)}
     if s.compare == "timm":
@@ -221,7 +222,6 @@ def run_bench(s: BenchSettings) -> dict:
     eager = models["vitkit"]
     mm_dtype = torch.bfloat16 if amp_dtype is not None else torch.float32
     rates = [matmul_rate(device, mm_dtype)]  # measured again after the runs: a busy moment must not set the peak
-    x, y = _inputs(s, kwargs, device)
     measured_runs = []
     for mode in s.modes:
         if s.compile and mode == "infer":  # compiled after training ran, so the frozen weights are the final ones
