@@ -97,3 +97,22 @@ def test_forward_is_features_pool_head(pool):
     assert model.forward_head(feats, pre_logits=True).shape == (2, 16)
     maps = model.attention_maps(x)
     assert len(maps) == 2 and maps[0].shape == (2, 2, 17, 17)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "math"])
+def test_class_token_shortcut_gives_the_full_forward_logits_and_gradients(impl):
+    """With token pooling, `forward` skips the last block's rows that the head never reads: same logits, same
+    gradients for every parameter, in training mode too (dropout 0, and drop path is per image)."""
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=16, patch_size=4, in_chans=1, num_classes=3, embed_dim=16, depth=3,
+                              num_heads=2, attn_impl=impl)
+    x = torch.randn(4, 1, 16, 16)
+    full = model.forward_head(model.forward_features(x))
+    grads = torch.autograd.grad(full.square().sum(), list(model.parameters()))
+    short = model(x)
+    torch.testing.assert_close(short, full, rtol=1e-5, atol=1e-6)
+    for g, h in zip(grads, torch.autograd.grad(short.square().sum(), list(model.parameters()))):
+        torch.testing.assert_close(h, g, rtol=1e-4, atol=1e-6)
+    block = model.blocks[-1].eval()
+    tokens = torch.randn(2, 17, 16)
+    torch.testing.assert_close(block.forward_prefix(tokens, 1), block(tokens)[:, :1], rtol=1e-5, atol=1e-6)

@@ -80,9 +80,18 @@ def test_vit_tiny_224_outputs_match_timm():
         torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-5)
 
 
-def test_flops_of_vit_base_match_the_published_figure():
-    # ViT-B/16 at 224: about 17.6 G multiply-adds, i.e. ~35 GFLOPs
-    assert abs(count_flops(create_model("vit_base_patch16_224")) / 1e9 - 35.1) < 0.3
+def test_flops_of_vit_base_match_the_published_figure_and_what_forward_computes():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    # ViT-B/16 at 224: about 17.6 G multiply-adds, i.e. ~35 GFLOPs with every token through every block
+    model = create_model("vit_base_patch16_224", attn_impl="math").eval()
+    assert abs(count_flops(model, every_token=True) / 1e9 - 35.1) < 0.3
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, 3, 224, 224))
+    # the last block runs only the class token's row, saving all of its work but the keys and values (~6%)
+    assert counter.get_total_flops() == count_flops(model) < 0.95 * count_flops(model, every_token=True)
+    avg = create_model("vit_base_patch16_224", global_pool="avg")
+    assert count_flops(avg) == count_flops(avg, every_token=True)
 
 
 def test_model_size_counts_without_weights_what_the_built_model_has():

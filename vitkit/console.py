@@ -83,7 +83,9 @@ def print_check(report, limit: int) -> None:
 def print_bench(result: dict) -> None:
     """`vitkit bench`'s answer as a table and the speed-ups."""
     master = result.get("bf16_weights") and any(r["mode"] == "train" for r in result["results"])
-    out.print(f"{result['model']} ({result['gflop_per_image_forward']} GFLOPs/image), batch {result['batch_size']}, "
+    timm = {r["gflop_per_image"] for r in result["results"] if r["implementation"] == "timm"}
+    flops = f"{result['gflop_per_image_forward']} GFLOPs/image" + (f", timm's {timm.pop()}" if timm else "")
+    out.print(f"{result['model']} ({flops}), batch {result['batch_size']}, "
               f"{result['precision']}, {result['device']}, torch {result['torch']}"
               f"{', compiled' if result['compile'] else ''}", markup=False)
     if master:

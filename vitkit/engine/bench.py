@@ -4,7 +4,9 @@ For each mode (training step: forward, loss, backward, gradient clipping, AdamW;
 `inference_mode`) it times `steps` batches after `warmup` batches, `repeats` times, and reports medians: images/s,
 milliseconds per batch, peak memory, achieved FLOP/s and MFU, the share of the device's bf16 or fp32 matmul rate
 measured by the command itself (a large square matmul, best of several, before and after the timed runs: the
-higher of the two, so that a busy moment does not lower the peak). A training step counts 3x the forward FLOPs.
+higher of the two, so that a busy moment does not lower the peak). A training step counts 3x the forward FLOPs,
+each implementation's own: with token pooling vitkit's forward skips the last block's rows that the head never
+reads, and timm's computes them.
 With `compare="timm"`, timm's VisionTransformer with the same configuration, precision, batch and optimizer runs in
 the same process, alternating with ours run by run, so that drift of a shared machine hits both alike.
 `compile` applies `torch.compile` to vitkit's model only (for inference with frozen weights, as `vitkit predict
@@ -53,6 +55,7 @@ class BenchSettings:
 class Result:
     implementation: str  # "vitkit" or "timm"
     mode: str  # "train" or "infer"
+    gflop_per_image: float  # forward FLOPs this implementation computes (timm's last block runs every token)
     img_per_s: float
     ms_per_batch: float
     peak_mem_mib: float
@@ -218,7 +221,8 @@ def run_bench(s: BenchSettings) -> dict:
     models = {"vitkit": create_model(s.model, **s.overrides).to(device)}
     if s.compare == "timm":
         models["timm"] = timm_twin(kwargs).to(device)
-    flops = count_flops(models["vitkit"])
+    # vitkit's forward skips the last block's rows that the head never reads; timm's computes every token
+    flops = {"vitkit": count_flops(models["vitkit"]), "timm": count_flops(models["vitkit"], every_token=True)}
     eager = models["vitkit"]
     mm_dtype = torch.bfloat16 if amp_dtype is not None else torch.float32
     rates = [matmul_rate(device, mm_dtype)]  # measured again after the runs: a busy moment must not set the peak
@@ -240,21 +244,21 @@ def run_bench(s: BenchSettings) -> dict:
         for name, measured in runs.items():
             seconds = statistics.median(measured)
             img_s = s.batch_size * s.steps / seconds
-            achieved = img_s * flops * (3 if mode == "train" else 1)
+            achieved = img_s * flops[name] * (3 if mode == "train" else 1)
             peak = peaks[name] if name in peaks else cpu_peak_mib(s, name, mode)
             measured_runs.append((name, mode, img_s, seconds, peak, achieved, measured))
     rates.append(matmul_rate(device, mm_dtype))
     if min(rates) < 0.8 * max(rates):
         log.warning("the matmul rate moved from %.3f to %.3f TFLOP/s during the benchmark (a busy machine?); MFU "
                     "uses the higher", rates[0] / 1e12, rates[1] / 1e12)
-    results = [Result(name, mode, round(img_s, 1), round(1000 * seconds / s.steps, 2), round(peak, 1),
+    results = [Result(name, mode, round(flops[name] / 1e9, 4), round(img_s, 1), round(1000 * seconds / s.steps, 2), round(peak, 1),
                       round(achieved / 1e12, 3), round(achieved / max(rates), 4),
                       [round(s.batch_size * s.steps / t, 1) for t in measured])
                for name, mode, img_s, seconds, peak, achieved, measured in measured_runs]
     out = {"model": s.model, "model_kwargs": kwargs, "batch_size": s.batch_size, "precision": precision,
            "device": _device_name(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
            "compile": s.compile, "bf16_weights": bf16_weights, "malloc": malloc,
-           "gflop_per_image_forward": round(flops / 1e9, 4),
+           "gflop_per_image_forward": round(flops["vitkit"] / 1e9, 4),
            "matmul_tflop_per_s": round(max(rates) / 1e12, 3),
            "matmul_tflop_per_s_runs": [round(r / 1e12, 3) for r in rates], "steps": s.steps, "repeats": s.repeats,
            "results": [asdict(r) for r in results]}
