@@ -209,6 +209,31 @@ def test_layer_decay_and_backbone_scale_give_each_layer_its_learning_rate():
     assert len(plain.param_groups) == 2 and all(g["lr"] == 1.0 for g in plain.param_groups)
 
 
+def test_adamw_is_torchs_fused_kernel_steps_as_the_loop_does_and_resumes_older_runs_state():
+    from vitkit.config import TrainConfig
+    from vitkit.engine.optim import build_optimizer, param_groups
+
+    torch.manual_seed(0)
+    fused_model, loop_model = tiny(), tiny()
+    loop_model.load_state_dict(fused_model.state_dict())
+    fused = build_optimizer(fused_model, TrainConfig(lr=1e-2, weight_decay=0.05))
+    loop = torch.optim.AdamW(param_groups(loop_model, 0.05), lr=1e-2, foreach=False)  # runs saved before the change
+    assert fused.defaults["fused"] is True
+    for _ in range(5):  # the same gradients into both: Adam's steps differ only by rounding
+        loop.zero_grad()
+        loop_model(torch.randn(4, 3, 32, 32)).square().mean().backward()
+        for p, q in zip(fused_model.parameters(), loop_model.parameters()):
+            p.grad = q.grad.clone()
+        fused.step()
+        loop.step()
+    for p, q in zip(fused_model.parameters(), loop_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    resumed = build_optimizer(loop_model, TrainConfig(lr=1e-2, weight_decay=0.05))
+    resumed.load_state_dict(loop.state_dict())
+    resumed.step()
+    assert resumed.state_dict()["state"][0]["step"] == 6
+
+
 def test_a_patchify_checkpoint_initializes_a_conv_stem_model_only_when_not_strict(tmp_path):
     torch.manual_seed(0)
     source = tiny()

@@ -1,6 +1,6 @@
 """`vitkit bench`: how fast a model trains and predicts here, against the machine's own matmul rate and timm.
 
-For each mode (training step: forward, loss, backward, gradient clipping, AdamW; inference: forward under
+For each mode (training step: forward, loss, backward, gradient clipping, fused AdamW; inference: forward under
 `inference_mode`) it times `steps` batches after `warmup` batches, `repeats` times, and reports medians: images/s,
 milliseconds per batch, peak memory, achieved FLOP/s and MFU, the share of the device's bf16 or fp32 matmul rate
 measured by the command itself (a large square matmul, best of several, before and after the timed runs: the
@@ -31,6 +31,7 @@ from . import allocator
 from .device import autocast, resolve_device, resolve_precision
 from .evaluate import compiled_for_inference
 from .master import Bf16Weights, use_bf16_weights
+from .optim import fused_adamw
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ def make_step(model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor, dev
     net = work.module if work else model
     net = torch.compile(net) if compile else net
     inputs, casts = (x.to(torch.bfloat16), None) if work else (x, amp_dtype)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=fused_adamw(model))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
 
     def train():
