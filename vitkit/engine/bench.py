@@ -252,8 +252,8 @@ def run_bench(s: BenchSettings) -> dict:
     if min(rates) < 0.8 * max(rates):
         log.warning("the matmul rate moved from %.3f to %.3f TFLOP/s during the benchmark (a busy machine?); MFU "
                     "uses the higher", rates[0] / 1e12, rates[1] / 1e12)
-    results = [Result(name, mode, round(flops[name] / 1e9, 4), round(img_s, 1), round(1000 * seconds / s.steps, 2), round(peak, 1),
-                      round(achieved / 1e12, 3), round(achieved / max(rates), 4),
+    results = [Result(name, mode, round(flops[name] / 1e9, 4), round(img_s, 1), round(1000 * seconds / s.steps, 2),
+                      round(peak, 1), round(achieved / 1e12, 3), round(achieved / max(rates), 4),
                       [round(s.batch_size * s.steps / t, 1) for t in measured])
                for name, mode, img_s, seconds, peak, achieved, measured in measured_runs]
     out = {"model": s.model, "model_kwargs": kwargs, "batch_size": s.batch_size, "precision": precision,

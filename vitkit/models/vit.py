@@ -164,7 +164,7 @@ class Attention(nn.Module):
         if self._use_sdpa(x) and not return_attn:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
         else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N), or (B, H, n, N)
             attn = attn.softmax(dim=-1)
             x = self.attn_drop(attn) @ v  # (B, H, N, hd)
         x = x.transpose(1, 2).reshape(B, q.shape[2], C)  # (B, N, C), or (B, n, C)
@@ -308,7 +308,7 @@ class VisionTransformer(nn.Module):
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.global_pool == "avg" or not len(self.blocks):
+        if self.global_pool == "avg":
             return self.forward_head(self.forward_features(x))
         # The head reads only the class token, and the last block's output for it is all the head needs: its other
         # rows are not computed (the same logits for ~12% fewer FLOPs at depth 6, ~6% at depth 12).
