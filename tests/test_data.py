@@ -12,7 +12,7 @@ from PIL import Image
 
 from vitkit.data import load_data, load_image, read_manifest, write_manifest
 from vitkit.data import named
-from vitkit.data.dataset import stratified_split
+from vitkit.data.splits import stratified_split
 from vitkit.data.images import BadImage, to_mode
 from vitkit.errors import DataError
 
@@ -182,7 +182,7 @@ def test_a_folder_with_train_and_test_but_no_val_holds_val_out_of_train(tmp_path
     from collections import Counter
 
     from tests.conftest import write_folder
-    from vitkit.data.dataset import assign_splits
+    from vitkit.data.splits import assign_splits
     from vitkit.data.folder import list_folder
 
     write_folder(tmp_path / "d" / "train", per_class=20)

@@ -7,7 +7,7 @@ import torch
 
 from tests.conftest import run_cli
 from tests.serving import CLASSES, image_bytes
-from vitkit.engine.export import sample_images
+from vitkit.export.onnx import sample_images
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -36,7 +36,7 @@ def test_export_writes_a_checked_model_and_its_sidecar(exported):
 
 def test_exported_model_takes_any_batch_size_and_matches_pytorch(exported):
     from vitkit.engine.checkpoint import load_model
-    from vitkit.engine.export import ImageModel
+    from vitkit.export.onnx import ImageModel
 
     checkpoint, _ = exported
     session = ort.InferenceSession(str(checkpoint.with_suffix(".onnx")))

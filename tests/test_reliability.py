@@ -184,16 +184,19 @@ def _inject_oom(monkeypatch, epoch):
 
 
 def test_out_of_memory_is_told_apart_from_other_errors():
-    from vitkit.engine.device import out_of_memory
+    from vitkit.errors import OutOfMemory, out_of_memory
 
     gpu = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
                                  "79.11 GiB of which 1.21 GiB is free.")
-    assert out_of_memory(gpu) == "tried to allocate 2.00 GiB on the GPU"
-    assert out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1610612736 "
-                                      "bytes. Error code 12 (Cannot allocate memory)")) == \
-        "tried to allocate 1.5 GiB on the CPU"
-    assert out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
-    assert out_of_memory(ValueError("can't allocate memory")) is None
+    err = out_of_memory(gpu, ": try a smaller --batch-size")
+    assert isinstance(err, OutOfMemory) and err.exit_code == 2
+    assert str(err) == "out of memory (tried to allocate 2.00 GiB on the GPU): try a smaller --batch-size"
+    cpu = RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1610612736 bytes. Error "
+                       "code 12 (Cannot allocate memory)")
+    assert str(out_of_memory(cpu, "", " while training")) == \
+        "out of memory while training (tried to allocate 1.5 GiB on the CPU)"
+    assert out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), "") is None
+    assert out_of_memory(ValueError("can't allocate memory"), "") is None
 
 
 def test_out_of_memory_in_training_says_what_is_saved_and_how_to_continue(fake_mnist, tmp_path, monkeypatch):

@@ -5,27 +5,33 @@
     result = vitkit.train(vitkit.build_config(options={"data.source": "fashion-mnist", "train.epochs": 5}))
     clf = vitkit.load(result.best_checkpoint)
     clf.predict(["shoe.png"])
+
+The names below are imported on first use, so `import vitkit` (and `vitkit --help`) does not import PyTorch.
 """
-__version__ = "0.1.0"
+from __future__ import annotations
 
-import torch  # noqa: E402
+import importlib
 
-from .compat import check_torch  # noqa: E402
+from .version import __version__
 
-check_torch(torch.__version__)
-
-from .config import Config, build_config  # noqa: E402
-from .engine.evaluate import evaluate_checkpoint as evaluate  # noqa: E402
-from .engine.predict import Classifier  # noqa: E402
-from .engine.train import RunResult, train  # noqa: E402
-from .errors import DataError, UserError  # noqa: E402
-from .models import VisionTransformer, create_model, list_models  # noqa: E402
+_WHERE = {
+    "Classifier": "engine.predict", "Config": "config", "build_config": "config", "RunResult": "engine.train",
+    "DataError": "errors", "UserError": "errors", "VitkitError": "errors", "VisionTransformer": "models",
+    "create_model": "models", "list_models": "models", "train": "api", "evaluate": "api", "load": "api",
+}
 
 
-def load(checkpoint, device: str = "auto", precision: str = "auto") -> Classifier:
-    """Load a trained model file; the result's `.predict(images)` returns top-k classes per image."""
-    return Classifier(checkpoint, device=device, precision=precision)
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vitkit' has no attribute {name!r}")
 
 
-__all__ = ["Classifier", "Config", "DataError", "RunResult", "UserError", "VisionTransformer", "__version__",
-           "build_config", "create_model", "evaluate", "list_models", "load", "train"]
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
+
+
+__all__ = ["Classifier", "Config", "DataError", "RunResult", "UserError", "VisionTransformer", "VitkitError",
+           "__version__", "build_config", "create_model", "evaluate", "list_models", "load", "train"]

@@ -1,12 +1,13 @@
 """The `vitkit` command: each subcommand is a short function over the Python API.
 
-Errors a user can cause end in one line on stderr and exit code 2; a non-finite loss exits 1; Ctrl-C exits 130 and
-SIGTERM 143 (during training, after saving a resumable state).
+Every error a user can cause is a `VitkitError` and ends in one line on stderr with its exit code: 2 for mistakes
+and out of memory, 1 for a non-finite loss or an export that disagrees with PyTorch, 130 for Ctrl-C and 143 for
+SIGTERM (during training, after saving a resumable state). Anything else is a bug: one line, or the traceback with
+`-v`. Torch is imported only when a command runs, so `vitkit --help` answers at once.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import math
@@ -14,44 +15,35 @@ import os
 import sys
 from pathlib import Path
 
-from rich.table import Table
-
-from . import __version__
-from .console import out, print_bench, print_check, print_report, setup_logging
-from .engine.interrupt import Interrupted
-from .errors import UserError
+from .config import SECTIONS, Option, ServeSettings, declared, options
+from .errors import UserError, VitkitError, out_of_memory
+from .version import __version__
 
 log = logging.getLogger("vitkit")
 
 
 # ------------------------------------------------------------------------------------------------------ train
 def cmd_train(args: argparse.Namespace) -> int:
+    from . import api
     from .config import build_config, describe_keys
-    from .engine.train import resume_config, train
+    from .console import out
+    from .engine.train import resume_config
 
     if args.help_config:
         out.print(describe_keys(), markup=False)
         return 0
     if args.nproc is not None and args.nproc < 1:
         raise UserError(f"--nproc must be at least 1, not {args.nproc}")
-    options = {"data.source": args.data, "model.name": args.model, "model.img_size": args.img_size,
-               "train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.lr": args.lr,
-               "train.optimizer": args.optimizer, "train.precision": args.precision, "train.device": args.device,
-               "train.seed": args.seed, "train.patience": args.patience, "data.root": args.data_root,
-               "output.dir": args.out, "output.name": args.name,
-               "data.allow_empty_classes": True if args.allow_empty_classes else None, "model.init": args.init,
-               "model.init_strict": args.init_strict, "train.freeze": args.freeze,
-               "train.layer_decay": args.layer_decay, "train.balance": args.balance,
-               "train.accum_steps": args.accum_steps, "train.ema": args.ema}
-    if args.resume:
-        cfg = resume_config(args.resume, {k: v for k, v in options.items() if k.startswith("train.")}, args.set)
+    flags = {o.key: getattr(args, o.key) for o in options().values() if o.flag}
+    if args.resume:  # the data and model are the run's; other flags are checked against the resume policy
+        cfg = resume_config(args.resume, {k: v for k, v in flags.items() if k.startswith("train.")}, args.set)
     else:
-        cfg = build_config(args.config, options, args.set)
+        cfg = build_config(args.config, {"data.source": args.data, **flags}, args.set)
     if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # the config is valid: start the workers
         from .engine.launch import launch
 
         return launch(args.nproc, args.argv)
-    result = train(cfg, resume=args.resume, show_progress=not args.no_progress)
+    result = api.train(cfg, resume=args.resume, show_progress=not args.no_progress)
     if os.environ.get("RANK", "0") != "0":
         return 0
     best = (f"best val top-1 {result.best_val_top1:.4f} (epoch {result.best_epoch})"
@@ -65,6 +57,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .console import out, print_report
     from .engine.evaluate import evaluation_report, prepare_evaluation
     from .fileio import atomic_write
 
@@ -72,14 +65,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                     args.precision, args.tta, args.compile)
     report = evaluation_report(evaluation, args.checkpoint, args.batch_size)
     text = json.dumps(report, indent=2)
-    json_path = Path(args.json) if args.json else Path(args.checkpoint).with_name(
+    json_path = Path(args.output) if args.output else Path(args.checkpoint).with_name(
         f"{Path(args.checkpoint).stem}-eval-{report['split']}{'' if args.tta == 'none' else '-tta-' + args.tta}.json")
     atomic_write(json_path, text + "\n")
     if args.report:
         from .report import build_report
 
         report_path = build_report(args.checkpoint, out_dir=args.report, evaluation=evaluation)
-    if args.format == "json":
+    if args.json or args.format == "json":
         print(text)  # raw: a console would wrap long lines inside JSON strings
         return 0
     print_report(report)
@@ -91,6 +84,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------------- predict
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .console import print_predictions
     from .engine.predict import collect_images, load_classifier
 
     clf = load_classifier(args.checkpoint, args.runtime, device=args.device, precision=args.precision,
@@ -101,22 +95,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not files:
         raise UserError("no image files found in the given paths: give image files or folders of images")
     results = clf.predict(files, top_k=args.top_k, batch_size=args.batch_size)
-    if args.format == "json":
-        print(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
-    elif args.format == "csv":
-        writer = csv.writer(sys.stdout)
-        writer.writerow(["file", "rank", "class", "probability", "error"])
-        for r in results:
-            for rank, (c, p) in enumerate(r.top or [], 1):
-                writer.writerow([r.source, rank, c, f"{p:.6f}", ""])
-            if r.top is None:
-                writer.writerow([r.source, "", "", "", r.error])
-    else:
-        table = Table("file", *[f"top-{i + 1}" for i in range(min(args.top_k, len(clf.classes)))])
-        for r in results:
-            cells = [f"{c} {p:.1%}" for c, p in r.top] if r.top is not None else [f"[red]unreadable: {r.error}[/red]"]
-            table.add_row(r.source, *cells)
-        out.print(table)
+    print_predictions(results, "json" if args.json else args.format, min(args.top_k, len(clf.classes)))
     if args.explain:
         from .report import explain_files
 
@@ -130,7 +109,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> int:
-    from .engine.export import export_onnx
+    from .console import out
+    from .export import export_onnx
 
     if args.samples < 2:
         raise UserError("--samples must be at least 2 (batch sizes 1 and more are both checked)")
@@ -147,6 +127,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------------ bench
 def cmd_bench(args: argparse.Namespace) -> int:
     from .config import parse_assignment
+    from .console import print_bench
     from .engine.bench import BenchSettings, run_bench
 
     overrides = dict(parse_assignment(a) for a in args.set)
@@ -165,19 +146,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------------ serve
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import ServeSettings, serve
+    from .serve import serve
 
-    for option in ("top_k", "max_batch", "max_queue", "max_images", "max_image_pixels", "max_connections"):
-        if getattr(args, option) < 1:
-            raise UserError(f"--{option.replace('_', '-')} must be at least 1")
-    if min(args.max_body_mb, args.timeout) <= 0 or args.max_wait_ms < 0:
-        raise UserError("--max-body-mb and --timeout must be positive, --max-wait-ms not negative")
-    if args.max_queue < args.max_images:
-        raise UserError("--max-queue must hold at least --max-images images, or large requests could never fit")
-    settings = ServeSettings(host=args.host, port=args.port, top_k=args.top_k, max_batch=args.max_batch,
-                             max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_body_mb=args.max_body_mb,
-                             max_images=args.max_images, max_image_pixels=args.max_image_pixels,
-                             timeout_s=args.timeout, max_connections=args.max_connections)
+    settings = ServeSettings(**{o.name: getattr(args, flag_dest(o)) for o in declared(ServeSettings) if o.flag})
     serve(args.checkpoint, settings, device=args.device, precision=args.precision, access_log=args.access_log,
           compile=args.compile)
     return 0
@@ -185,6 +156,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------------- report
 def cmd_report(args: argparse.Namespace) -> int:
+    from .console import out
     from .report import build_report
 
     path = build_report(args.target, args.data, args.split, args.out, args.data_root, args.device, args.precision,
@@ -195,6 +167,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------------- data
 def cmd_data_shard(args: argparse.Namespace) -> int:
+    from .console import out
     from .data.shards import write_shards
 
     index = write_shards(args.folder, args.out, args.shard_size, args.val_fraction, args.test_fraction, args.seed)
@@ -207,14 +180,13 @@ def cmd_data_shard(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
+    from .console import print_check
     from .data.check import check_data
-    from .data.images import set_max_pixels
 
-    set_max_pixels(args.max_image_pixels)
     report = check_data(args.data, data_root=args.data_root, val_fraction=args.val_fraction,
                         test_fraction=args.test_fraction, seed=args.seed, allow_empty_classes=args.allow_empty_classes,
                         max_bad_fraction=args.max_bad_fraction, near_duplicate_bits=args.near_bits,
-                        show_progress=not args.json)
+                        show_progress=not args.json, max_image_pixels=args.max_image_pixels)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
@@ -224,20 +196,20 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ models, info
 def cmd_models(args: argparse.Namespace) -> int:
+    from .console import print_models
     from .models import get_spec, list_models, model_size
 
-    table = Table("model", "params", "GFLOPs", "image", "patch", "description")
+    rows = []
     for name in list_models():
-        spec = get_spec(name)
         params, flops, _ = model_size(name, **({"num_classes": args.num_classes} if args.num_classes else {}))
-        table.add_row(name, f"{params / 1e6:.2f}M", f"{flops / 1e9:.3f}",
-                      f"{spec.kwargs['img_size']}", str(spec.kwargs["patch_size"]), spec.description)
-    out.print(table)
+        rows.append((name, params, flops, get_spec(name)))
+    print_models(rows)
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .config import parse_assignment
+    from .console import out
     from .models import model_kwargs, model_size
 
     overrides = dict(parse_assignment(a) for a in args.set)
@@ -259,97 +231,125 @@ def _yes_no(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
+def _base_type(hint) -> type:
+    """int for `int | None`, str for `str`, ... (argparse's `type`)."""
+    for kind in (bool, int, float, str):
+        if hint is kind or kind in getattr(hint, "__args__", ()):
+            return kind
+    return str
+
+
+def flag_dest(o: Option) -> str:
+    """Where argparse puts a flag's value: '--data-root' -> 'data_root'."""
+    return o.flag.lstrip("-").replace("-", "_")
+
+
+def add_declared(p: argparse.ArgumentParser, declared_options: list[Option], defaults: bool) -> None:
+    """One CLI flag per declared option that has one, with its help, type and choices. `defaults`: the declared
+    default is the flag's default and the value lands under the option's name; otherwise an absent flag is None
+    (the config file decides) and the value lands under its key ('train.lr')."""
+    for o in declared_options:
+        if not o.flag:
+            continue
+        kind = _base_type(o.hint)
+        kw = {"dest": flag_dest(o) if defaults else o.key, "default": o.default if defaults else None}
+        help = o.help + (f" (default {o.default})" if defaults and o.default not in (None, False, "") else "")
+        if kind is bool and o.default is False:
+            p.add_argument(o.flag, action="store_const", const=True, help=help, **kw)
+            continue
+        if kind is bool:
+            kw.update(type=_yes_no, metavar="true|false")
+        else:
+            kw.update(type=kind, metavar=o.metavar or flag_dest(o).upper())
+        if o.choices is not None:
+            kw.update(choices=[c for c in o.choices if c is not None], metavar=None)
+        p.add_argument(o.flag, help=help, **kw)
+
+
+def _config_flags(p: argparse.ArgumentParser, *keys: str) -> None:
+    """Flags of run-config options outside `train`, with the declared defaults (data check, shard, inference)."""
+    known = options()
+    add_declared(p, [known[k] for k in keys], defaults=True)
+
+
+def _runtime_flags(p: argparse.ArgumentParser, compile_help: str | None = None) -> None:
+    _config_flags(p, "train.device", "train.precision")
+    if compile_help:
+        p.add_argument("--compile", action="store_true", help=compile_help)
+
+
+DATA_HELP = "image folder (class subfolders, or train/ val/ [test/]), shard folder, or fashion-mnist|mnist|cifar10|cifar100"
+CHECKPOINT_HELP = "a model file written by 'vitkit train' (best.safetensors, last.safetensors)"
+SPLIT_HELP = "default: test if the data has one, else val"
 COMPILE_HELP = ("compile the model for inference first, with frozen weights: tens of seconds, then faster batches "
                 "(pays off over thousands of images)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vitkit", description="Train, evaluate and use Vision Transformer classifiers.")
-    p.add_argument("--version", action="version", version=f"vitkit {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _train_parser(sub) -> None:
     t = sub.add_parser("train", help="train a model on an image folder or a named dataset")
-    t.add_argument("data", nargs="?", metavar="DATA",
-                   help="image folder (class subfolders, or train/ val/ [test/]) or fashion-mnist|mnist|cifar10|cifar100")
-    t.add_argument("--config", metavar="FILE", help="YAML config (see configs/); options below override it")
-    t.add_argument("--model", help="registered model name (vitkit models)")
-    t.add_argument("--img-size", type=int, help="input size in pixels")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float, help="peak learning rate")
-    t.add_argument("--optimizer", choices=["adamw", "sgd"])
-    t.add_argument("--precision", choices=["auto", "bf16", "fp32"])
-    t.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    t.add_argument("--seed", type=int)
-    t.add_argument("--patience", type=int, help="early stopping patience in epochs (0: off)")
-    t.add_argument("--data-root", help="folder holding named datasets' files")
-    t.add_argument("--out", help="parent folder of run directories (default runs)")
-    t.add_argument("--name", help="run directory name")
-    t.add_argument("--allow-empty-classes", action="store_true", help="warn about empty class folders instead of failing")
-    t.add_argument("--init", metavar="SOURCE", help="initial weights: timm:NAME[.TAG], a Hugging Face repo id or "
-                   "folder, a .safetensors/.pth/.bin/.npz file or a vitkit checkpoint")
-    t.add_argument("--init-strict", type=_yes_no, metavar="true|false",
-                   help="false: keep random weights for what the init weights lack (default true: error)")
-    t.add_argument("--freeze", choices=["none", "backbone"], help="backbone: train the head only (linear probe)")
-    t.add_argument("--layer-decay", type=float, help="layer-wise learning-rate decay, e.g. 0.75 (1: off)")
-    t.add_argument("--balance", choices=["none", "loss", "sampler"],
-                   help="imbalanced classes: class-weighted loss or a balanced sampler")
-    t.add_argument("--accum-steps", type=int, help="passes per batch (gradient accumulation; same result, less memory)")
-    t.add_argument("--ema", type=float, metavar="DECAY", help="keep a weight average, e.g. 0.999 (0: off)")
+    t.add_argument("data", nargs="?", metavar="DATA", help=DATA_HELP)
+    t.add_argument("--config", metavar="FILE", help="YAML config (see configs/); the flags below override it")
+    for section, cls in SECTIONS.items():
+        add_declared(t, declared(cls, section), defaults=False)
     t.add_argument("--nproc", type=int, metavar="N", help="train with N processes on this machine (runs torchrun; "
                    "the global batch size and learning rate stay as given)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. train.lr=3e-4")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from where it stopped")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--help-config", action="store_true", help="list every config key with its default and meaning")
     t.set_defaults(func=cmd_train)
 
+
+def _evaluate_parser(sub) -> None:
     e = sub.add_parser("evaluate", help="metrics of a checkpoint on a data split")
-    e.add_argument("checkpoint", metavar="CHECKPOINT")
-    e.add_argument("data", metavar="DATA")
-    e.add_argument("--split", choices=["train", "val", "test"], help="default: test if the data has one, else val")
-    e.add_argument("--data-root")
-    e.add_argument("--json", metavar="FILE", help="where to write the JSON report (default: beside the checkpoint)")
-    e.add_argument("--format", choices=["table", "json"], default="table")
-    e.add_argument("--batch-size", type=int, default=512)
-    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    e.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    e.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT_HELP)
+    e.add_argument("data", metavar="DATA", help=DATA_HELP)
+    e.add_argument("--split", choices=["train", "val", "test"], help=SPLIT_HELP)
+    _config_flags(e, "data.root")
+    e.add_argument("--output", metavar="FILE", help="where to write the JSON report (default: beside the checkpoint, "
+                   "NAME-eval-SPLIT.json)")
+    e.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
+    e.add_argument("--format", choices=["table", "json"], default="table", help="table, or json (as --json)")
+    e.add_argument("--batch-size", type=int, default=512, help="images per forward pass")
+    _runtime_flags(e, COMPILE_HELP)
     e.add_argument("--report", metavar="DIR", help="also write report.html and its figures into DIR")
     e.add_argument("--tta", choices=["none", "flip"], default="none",
                    help="test-time augmentation: flip averages each image's and its mirror's logits "
                         "(its JSON is written as NAME-eval-SPLIT-tta-flip.json)")
-    e.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     e.set_defaults(func=cmd_evaluate)
 
+
+def _report_parser(sub) -> None:
     rp = sub.add_parser("report", help="report.html: curves, confusion, ROC/PR, calibration, attention maps")
-    rp.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT")
+    rp.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory or a model file")
     rp.add_argument("data", nargs="?", metavar="DATA", help="default: the data the model was trained on")
-    rp.add_argument("--split", choices=["train", "val", "test"], help="default: test if the data has one, else val")
+    rp.add_argument("--split", choices=["train", "val", "test"], help=SPLIT_HELP)
     rp.add_argument("--out", metavar="DIR", help="default: the run directory (or the checkpoint's folder)")
-    rp.add_argument("--data-root")
+    _config_flags(rp, "data.root")
     rp.add_argument("--samples", type=int, default=8, help="images shown with attention maps")
-    rp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    rp.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    _runtime_flags(rp)
     rp.set_defaults(func=cmd_report)
 
+
+def _predict_parser(sub) -> None:
     r = sub.add_parser("predict", help="top-k classes of image files and folders")
-    r.add_argument("checkpoint", metavar="CHECKPOINT")
-    r.add_argument("paths", nargs="+", metavar="PATH")
-    r.add_argument("--top-k", type=int, default=5)
-    r.add_argument("--format", choices=["table", "json", "csv"], default="table")
-    r.add_argument("--batch-size", type=int, default=256)
-    r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    r.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    r.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT_HELP + ", or an exported MODEL.onnx")
+    r.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders of images")
+    r.add_argument("--top-k", type=int, default=5, help="classes shown per image")
+    r.add_argument("--format", choices=["table", "json", "csv"], default="table", help="how to print the results")
+    r.add_argument("--json", action="store_true", help="print the results as JSON (as --format json)")
+    r.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    _runtime_flags(r, COMPILE_HELP)
     r.add_argument("--explain", metavar="DIR", help="write an attention overlay beside the top-k of each image")
-    r.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     r.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
                    help="onnx: run an exported MODEL.onnx with ONNX Runtime (auto: by the file's suffix)")
     r.set_defaults(func=cmd_predict)
 
+
+def _export_parser(sub) -> None:
     x = sub.add_parser("export", help="export a checkpoint to ONNX, checked against PyTorch with ONNX Runtime")
-    x.add_argument("checkpoint", metavar="CHECKPOINT")
-    x.add_argument("--format", choices=["onnx"], default="onnx")
+    x.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT_HELP)
+    x.add_argument("--format", choices=["onnx"], default="onnx", help="the file format (ONNX)")
     x.add_argument("--out", metavar="FILE", help="default: the checkpoint's path with .onnx")
     x.add_argument("--opset", type=int, default=18, help="ONNX opset version")
     x.add_argument("--samples", type=int, default=32, help="seeded test images compared after export")
@@ -357,13 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--json", action="store_true", help="print the result as JSON")
     x.set_defaults(func=cmd_export)
 
+
+def _bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="training and inference speed, MFU and peak memory; --compare timm")
-    b.add_argument("--model", default="vit_mini_patch4_28")
-    b.add_argument("--img-size", type=int)
-    b.add_argument("--batch-size", type=int, default=256)
-    b.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
-    b.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    b.add_argument("--mode", choices=["train", "infer", "both"], default="both")
+    b.add_argument("--model", default="vit_mini_patch4_28", help="registered model name (vitkit models)")
+    b.add_argument("--img-size", type=int, help="input size in pixels (default: the model's)")
+    b.add_argument("--batch-size", type=int, default=256, help="images per step")
+    _runtime_flags(b)
+    b.add_argument("--mode", choices=["train", "infer", "both"], default="both", help="which steps to time")
     b.add_argument("--steps", type=int, default=10, help="timed batches per run")
     b.add_argument("--warmup", type=int, default=3, help="untimed batches before the first run")
     b.add_argument("--repeats", type=int, default=5, help="runs per model and mode (medians reported)")
@@ -376,39 +377,25 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print the results as JSON")
     b.set_defaults(func=cmd_bench)
 
+
+def _serve_parser(sub) -> None:
     v = sub.add_parser("serve", help="an HTTP API and web page for a checkpoint (FastAPI, batched)")
-    v.add_argument("checkpoint", metavar="CHECKPOINT")
-    v.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
-    v.add_argument("--port", type=int, default=8000)
-    v.add_argument("--top-k", type=int, default=5)
-    v.add_argument("--max-batch", type=int, default=32, help="images per forward pass (1: no batching)")
-    v.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch waits to fill")
-    v.add_argument("--max-queue", type=int, default=256, help="images waiting; beyond, requests get 503")
-    v.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body")
-    v.add_argument("--max-images", type=int, default=16, help="images per request")
-    v.add_argument("--max-image-pixels", type=int, default=40_000_000, help="refuse larger images (decompression bombs)")
-    v.add_argument("--timeout", type=float, default=30.0, help="seconds per request, upload included")
-    v.add_argument("--max-connections", type=int, default=64, help="concurrent connections; beyond, 503")
-    v.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    v.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    v.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT_HELP + ", or an exported MODEL.onnx")
+    add_declared(v, declared(ServeSettings), defaults=True)
+    _runtime_flags(v, "compile the model with frozen weights for each power-of-two batch size up to --max-batch "
+                      "before serving: a slower start, then faster batches")
     v.add_argument("--access-log", action="store_true", help="log every request")
-    v.add_argument("--compile", action="store_true",
-                   help="compile the model with frozen weights for each power-of-two batch size up to --max-batch "
-                        "before serving: a slower start, then faster batches")
     v.set_defaults(func=cmd_serve)
 
-    d = sub.add_parser("data", help="inspect a dataset before training")
+
+def _data_parser(sub) -> None:
+    d = sub.add_parser("data", help="inspect a dataset before training, or write it as shards")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     c = dsub.add_parser("check", help="report unreadable, odd and duplicate images, per-class counts and leaks")
-    c.add_argument("data", metavar="DATA", help="image folder or fashion-mnist|mnist|cifar10|cifar100")
+    c.add_argument("data", metavar="DATA", help=DATA_HELP)
     c.add_argument("--json", action="store_true", help="print the report as JSON")
-    c.add_argument("--data-root", help="folder holding named datasets' files")
-    c.add_argument("--val-fraction", type=float, default=0.1, help="as in training (class-folder data)")
-    c.add_argument("--test-fraction", type=float, default=0.0, help="as in training (class-folder data)")
-    c.add_argument("--seed", type=int, default=0, help="split seed, as in training")
-    c.add_argument("--allow-empty-classes", action="store_true", help="empty class folders are warnings")
-    c.add_argument("--max-bad-fraction", type=float, default=0.1, help="share of unusable files training accepts")
-    c.add_argument("--max-image-pixels", type=int, default=89_478_485, help="refuse larger images (decompression bombs)")
+    _config_flags(c, "data.root", "data.val_fraction", "data.test_fraction", "train.seed", "data.allow_empty_classes",
+                  "data.max_bad_fraction", "data.max_image_pixels")
     c.add_argument("--near-bits", type=int, default=8, help="near duplicates differ in at most this many of 256 hash bits")
     c.add_argument("--limit", type=int, default=50, help="findings shown (0: all)")
     c.set_defaults(func=cmd_data_check)
@@ -416,19 +403,28 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("folder", metavar="FOLDER", help="image folder (class subfolders, or train/ val/ [test/])")
     h.add_argument("out", metavar="OUT", help="new folder for the shards and dataset.json")
     h.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
-    h.add_argument("--val-fraction", type=float, default=0.1, help="held out per class when FOLDER has no val/")
-    h.add_argument("--test-fraction", type=float, default=0.0, help="held out per class when FOLDER has no test/")
-    h.add_argument("--seed", type=int, default=0, help="split and shuffle seed")
+    _config_flags(h, "data.val_fraction", "data.test_fraction", "train.seed")
     h.set_defaults(func=cmd_data_shard)
 
+
+def _model_parsers(sub) -> None:
     m = sub.add_parser("models", help="list the registered models")
     m.add_argument("--num-classes", type=int, help="count parameters for this many classes")
     m.set_defaults(func=cmd_models)
-
     i = sub.add_parser("info", help="a model's configuration, parameters and FLOPs")
-    i.add_argument("model", metavar="MODEL")
+    i.add_argument("model", metavar="MODEL", help="registered model name (vitkit models)")
     i.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. img_size=384")
     i.set_defaults(func=cmd_info)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vitkit", description="Train, evaluate and use Vision Transformer classifiers.")
+    p.add_argument("--version", action="version", version=f"vitkit {__version__}", help="print the version")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks of internal errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_train_parser, _evaluate_parser, _report_parser, _predict_parser, _export_parser, _bench_parser,
+                _serve_parser, _data_parser, _model_parsers):
+        add(sub)
     return p
 
 
@@ -436,30 +432,37 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    from .console import setup_logging
+
     setup_logging(args.verbose)
     try:
         return args.func(args)
-    except UserError as err:
-        print(f"vitkit: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("vitkit: interrupted", file=sys.stderr)
         return 130
-    except Interrupted as err:  # a signal during training, after the state was saved
-        print(f"vitkit: {err}", file=sys.stderr)
-        return err.exit_code
+    except VitkitError as err:
+        return _fail(err)
     except RuntimeError as err:
-        from .engine.export import ExportMismatch
-        from .engine.trainer import NonFiniteLoss
-
-        if isinstance(err, (NonFiniteLoss, ExportMismatch)):
-            print(f"vitkit: error: {err}", file=sys.stderr)
-            return 1
-        from .engine.device import out_of_memory
-
-        detail = out_of_memory(err)
-        if detail is None:
-            raise
         smaller = "--max-batch" if args.func is cmd_serve else "--batch-size"
-        print(f"vitkit: error: out of memory ({detail}): try a smaller {smaller}", file=sys.stderr)
+        oom = out_of_memory(err, f": try a smaller {smaller}")
+        if oom is not None:
+            return _fail(oom)
+        return _bug(err, args.verbose)
+    except OSError as err:  # the file system refused (permissions, a full disk): the user's to fix
+        print(f"vitkit: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 - a bug: one line unless -v asks for the traceback
+        return _bug(err, args.verbose)
+
+
+def _fail(err: VitkitError) -> int:
+    print(f"vitkit: {err.prefix}{err}", file=sys.stderr)
+    return err.exit_code
+
+
+def _bug(err: Exception, verbose: bool) -> int:
+    if verbose:
+        raise err
+    print(f"vitkit: internal error ({type(err).__name__}: {err}); run again with -v for the traceback and please "
+          "report it", file=sys.stderr)
+    return 1

@@ -14,3 +14,10 @@ def check_torch(version: str) -> None:
         need = ".".join(map(str, MIN_TORCH))
         raise ImportError(f"vitkit needs PyTorch {need} or newer, but {version} is installed: "
                           f"pip install --upgrade 'torch>={need}'")
+
+
+def require_torch() -> None:
+    """Import torch and check its version; the packages that use torch call this first."""
+    import torch
+
+    check_torch(torch.__version__)

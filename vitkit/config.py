@@ -1,7 +1,10 @@
-"""Run configuration: typed defaults <- YAML file <- command-line options and `--set section.key=value`.
+"""Run and serve configuration, each option declared once: type, default, valid values, help, CLI flag and whether a
+resumed run may change it.
 
-Every key is documented where it is defined; `vitkit train --help-config` prints them. Unknown keys and bad values
-are errors that name the key and what it accepts.
+    typed defaults <- YAML file (`--config`) <- command-line flags <- `--set section.key=value`
+
+The command-line flags, `vitkit train --help-config`, validation with "did you mean", the resume policy and the
+serve settings are all generated from the declarations below. To add an option, add one `option(...)` line.
 """
 from __future__ import annotations
 
@@ -17,87 +20,175 @@ import yaml
 
 from .errors import UserError
 
+# What a resumed run (`vitkit train --resume`) may do with an option:
+REFUSE = "refuse"  # changing it would make the run something else than the run it continues
+WARN = "warn"  # allowed, with a warning that the result differs from an uninterrupted run
+FREE = "free"  # affects neither the weights nor the split
+
+
+@dataclass(frozen=True)
+class Range:
+    """Valid numbers: `low`/`high` bounds, each closed unless `*_open`; None leaves that side unbounded."""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value) -> bool:
+        if value is None:
+            return True
+        low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        high_ok = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return low_ok and high_ok
+
+    def describe(self) -> str:
+        if self.high is None:
+            if self.low_open:
+                return f"be greater than {self.low:g}"
+            return "not be negative" if self.low == 0 else f"be at least {self.low:g}"
+        if (self.low, self.high, self.low_open, self.high_open) == (0, 1, False, False):
+            return "be between 0 and 1"
+        return (f"be in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                f"{')' if self.high_open else ']'}")
+
+
+POSITIVE, NOT_NEGATIVE, AT_LEAST_1 = Range(0, low_open=True), Range(0), Range(1)
+FRACTION, PROBABILITY = Range(0, 1, high_open=True), Range(0, 1)
+
+
+def option(default, help: str, *, choices: tuple | None = None, check: Range | None = None, flag: str | None = None,
+           resume: str | None = None, metavar: str | None = None):
+    """A config field with everything that is said about it. `flag`: its CLI option (else only `--set`); `resume`:
+    REFUSE, WARN or FREE (default: the section's)."""
+    meta = {"help": help, "choices": choices, "check": check, "flag": flag, "resume": resume, "metavar": metavar}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
 
 @dataclass
 class ModelConfig:
-    name: str = "vit_mini_patch4_32"  # registered model; `vitkit models` lists them
-    img_size: int | None = None  # input size in pixels; null: a named dataset's own size, else the model's
-    in_chans: int | None = None  # 1 (grayscale) or 3 (RGB); null: from the data
-    patch_size: int | None = None  # override the model's patch size
-    embed_dim: int | None = None  # override the model's width
-    depth: int | None = None  # override the number of blocks
-    num_heads: int | None = None  # override the number of attention heads
-    mlp_ratio: float | None = None  # override the MLP hidden size / width
-    global_pool: str | None = None  # 'token' (class token) or 'avg' (mean of patch tokens); null: the model's
-    stem: str | None = None  # 'patch' (one strided conv, timm's ViT) or 'conv' (3x3 conv stack); null: the model's
-    stem_depth: int | None = None  # 3x3 convs per resolution in a conv stem (the first strided); null: the model's (1)
-    drop_rate: float = 0.0  # dropout after attention projection, in the MLP and before the head
-    attn_drop_rate: float = 0.0  # dropout on attention probabilities
-    drop_path_rate: float = 0.1  # stochastic depth of the last block (linearly less for earlier ones)
-    attn_impl: str = "auto"  # 'auto' (fastest measured per device), 'sdpa' (fused kernel) or 'math' (explicit)
-    init: str | None = None  # initial weights: timm:NAME[.TAG], a HF repo id or folder, .safetensors/.pth/.bin/.npz
-    init_strict: bool = True  # error when the init weights lack anything but the head; false keeps those random
+    name: str = option("vit_mini_patch4_32", "registered model; `vitkit models` lists them", flag="--model")
+    img_size: int | None = option(None, "input size in pixels; null: a named dataset's own size, else the model's",
+                                  check=POSITIVE, flag="--img-size")
+    in_chans: int | None = option(None, "1 (grayscale) or 3 (RGB); null: from the data", choices=(None, 1, 3))
+    patch_size: int | None = option(None, "override the model's patch size", check=POSITIVE)
+    embed_dim: int | None = option(None, "override the model's width", check=POSITIVE)
+    depth: int | None = option(None, "override the number of blocks", check=POSITIVE)
+    num_heads: int | None = option(None, "override the number of attention heads", check=POSITIVE)
+    mlp_ratio: float | None = option(None, "override the MLP hidden size / width", check=POSITIVE)
+    global_pool: str | None = option(None, "'token' (class token) or 'avg' (mean of patch tokens); null: the model's",
+                                     choices=(None, "token", "avg"))
+    stem: str | None = option(None, "'patch' (one strided conv, timm's ViT) or 'conv' (3x3 conv stack); null: the "
+                              "model's", choices=(None, "patch", "conv"))
+    stem_depth: int | None = option(None, "3x3 convs per resolution in a conv stem (the first strided); null: the "
+                                    "model's (1)", check=AT_LEAST_1)
+    drop_rate: float = option(0.0, "dropout after attention projection, in the MLP and before the head",
+                              check=FRACTION)
+    attn_drop_rate: float = option(0.0, "dropout on attention probabilities", check=FRACTION)
+    drop_path_rate: float = option(0.1, "stochastic depth of the last block (linearly less for earlier ones)",
+                                   check=FRACTION)
+    attn_impl: str = option("auto", "'auto' (fastest measured per device), 'sdpa' (fused kernel) or 'math' "
+                            "(explicit)", choices=("auto", "sdpa", "math"), resume=FREE)
+    init: str | None = option(None, "initial weights: timm:NAME[.TAG], a Hugging Face repo id or folder, "
+                              ".safetensors/.pth/.bin/.npz or a vitkit checkpoint", flag="--init", metavar="SOURCE")
+    init_strict: bool = option(True, "error when the init weights lack anything but the head; false keeps those "
+                               "random", flag="--init-strict")
 
 
 @dataclass
 class DataConfig:
-    source: str = ""  # DATA: an image folder, or fashion-mnist | mnist | cifar10 | cifar100
-    root: str | None = None  # where named datasets' files are (else the user data dir, then system dirs)
-    val_fraction: float = 0.1  # share of each class held out for validation when the data has no val split
-    test_fraction: float = 0.0  # share of each class held out for testing (image folders without test/)
-    crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])  # random-resized-crop area range
-    hflip: float | None = None  # horizontal flip probability; null: 0.5 unless flips change the class (MNIST)
-    translate: float = 0.0  # random shift of up to this fraction of the size each way, black fill (0.1: ~3 px at 28)
-    policy: str | None = None  # 'trivial' (TrivialAugment), 'randaugment' or 'none'; null: trivial on small data
-    randaugment_ops: int = 2  # RandAugment: ops per image
-    randaugment_magnitude: float = 9.0  # RandAugment: strength of each op, 0-10
-    erase: float | None = None  # random-erasing probability (one noise rectangle); null: 0.25 on small data, else 0
-    repeats: int = 1  # repeated augmentation: each drawn image appears this many times per batch, augmented apart
-    max_bad_fraction: float = 0.1  # stop when more than this share of image files cannot be decoded
-    allow_empty_classes: bool = False  # keep empty class folders as classes (warning) instead of an error
-    workers: int = 2  # sharded data: processes that read and decode the stream
-    cache: bool = True  # image folders: keep decoded images in $VITKIT_CACHE (~/.cache/vitkit/decoded) for next runs
-    max_image_pixels: int = 89_478_485  # images with more pixels are refused before decoding (Pillow's default)
+    source: str = option("", "DATA: an image folder, or fashion-mnist | mnist | cifar10 | cifar100", resume=REFUSE)
+    root: str | None = option(None, "where named datasets' files are (else the user data dir, then system dirs)",
+                              flag="--data-root", resume=FREE, metavar="DIR")
+    val_fraction: float = option(0.1, "share of each class held out for validation when the data has no val split",
+                                 check=FRACTION, flag="--val-fraction", resume=REFUSE)
+    test_fraction: float = option(0.0, "share of each class held out for testing (image folders without test/)",
+                                  check=FRACTION, flag="--test-fraction", resume=REFUSE)
+    crop_scale: list[float] = option([0.8, 1.0], "random-resized-crop area range [low, high]", resume=REFUSE)
+    hflip: float | None = option(None, "horizontal flip probability; null: 0.5 unless flips change the class (MNIST)",
+                                 check=PROBABILITY, resume=REFUSE)
+    translate: float = option(0.0, "random shift of up to this fraction of the size each way, black fill (0.1: ~3 "
+                              "px at 28)", check=Range(0, 0.5))
+    policy: str | None = option(None, "'trivial' (TrivialAugment), 'randaugment' or 'none'; null: trivial on small "
+                                "data", choices=(None, "none", "trivial", "randaugment"))
+    randaugment_ops: int = option(2, "RandAugment: ops per image", check=AT_LEAST_1)
+    randaugment_magnitude: float = option(9.0, "RandAugment: strength of each op, 0-10", check=Range(0, 10))
+    erase: float | None = option(None, "random-erasing probability (one noise rectangle); null: 0.25 on small data, "
+                                 "else 0", check=PROBABILITY)
+    repeats: int = option(1, "repeated augmentation: each drawn image appears this many times per batch, augmented "
+                          "apart", check=AT_LEAST_1)
+    max_bad_fraction: float = option(0.1, "stop when more than this share of image files cannot be decoded",
+                                     check=PROBABILITY, flag="--max-bad-fraction", resume=FREE)
+    allow_empty_classes: bool = option(False, "keep empty class folders as classes (warning) instead of an error",
+                                       flag="--allow-empty-classes", resume=FREE)
+    workers: int = option(2, "sharded data: processes that read and decode the stream", check=NOT_NEGATIVE,
+                          resume=FREE)
+    cache: bool = option(True, "image folders: keep decoded images in $VITKIT_CACHE (~/.cache/vitkit/decoded) for "
+                         "next runs", resume=FREE)
+    max_image_pixels: int = option(89_478_485, "images with more pixels are refused before decoding (decompression "
+                                   "bombs; Pillow's default)", check=AT_LEAST_1, flag="--max-image-pixels",
+                                   resume=FREE)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10  # passes over the training split
-    batch_size: int = 128  # images per optimizer step
-    eval_batch_size: int = 512  # images per batch during validation
-    optimizer: str = "adamw"  # 'adamw' or 'sgd' (with momentum, Nesterov)
-    lr: float = 1e-3  # peak learning rate, reached after warmup
-    min_lr: float = 1e-5  # learning rate at the end of the cosine schedule
-    warmup_epochs: float = 1.0  # linear warmup length in epochs
-    weight_decay: float = 0.05  # decoupled weight decay (not on norms, biases, position embedding, class token)
-    momentum: float = 0.9  # SGD momentum
-    label_smoothing: float = 0.1  # cross-entropy label smoothing
-    mixup: float = 0.0  # MixUp Beta(alpha, alpha); 0 turns it off (0.8 is DeiT's)
-    cutmix: float = 0.0  # CutMix Beta(alpha, alpha); 0 turns it off (1.0 is DeiT's)
-    mix_prob: float = 1.0  # share of batches that are mixed when mixup or cutmix is on
-    mix_switch: float = 0.5  # chance of CutMix rather than MixUp when both are on
-    ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999); 0 turns it off
-    accum_steps: int = 1  # split each batch into this many passes (same result, less memory per pass)
-    balance: str = "none"  # imbalanced classes: 'loss' (class-weighted loss), 'sampler' (balanced draws) or 'none'
-    grad_clip: float = 1.0  # clip the gradient norm to this; 0 turns clipping off
-    precision: str = "auto"  # 'auto' (bf16 where the hardware has it), 'bf16' or 'fp32'
-    bf16_weights: bool | None = None  # bf16 training on a bf16 copy of the weights, fp32 master copy; null: on CPUs
-    device: str = "auto"  # 'auto' (cuda if available), 'cpu' or 'cuda'
-    seed: int = 0  # seed for the split, initialization, order and augmentation
-    patience: int = 0  # stop after this many epochs without a better val top-1; 0 turns early stopping off
-    threads: int | None = None  # CPU threads for torch; null: torch's default
-    compile: bool = False  # torch.compile the model for training steps (faster after a minute or two of compiling)
-    max_nonfinite_steps: int = 0  # skip up to this many steps with a NaN/inf loss or gradient; 0: stop at the first
-    freeze: str = "none"  # 'backbone': train the head only (linear probe), 'none': train everything
-    layer_decay: float = 1.0  # layer-wise lr decay: block i of L gets lr * layer_decay^(L+1-i); 1 turns it off
-    backbone_lr_scale: float = 1.0  # lr multiplier for everything but the head (e.g. 0.1 when fine-tuning)
+    epochs: int = option(10, "passes over the training split", check=POSITIVE, flag="--epochs")
+    batch_size: int = option(128, "images per optimizer step (the global batch over all processes)", check=POSITIVE,
+                             flag="--batch-size", resume=REFUSE)
+    eval_batch_size: int = option(512, "images per batch during validation", check=POSITIVE, resume=FREE)
+    optimizer: str = option("adamw", "'adamw' or 'sgd' (with momentum, Nesterov)", choices=("adamw", "sgd"),
+                            flag="--optimizer", resume=REFUSE)
+    lr: float = option(1e-3, "peak learning rate, reached after warmup", check=POSITIVE, flag="--lr")
+    min_lr: float = option(1e-5, "learning rate at the end of the cosine schedule", check=NOT_NEGATIVE)
+    warmup_epochs: float = option(1.0, "linear warmup length in epochs", check=NOT_NEGATIVE)
+    weight_decay: float = option(0.05, "decoupled weight decay (not on norms, biases, position embedding, class "
+                                 "token)", check=NOT_NEGATIVE)
+    momentum: float = option(0.9, "SGD momentum", check=PROBABILITY)
+    label_smoothing: float = option(0.1, "cross-entropy label smoothing", check=FRACTION)
+    mixup: float = option(0.0, "MixUp Beta(alpha, alpha); 0 turns it off (0.8 is DeiT's)", check=NOT_NEGATIVE)
+    cutmix: float = option(0.0, "CutMix Beta(alpha, alpha); 0 turns it off (1.0 is DeiT's)", check=NOT_NEGATIVE)
+    mix_prob: float = option(1.0, "share of batches that are mixed when mixup or cutmix is on", check=PROBABILITY)
+    mix_switch: float = option(0.5, "chance of CutMix rather than MixUp when both are on", check=PROBABILITY)
+    ema: float = option(0.0, "decay of an exponential moving average of the weights (e.g. 0.999); 0 turns it off",
+                        check=FRACTION, flag="--ema", metavar="DECAY")
+    accum_steps: int = option(1, "split each batch into this many passes (same result, less memory per pass)",
+                              check=AT_LEAST_1, flag="--accum-steps", resume=FREE)
+    balance: str = option("none", "imbalanced classes: 'loss' (class-weighted loss), 'sampler' (balanced draws) or "
+                          "'none'", choices=("none", "loss", "sampler"), flag="--balance")
+    grad_clip: float = option(1.0, "clip the gradient norm to this; 0 turns clipping off", check=NOT_NEGATIVE)
+    precision: str = option("auto", "'auto' (bf16 where the hardware has it), 'bf16' or 'fp32'",
+                            choices=("auto", "bf16", "fp32"), flag="--precision")
+    bf16_weights: bool | None = option(None, "bf16 training on a bf16 copy of the weights, fp32 master copy; null: "
+                                       "on CPUs")
+    device: str = option("auto", "'auto' (cuda if available), 'cpu' or 'cuda'", choices=("auto", "cpu", "cuda"),
+                         flag="--device")
+    seed: int = option(0, "seed for the split, initialization, order and augmentation", flag="--seed",
+                       resume=REFUSE)
+    patience: int = option(0, "stop after this many epochs without a better val top-1; 0 turns early stopping off",
+                           check=NOT_NEGATIVE, flag="--patience", resume=FREE)
+    threads: int | None = option(None, "CPU threads for torch; null: torch's default", check=AT_LEAST_1, resume=FREE)
+    compile: bool = option(False, "torch.compile the model for training steps (faster after a minute or two of "
+                           "compiling)", resume=FREE)
+    max_nonfinite_steps: int = option(0, "skip up to this many steps with a NaN/inf loss or gradient; 0: stop at the "
+                                      "first", check=NOT_NEGATIVE, resume=FREE)
+    freeze: str = option("none", "'backbone': train the head only (linear probe), 'none': train everything",
+                         choices=("none", "backbone"), flag="--freeze", resume=REFUSE)
+    layer_decay: float = option(1.0, "layer-wise lr decay: block i of L gets lr * layer_decay^(L+1-i); 1 turns it "
+                                "off", check=Range(0, 1, low_open=True), flag="--layer-decay", resume=REFUSE)
+    backbone_lr_scale: float = option(1.0, "lr multiplier for everything but the head (e.g. 0.1 when fine-tuning)",
+                                      check=NOT_NEGATIVE, resume=REFUSE)
 
 
 @dataclass
 class OutputConfig:
-    dir: str = "runs"  # parent folder of run directories
-    name: str | None = None  # run directory name; null: DATA-MODEL-DATE-TIME
-    report: bool = True  # write report.html (metrics, figures, attention maps on the val split) after training
+    dir: str = option("runs", "parent folder of run directories", flag="--out", metavar="DIR")
+    name: str | None = option(None, "run directory name; null: DATA-MODEL-DATE-TIME", flag="--name")
+    report: bool = option(True, "write report.html (metrics, figures, attention maps on the val split) after "
+                          "training")
+
+
+SECTION_RESUME = {"model": REFUSE, "data": WARN, "train": WARN, "output": FREE}
 
 
 @dataclass
@@ -110,39 +201,86 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def flat(self) -> dict:
+        """{'train.lr': 0.001, ...}"""
+        return {f"{section}.{key}": value for section, values in self.to_dict().items() for key, value in values.items()}
 
-CHOICES = {
-    "model.attn_impl": ("auto", "sdpa", "math"),
-    "model.global_pool": (None, "token", "avg"),
-    "model.stem": (None, "patch", "conv"),
-    "model.in_chans": (None, 1, 3),
-    "train.optimizer": ("adamw", "sgd"),
-    "train.freeze": ("none", "backbone"),
-    "train.balance": ("none", "loss", "sampler"),
-    "data.policy": (None, "none", "trivial", "randaugment"),
-    "train.precision": ("auto", "bf16", "fp32"),
-    "train.device": ("auto", "cpu", "cuda"),
-}
+
+@dataclass
+class ServeSettings:
+    """`vitkit serve`'s settings (not part of a run's config)."""
+    host: str = option("127.0.0.1", "address to bind (default: loopback only; there is no authentication)",
+                       flag="--host")
+    port: int = option(8000, "TCP port to listen on", check=Range(0, 65535), flag="--port")
+    top_k: int = option(5, "classes returned per image", check=AT_LEAST_1, flag="--top-k")
+    max_batch: int = option(32, "images per forward pass (1: no batching)", check=AT_LEAST_1, flag="--max-batch")
+    max_wait_ms: float = option(2.0, "how long the first image of a batch waits for company, in ms",
+                                check=NOT_NEGATIVE, flag="--max-wait-ms")
+    max_queue: int = option(256, "images waiting; beyond, requests get 503", check=AT_LEAST_1, flag="--max-queue")
+    max_body_mb: float = option(16.0, "largest request body in MB", check=POSITIVE, flag="--max-body-mb")
+    max_images: int = option(16, "images per request", check=AT_LEAST_1, flag="--max-images")
+    max_image_pixels: int = option(40_000_000, "refuse larger images, from the header before decoding "
+                                   "(decompression bombs)", check=AT_LEAST_1, flag="--max-image-pixels")
+    timeout_s: float = option(30.0, "seconds per request, upload included", check=POSITIVE, flag="--timeout")
+    decode_threads: int = option(2, "threads that decode uploaded images", check=AT_LEAST_1)
+    max_connections: int = option(64, "concurrent connections; beyond, 503", check=AT_LEAST_1,
+                                  flag="--max-connections")
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        if self.max_queue < self.max_images:
+            raise UserError("--max-queue must hold at least --max-images images, or large requests could never fit")
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "output": OutputConfig}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One declared option, as `options()` lists them."""
+    key: str  # 'train.lr'
+    name: str  # 'lr'
+    hint: object  # its type, e.g. float | None
+    default: object
+    help: str
+    choices: tuple | None
+    check: Range | None
+    flag: str | None
+    resume: str
+    metavar: str | None
+
+
+def declared(cls, section: str = "") -> list[Option]:
+    """The options of one dataclass (a config section or ServeSettings), in declaration order."""
+    hints = typing.get_type_hints(cls)
+    result = []
+    for f in dataclasses.fields(cls):
+        m = f.metadata
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        key = f"{section}.{f.name}" if section else f.name
+        result.append(Option(key, f.name, hints[f.name], default, m["help"], m["choices"], m["check"], m["flag"],
+                             m["resume"] or SECTION_RESUME.get(section, WARN), m["metavar"]))
+    return result
+
+
+def options() -> dict[str, Option]:
+    """Every run-config option by its key ('train.lr')."""
+    return {o.key: o for section, cls in SECTIONS.items() for o in declared(cls, section)}
 
 
 def all_keys() -> list[str]:
-    return [f"{sec}.{f.name}" for sec, obj in _sections().items() for f in dataclasses.fields(obj)]
+    return list(options())
 
 
-def _sections() -> dict:
-    return {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "output": OutputConfig}
-
-
-def _resolve_key(key: str) -> tuple[str, str]:
-    """'train.lr' or an unambiguous bare 'lr' to ('train', 'lr'); otherwise an error with the closest key."""
-    keys = all_keys()
-    if key in keys:
-        section, name = key.split(".", 1)
-        return section, name
-    bare = [k for k in keys if k.split(".", 1)[1] == key]
+def _resolve_key(key: str) -> Option:
+    """'train.lr' or an unambiguous bare 'lr' to its option; otherwise an error with the closest key."""
+    known = options()
+    if key in known:
+        return known[key]
+    bare = [o for o in known.values() if o.name == key]
     if len(bare) == 1:
-        return tuple(bare[0].split(".", 1))  # type: ignore[return-value]
-    close = difflib.get_close_matches(key, keys + [k.split(".", 1)[1] for k in keys], n=1, cutoff=0.5)
+        return bare[0]
+    close = difflib.get_close_matches(key, list(known) + [o.name for o in known.values()], n=1, cutoff=0.5)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise UserError(f"unknown config key {key!r}{hint}: run 'vitkit train --help-config' for the valid keys")
 
@@ -176,10 +314,9 @@ def _coerce(value, hint, key: str):
 
 
 def set_value(cfg: Config, key: str, value) -> None:
-    section, name = _resolve_key(key)
-    obj = getattr(cfg, section)
-    hints = typing.get_type_hints(type(obj))
-    setattr(obj, name, _coerce(value, hints[name], f"{section}.{name}"))
+    o = _resolve_key(key)
+    section = o.key.split(".", 1)[0]
+    setattr(getattr(cfg, section), o.name, _coerce(value, o.hint, o.key))
 
 
 def parse_assignment(text: str) -> tuple[str, object]:
@@ -200,8 +337,8 @@ def apply_dict(cfg: Config, data: dict, origin: str) -> None:
     if not isinstance(data, dict):
         raise UserError(f"{origin} must hold a mapping of sections (model, data, train, output)")
     for section, values in data.items():
-        if section not in _sections():
-            close = difflib.get_close_matches(str(section), list(_sections()), n=1)
+        if section not in SECTIONS:
+            close = difflib.get_close_matches(str(section), list(SECTIONS), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise UserError(f"unknown section {section!r} in {origin}{hint}; sections: model, data, train, output")
         if values is None:
@@ -241,69 +378,60 @@ def build_config(config_file: str | Path | None = None, options: dict | None = N
     return cfg
 
 
+def check_value(o: Option, value, name: str | None = None) -> None:
+    """The declared choices and range of `o`, with a message that names the option (`name`, default its key)."""
+    name = name or o.key
+    if o.choices is not None and value not in o.choices:
+        shown = ", ".join("null" if a is None else str(a) for a in o.choices)
+        raise UserError(f"{name} must be one of {shown}, not {value!r}")
+    if o.check is not None and not o.check.holds(value):
+        raise UserError(f"{name} must {o.check.describe()}, not {value}")
+
+
+def validate_fields(obj, section: str = "", flags: bool = True) -> None:
+    """Every declared option of one dataclass instance against its choices and range; named by its CLI flag when
+    it has one and `flags`, else by its key."""
+    for o in declared(type(obj), section):
+        check_value(o, getattr(obj, o.name), (o.flag if flags and o.flag and not section else None))
+
+
 def validate(cfg: Config) -> None:
-    for key, allowed in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value not in allowed:
-            shown = ", ".join("null" if a is None else str(a) for a in allowed)
-            raise UserError(f"{key} must be one of {shown}, not {value!r}")
+    for section in SECTIONS:
+        validate_fields(getattr(cfg, section), section)
     t, d = cfg.train, cfg.data
-    positive = {"train.epochs": t.epochs, "train.batch_size": t.batch_size, "train.eval_batch_size": t.eval_batch_size,
-                "train.lr": t.lr}
-    for key, value in positive.items():
-        if value <= 0:
-            raise UserError(f"{key} must be greater than 0, not {value}")
-    for key, value in {"data.val_fraction": d.val_fraction, "data.test_fraction": d.test_fraction,
-                       "data.max_bad_fraction": d.max_bad_fraction, "train.label_smoothing": t.label_smoothing,
-                       "model.drop_path_rate": cfg.model.drop_path_rate, "model.drop_rate": cfg.model.drop_rate}.items():
-        if not 0.0 <= value < 1.0 and not (key == "data.max_bad_fraction" and value == 1.0):
-            raise UserError(f"{key} must be in [0, 1), not {value}")
     if d.val_fraction + d.test_fraction >= 0.9:
         raise UserError("data.val_fraction + data.test_fraction leave too little to train on: keep them below 0.9")
     if len(d.crop_scale) != 2 or not 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1:
         raise UserError(f"data.crop_scale must be [low, high] with 0 < low <= high <= 1, not {d.crop_scale}")
-    if d.hflip is not None and not 0 <= d.hflip <= 1:
-        raise UserError(f"data.hflip must be between 0 and 1, not {d.hflip}")
-    if t.warmup_epochs < 0 or t.min_lr < 0 or t.weight_decay < 0 or t.grad_clip < 0 or t.patience < 0 \
-            or t.max_nonfinite_steps < 0:
-        raise UserError("train.warmup_epochs, min_lr, weight_decay, grad_clip, patience and max_nonfinite_steps "
-                        "must not be negative")
-    if not 0 <= d.translate <= 0.5 or not 0 <= d.randaugment_magnitude <= 10 or d.randaugment_ops < 1:
-        raise UserError("data.translate must be in [0, 0.5], data.randaugment_magnitude in [0, 10] and "
-                        "data.randaugment_ops at least 1")
-    for key, value in {"data.erase": d.erase, "train.mix_prob": t.mix_prob, "train.mix_switch": t.mix_switch}.items():
-        if value is not None and not 0 <= value <= 1:
-            raise UserError(f"{key} must be between 0 and 1, not {value}")
-    if t.mixup < 0 or t.cutmix < 0 or not 0 <= t.ema < 1:
-        raise UserError("train.mixup and train.cutmix must not be negative, train.ema must be in [0, 1)")
-    if d.repeats < 1 or t.accum_steps < 1:
-        raise UserError("data.repeats and train.accum_steps must be at least 1")
     if t.batch_size % t.accum_steps:
         raise UserError(f"train.batch_size ({t.batch_size}) must be a multiple of train.accum_steps ({t.accum_steps})")
-    if d.max_image_pixels < 1:
-        raise UserError(f"data.max_image_pixels must be a positive number of pixels, not {d.max_image_pixels}")
 
 
 def save_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
-def describe_keys() -> str:
-    """Every key with its default and the comment beside its definition, for `--help-config`."""
-    import inspect
+def _yaml_scalar(value) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
+
+def describe_keys() -> str:
+    """Every key with its default, its flag and its help, for `--help-config`."""
     lines = []
-    for section, obj in _sections().items():
-        source = inspect.getsource(obj).splitlines()
-        comments = {}
-        for line in source:
-            name = line.strip().split(":", 1)[0]
-            if "#" in line and name.isidentifier():
-                comments[name] = line.split("#", 1)[1].strip()
+    for section, cls in SECTIONS.items():
         lines.append(f"{section}:")
-        for f in dataclasses.fields(obj):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
-            lines.append(f"  {f.name}: {yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip():<14}"
-                         f" # {comments.get(f.name, '')}")
+        for o in declared(cls, section):
+            flag = f" ({o.flag})" if o.flag else ""
+            lines.append(f"  {o.name}: {_yaml_scalar(o.default):<14} # {o.help}{flag}")
     return "\n".join(lines)
+
+
+def resume_changes(saved: Config, new: Config) -> dict[str, list[str]]:
+    """The keys that differ between a saved run's config and the one resuming it, grouped by resume policy."""
+    before, after = saved.flat(), new.flat()
+    known = options()
+    grouped: dict[str, list[str]] = {REFUSE: [], WARN: [], FREE: []}
+    for key in after:
+        if after[key] != before[key]:
+            grouped[known[key].resume].append(key)
+    return grouped

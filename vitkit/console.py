@@ -80,6 +80,41 @@ def print_check(report, limit: int) -> None:
             out.print(f"[red]cannot train[/red]: {escape(reason)}")
 
 
+def print_predictions(results: list, fmt: str, columns: int) -> None:
+    """`vitkit predict`'s answer: a table of the top-k per file, or JSON / CSV for scripts (raw, never wrapped)."""
+    import csv
+    import json
+
+    from rich.markup import escape
+
+    if fmt == "json":
+        print(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["file", "rank", "class", "probability", "error"])
+        for r in results:
+            for rank, (c, p) in enumerate(r.top or [], 1):
+                writer.writerow([r.source, rank, c, f"{p:.6f}", ""])
+            if r.top is None:
+                writer.writerow([r.source, "", "", "", r.error])
+    else:
+        table = Table("file", *[f"top-{i + 1}" for i in range(columns)])
+        for r in results:
+            cells = ([escape(f"{c} {p:.1%}") for c, p in r.top] if r.top is not None
+                     else [f"[red]unreadable: {escape(r.error)}[/red]"])
+            table.add_row(escape(r.source), *cells)
+        out.print(table)
+
+
+def print_models(rows: list) -> None:
+    """`vitkit models`: (name, parameters, FLOPs, spec) per registered model."""
+    table = Table("model", "params", "GFLOPs", "image", "patch", "description")
+    for name, params, flops, spec in rows:
+        table.add_row(name, f"{params / 1e6:.2f}M", f"{flops / 1e9:.3f}", f"{spec.kwargs['img_size']}",
+                      str(spec.kwargs["patch_size"]), spec.description)
+    out.print(table)
+
+
 def print_bench(result: dict) -> None:
     """`vitkit bench`'s answer as a table and the speed-ups."""
     master = result.get("bf16_weights") and any(r["mode"] == "train" for r in result["results"])

@@ -22,9 +22,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import DataError
-from .dataset import assign_splits, convert_channels, is_named, stratified_split
+from .dataset import convert_channels, is_named
+from .splits import assign_splits, stratified_split
 from .folder import list_folder
-from .images import BadImage, open_image, to_mode
+from .images import BadImage, open_image, set_max_pixels, to_mode
 from .named import load_named
 
 HASH_SHAPE = (16, 17)  # difference hash: 16 rows of 16 left-right comparisons, 256 bits
@@ -203,8 +204,12 @@ def duplicate_findings(paths: list[str], splits: list[str], pixel_hashes: list[s
 # ------------------------------------------------------------------------------------------ the datasets
 def check_data(source: str, *, data_root: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.0,
                seed: int = 0, allow_empty_classes: bool = False, max_bad_fraction: float = 0.1,
-               near_duplicate_bits: int = NEAR_DUPLICATE_BITS, show_progress: bool = True) -> CheckReport:
-    """Check an image folder or a named dataset; `report.blocking` says why training could not proceed."""
+               near_duplicate_bits: int = NEAR_DUPLICATE_BITS, show_progress: bool = True,
+               max_image_pixels: int | None = None) -> CheckReport:
+    """Check an image folder or a named dataset; `report.blocking` says why training could not proceed.
+    `max_image_pixels`: refuse larger images as possible decompression bombs (default: as training does)."""
+    if max_image_pixels is not None:
+        set_max_pixels(max_image_pixels)
     if is_named(source):
         return _check_named(source.lower(), data_root, val_fraction, seed, near_duplicate_bits)
     return _check_folder(Path(source), val_fraction, test_fraction, seed, allow_empty_classes, max_bad_fraction,

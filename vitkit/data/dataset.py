@@ -18,34 +18,18 @@ import torch.nn.functional as F
 from ..errors import DataError
 from ..fileio import atomic_write
 from .cache import cache_root, content_key, load_entry, save_entry
-from .folder import FolderScan, decode_all, detect_channels, scan_folder
+from .folder import decode_all, detect_channels, scan_folder
 from .named import DATASETS, load_named
+from .shards import ShardSet, is_sharded, read_index, shard_channels
+from .splits import MANIFEST, ImageSet, Split, assign_splits, read_manifest, stratified_split, write_manifest
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "split.csv"
-
-
-@dataclass
-class ImageSet:
-    """Images (N, C, H, W) uint8, labels (N,) int64 and an id per image (a relative path or 'train:123')."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    ids: list[str]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def class_counts(self, num_classes: int) -> torch.Tensor:
-        return torch.bincount(self.labels, minlength=num_classes).float()
-
 
 @dataclass
 class DataBundle:
     source: str
     classes: list[str]
-    splits: dict[str, ImageSet]
+    splits: dict[str, Split]  # ImageSet in memory, or ShardSet streamed from shards
     img_size: int
     channels: int
     mean: tuple[float, ...]
@@ -57,42 +41,6 @@ class DataBundle:
 
 def is_named(source: str) -> bool:
     return source.lower() in DATASETS
-
-
-# --------------------------------------------------------------------------------------------------- splits
-def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
-    """Split indices per class with a seeded permutation; every class keeps at least one training image."""
-    rng = np.random.default_rng(seed)
-    parts: dict[str, list[np.ndarray]] = {"train": [], **{k: [] for k in fractions}}
-    for cls in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == cls))
-        start = 0
-        for split, frac in fractions.items():
-            n = int(round(len(idx) * frac))
-            if frac > 0 and n == 0 and len(idx) - start > 1:
-                n = 1  # a tiny class still gets one held-out image
-            n = min(n, len(idx) - start - 1)
-            parts[split].append(idx[start:start + n])
-            start += n
-        parts["train"].append(idx[start:])
-    return {k: np.sort(np.concatenate(v)) if v else np.array([], dtype=np.int64) for k, v in parts.items()}
-
-
-def write_manifest(path: Path, rows: list[tuple[str, str, str]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["id", "label", "split"])
-    writer.writerows(rows)
-    atomic_write(path, buffer.getvalue())
-
-
-def read_manifest(path: Path) -> list[tuple[str, str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header != ["id", "label", "split"]:
-            raise DataError(f"{path} is not a vitkit split manifest (header {header}): remove it to make a new split")
-        return [tuple(row) for row in reader]
 
 
 # ----------------------------------------------------------------------------------------- tensor transforms
@@ -127,7 +75,6 @@ def load_data(source: str, *, img_size: int | None = None, channels: int | None 
 
     `splits` limits which splits are decoded (evaluate needs only one).
     """
-    from .shards import is_sharded
 
     if is_sharded(source):
         return _load_shards(Path(source), img_size, channels, splits)
@@ -206,7 +153,6 @@ def _load_folder(root, img_size, channels, val_fraction, test_fraction, seed, ro
 
 def _load_shards(root: Path, img_size, channels, wanted) -> DataBundle:
     """Shards written by `vitkit data shard`: train streams from disk, val and test are decoded into memory."""
-    from .shards import ShardSet, read_index, shard_channels
 
     index = read_index(root)
     if img_size is None:
@@ -243,30 +189,6 @@ def decode_split(root: Path, paths: list[str], size: int, channels: int, split: 
     if key:
         save_entry(key, images, keep, bad)
     return images, keep, bad
-
-
-def assign_splits(scan: FolderScan, val_fraction: float, test_fraction: float, seed: int
-                  ) -> list[tuple[str, str, str]]:
-    """(path, class, split) of every file: the folder's own train/val/test, or a stratified seeded split."""
-    if scan.has_splits and any(s == "val" for _, _, s in scan.items):
-        return [(p, c, s) for p, c, s in scan.items]
-    if scan.has_splits:  # train/ and test/ only: validation images are held out of train/
-        log.info("no val/ folder in %s: %.0f%% of train/ is held out for validation", scan.root, 100 * val_fraction)
-        train = [(p, c) for p, c, s in scan.items if s == "train"]
-        held = _stratified(scan.classes, train, {"val": val_fraction}, seed)
-        return [(p, c, held.get(i, "train")) for i, (p, c) in enumerate(train)] + \
-            [(p, c, s) for p, c, s in scan.items if s != "train"]
-    split_of = _stratified(scan.classes, [(p, c) for p, c, _ in scan.items], {"val": val_fraction, "test": test_fraction},
-                           seed)
-    return [(p, c, split_of[i]) for i, (p, c, _) in enumerate(scan.items)]
-
-
-def _stratified(classes: list[str], items: list[tuple[str, str]], fractions: dict[str, float], seed: int
-                ) -> dict[int, str]:
-    """Index of each item to its split ('train' and those of `fractions`), stratified by class and seeded."""
-    label_of = {c: i for i, c in enumerate(classes)}
-    parts = stratified_split(np.array([label_of[c] for _, c in items]), fractions, seed)
-    return {int(i): s for s, idx in parts.items() for i in idx}
 
 
 def check_bad_files(bad: list[tuple[str, str]], total: int, max_fraction: float, listed_in: str | None = None) -> None:

@@ -5,6 +5,7 @@ thing everywhere.
 """
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -12,11 +13,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ..errors import BadImage
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-
-
-class BadImage(Exception):
-    """A file that could not be decoded as an image; the message says why."""
 
 
 def is_hidden(path: Path) -> bool:
@@ -65,29 +64,46 @@ def set_max_pixels(limit: int) -> None:
     Image.MAX_IMAGE_PIXELS = int(limit)
 
 
-def open_image(path) -> Image.Image:
-    """`Image.open` (header only) that refuses images above the pixel limit before any pixel is decoded."""
+def open_image(path, max_pixels: int | None = None) -> Image.Image:
+    """`Image.open` (header only) that refuses images above `max_pixels` (default: the limit `set_max_pixels` set)
+    before any pixel is decoded."""
     try:
         img = Image.open(path)
     except Image.DecompressionBombError as err:
-        raise BadImage(f"refused as a possible decompression bomb ({err})") from None
+        raise BadImage(f"refused as a possible decompression bomb ({err})", "too-large") from None
     w, h = img.size
-    limit = Image.MAX_IMAGE_PIXELS
+    limit = max_pixels or Image.MAX_IMAGE_PIXELS
     if limit and w * h > limit:
         img.close()
         raise BadImage(f"refused as a possible decompression bomb: {w}x{h} is {w * h:,} pixels, more than the limit "
-                       f"of {limit:,} (data.max_image_pixels)")
+                       f"of {limit:,} (data.max_image_pixels)", "too-large")
     return img
 
 
-def load_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
-    """Decode `path` into a uint8 array (C, size, size). Raises `BadImage` with the reason when it cannot."""
+def decode(source: bytes | str | os.PathLike, size: int, channels: int, max_pixels: int | None = None) -> np.ndarray:
+    """An image file's bytes or path to the model's uint8 input (C, size, size): the one decoder that folders,
+    shards, `predict` and the server share. Raises `BadImage` with the message and a `reason`: 'empty',
+    'too-large' (above the pixel limit), 'not-an-image', 'truncated' or 'unreadable'."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        if not len(source):
+            raise BadImage("empty file", "empty")
+        source = io.BytesIO(source)
+    elif os.path.exists(source) and os.path.getsize(source) == 0:
+        raise BadImage("empty file", "empty")
     try:
-        with open_image(path) as img:
+        with open_image(source, max_pixels) as img:
             img.load()
             return prepare(img, size, channels)
-    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as err:
-        raise BadImage(_reason(path, err)) from None
+    except BadImage:
+        raise
+    except Image.UnidentifiedImageError:
+        raise BadImage("not an image format this reads (PNG, JPEG, WebP, GIF, BMP, TIFF)", "not-an-image") from None
+    except Exception as err:  # Pillow raises many kinds for damaged data (OSError, ValueError, SyntaxError, ...)
+        text = str(err) or type(err).__name__
+        raise BadImage(text, "truncated" if "truncated" in text else "unreadable") from None
+
+
+load_image = decode  # decoding a file by its path, under the name earlier versions used
 
 
 def _reason(path, err: Exception) -> str:

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import UserError
 from .augment import Augment, Mix
-from .dataset import ImageSet
+from .splits import ImageSet
 
 
 class Normalize:

@@ -26,9 +26,9 @@ from tqdm import tqdm
 
 from ..errors import DataError, UserError
 from ..fileio import atomic_write
-from .dataset import ImageSet, assign_splits
+from .splits import ImageSet, assign_splits
 from .folder import scan_folder
-from .images import BadImage, open_image, prepare
+from .images import BadImage, decode, open_image
 
 log = logging.getLogger(__name__)
 
@@ -103,20 +103,6 @@ def _unreadable(data: bytes) -> str | None:
     except BadImage as err:
         return str(err)
     return None
-
-
-def decode(data: bytes, size: int, channels: int) -> np.ndarray:
-    """Image file bytes to uint8 (C, size, size), as `load_image` does for files. Raises `BadImage`."""
-    if not data:
-        raise BadImage("empty file")
-    try:
-        with open_image(io.BytesIO(data)) as img:
-            img.load()
-            return prepare(img, size, channels)
-    except BadImage:
-        raise
-    except Exception as err:  # Pillow raises many kinds for damaged data
-        raise BadImage(str(err) or type(err).__name__) from None
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -196,6 +182,8 @@ class ShardSet:
     counts: list[int]
     img_size: int
     channels: int
+
+    streamed = True
 
     def __len__(self) -> int:
         return self.count

@@ -1,1 +1,5 @@
 """Training, evaluation and prediction over the models and data of this package."""
+from ..compat import require_torch
+
+require_torch()
+

@@ -65,8 +65,14 @@ class Result:
     runs_img_per_s: list[float]
 
 
-def matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """The device's FLOP/s on an n x n matmul in `dtype` (best of `repeats`), the denominator of MFU."""
+def matmul_rate(device: torch.device, dtype: torch.dtype, n: int | None = None, repeats: int = 5) -> float:
+    """The device's FLOP/s on an n x n matmul in `dtype` (best of `repeats`), the denominator of MFU. `n`: 2048,
+    or less where one such matmul would take over a second (bf16 on a CPU without bf16 instructions runs ~100x
+    slower than fp32; the probe must not take minutes there)."""
+    if n is None:
+        n, small = 2048, _mm_seconds(device, dtype, 256)
+        while n > 256 and small * (n / 256) ** 3 > MATMUL_PROBE_S:
+            n //= 2
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     best = float("inf")
@@ -78,6 +84,19 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats
         _sync(device)
         best = min(best, (time.perf_counter() - start) / 4)
     return 2 * n ** 3 / best
+
+
+MATMUL_PROBE_S = 1.0  # the longest one matmul of the rate probe may take
+
+
+def _mm_seconds(device: torch.device, dtype: torch.dtype, n: int) -> float:
+    a = torch.randn(n, n, device=device).to(dtype)
+    torch.mm(a, a)  # the first call pays for lazy initialization
+    _sync(device)
+    start = time.perf_counter()
+    torch.mm(a, a)
+    _sync(device)
+    return time.perf_counter() - start
 
 
 def timm_twin(kwargs: dict) -> nn.Module:

@@ -17,10 +17,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .. import __version__
-from ..errors import UserError
+from ..errors import NonFiniteLoss, UserError
 from ..fileio import atomic_write
 from ..models import VisionTransformer, model_kwargs
+from ..version import __version__
 
 FORMAT = "vitkit-model/1"
 MODEL_FILE = {"best": "best.safetensors", "last": "last.safetensors"}
@@ -40,7 +40,8 @@ def save_model(paths: str | os.PathLike | list, model: torch.nn.Module, meta: di
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for key, value in tensors.items():
         if value.is_floating_point() and not torch.isfinite(value).all():
-            raise RuntimeError(f"refusing to save non-finite weights ({key}); the previous checkpoint is kept")
+            raise NonFiniteLoss(f"the weights became non-finite ({key}): lower the learning rate or try --precision fp32; "
+                                "the previous checkpoint is kept")
     payload = st_save(tensors, metadata={"vitkit": json.dumps(meta)})
     for path in paths if isinstance(paths, list) else [paths]:
         atomic_write(path, payload)

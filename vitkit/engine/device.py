@@ -1,9 +1,8 @@
-"""Choosing the device and the numeric precision; telling an out-of-memory error from other errors."""
+"""Choosing the device and the numeric precision."""
 from __future__ import annotations
 
 import contextlib
 import logging
-import re
 
 import torch
 
@@ -51,18 +50,3 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def out_of_memory(err: BaseException) -> str | None:
-    """For an allocation that failed (CUDA's OutOfMemoryError, or the CPU allocator refused), how much it asked
-    for, e.g. "tried to allocate 56.1 GiB on the CPU"; None for any other error."""
-    text = str(err)
-    if not isinstance(err, RuntimeError):  # torch.OutOfMemoryError is one
-        return None
-    if isinstance(err, torch.OutOfMemoryError) or "CUDA out of memory" in text:
-        asked = re.search(r"Tried to allocate ([\d.]+ \w+)", text)
-        return f"tried to allocate {asked.group(1)} on the GPU" if asked else "on the GPU"
-    if "can't allocate memory" in text:
-        asked = re.search(r"allocate (\d+) bytes", text)
-        return f"tried to allocate {int(asked.group(1)) / 2 ** 30:,.1f} GiB on the CPU" if asked else "on the CPU"
-    return None

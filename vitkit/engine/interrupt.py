@@ -12,19 +12,12 @@ import signal
 import threading
 import time
 
+from ..errors import Interrupted  # noqa: F401  (raised by the trainer when a StopRequest was set)
+
 log = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 REPEAT_WINDOW = 2.0
-
-
-class Interrupted(Exception):
-    """Training stopped on a signal after saving; `exit_code` is the shell's convention (130, 143)."""
-
-    def __init__(self, signum: int, message: str):
-        super().__init__(message)
-        self.signum = signum
-        self.exit_code = 128 + signum
 
 
 class StopRequest:

@@ -114,13 +114,21 @@ class Classifier:
         return results
 
 
+ONNX_FORMAT = "vitkit-onnx/1"  # the sidecar's format tag, written by `vitkit.export`
+
+
+def sidecar_path(onnx_path: str | os.PathLike) -> Path:
+    """MODEL.onnx.json beside MODEL.onnx: class names, input size and preprocessing."""
+    return Path(f"{onnx_path}.json")
+
+
 class OnnxClassifier(Classifier):
     """The same interface over an exported `MODEL.onnx` and its `MODEL.onnx.json` sidecar, run by ONNX Runtime."""
 
     runtime = "onnx"
 
     def __init__(self, path: str | os.PathLike, device: str = "auto"):
-        from .export import require, sidecar_path
+        from ..optional import require
 
         ort = require("onnxruntime", "export")
         path, side = Path(path), sidecar_path(path)

@@ -14,7 +14,6 @@ from ..config import Config
 from ..data import BatchLoader, DataBundle
 from ..data.augment import Augment, Mix
 from ..data.loader import ShardLoader
-from ..data.shards import ShardSet
 from ..errors import UserError
 from . import dist
 
@@ -68,7 +67,7 @@ def make_loader(cfg: Config, data: DataBundle, recipe: Recipe, device: torch.dev
     t, train = cfg.train, data.splits["train"]
     common = dict(augment=recipe.augment, rank=dist.rank(), world_size=dist.world_size(), mix=recipe.mix,
                   num_classes=len(data.classes))
-    if isinstance(train, ShardSet):
+    if train.streamed:
         if t.balance == "sampler" or cfg.data.repeats > 1:
             raise UserError("train.balance=sampler and data.repeats need in-memory data; streamed shards take "
                             "--balance loss")

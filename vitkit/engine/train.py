@@ -5,23 +5,24 @@ import csv
 import io
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..config import Config, build_config, load_yaml, save_config
+from ..config import REFUSE, WARN, Config, build_config, load_yaml, resume_changes, save_config
 from ..data import MANIFEST, DataBundle, is_named, load_data, write_manifest
 from ..data.dataset import adapt_stats, check_bad_files
 from ..data.images import set_max_pixels
-from ..errors import DataError, UserError
+from ..errors import DataError, UserError, out_of_memory
 from ..fileio import atomic_write
 from ..models import count_flops, get_spec, model_kwargs, num_params
 from ..models.pretrained import Pretrained, load_pretrained, read_source
 from ..models.vit import VisionTransformer
 from . import allocator, dist
 from .checkpoint import MODEL_FILE, STATE_FILE, load_model, load_state, model_meta, read_meta
-from .device import out_of_memory, resolve_device, resolve_precision
+from .device import resolve_device, resolve_precision
 from .evaluate import source_key
 from .interrupt import Interrupted
 from .master import use_bf16_weights
@@ -57,44 +58,31 @@ def new_run_dir(cfg: Config) -> Path:
     return run_dir
 
 
-# Changing these would make a resumed run something else than the run it continues.
-RESUME_REFUSED = ("model.", "data.source", "data.val_fraction", "data.test_fraction", "data.crop_scale", "data.hflip",
-                  "train.seed", "train.batch_size", "train.optimizer", "train.freeze", "train.layer_decay",
-                  "train.backbone_lr_scale")
-# Changing these affects neither the weights nor the split.
-RESUME_FREE = ("data.root", "data.cache", "data.workers", "train.accum_steps", "data.max_bad_fraction", "data.allow_empty_classes", "data.max_image_pixels",
-               "train.eval_batch_size", "train.threads", "train.patience", "train.max_nonfinite_steps", "train.compile",
-               "output.")
-
-
-def _flat(cfg: Config) -> dict:
-    return {f"{section}.{key}": value for section, values in cfg.to_dict().items() for key, value in values.items()}
-
-
 def resume_config(run_dir: str | Path, options: dict | None = None, assignments: list[str] | None = None) -> Config:
-    """The saved config of `run_dir` with the changes a resume may make, each one named: more epochs or another
-    learning rate are allowed with a warning (the result then differs from an uninterrupted run); changes to the
-    model, the data split or the order of batches are refused."""
+    """The saved config of `run_dir` with the changes a resume may make, each one named. What may change is declared
+    with each option (`config.REFUSE`, `WARN`, `FREE`): more epochs or another learning rate are allowed with a
+    warning (the result then differs from an uninterrupted run); changes to the model, the data split or the order
+    of batches are refused."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a vitkit run directory (no config.yaml): give the folder 'vitkit train' "
                         "printed")
     saved = load_yaml(run_dir / "config.yaml")
     cfg = build_config(options=options, assignments=assignments, base=saved)
-    before, after = _flat(build_config(base=saved)), _flat(cfg)
-    changed = [k for k in after if after[k] != before[k]]
-    refused = [k for k in changed if k.startswith(RESUME_REFUSED)]
-    if refused:
-        shown = ", ".join(f"{k} ({before[k]!r} -> {after[k]!r})" for k in refused)
+    before = build_config(base=saved)
+    changes = resume_changes(before, cfg)
+    old, new = before.flat(), cfg.flat()
+    if changes[REFUSE]:
+        shown = ", ".join(f"{k} ({old[k]!r} -> {new[k]!r})" for k in changes[REFUSE])
         raise UserError(f"--resume cannot change {shown}: it would no longer continue the same run; start a new run "
                         "instead")
-    for key in changed:
+    for key in changes[WARN]:
         if key == "train.epochs":
             log.warning("train.epochs changed from %d to %d: the learning-rate schedule follows the new length from "
-                        "here on", before[key], after[key])
-        elif not key.startswith(RESUME_FREE):
+                        "here on", old[key], new[key])
+        else:
             log.warning("%s changed from %r to %r: the resumed run will differ from an uninterrupted one", key,
-                        before[key], after[key])
+                        old[key], new[key])
     return cfg
 
 
@@ -133,14 +121,20 @@ def _report_bad_files(data: DataBundle, run_dir: Path, max_fraction: float) -> N
     check_bad_files(data.bad_files, total, max_fraction, str(run_dir / "bad_files.csv"))
 
 
-def train(cfg: Config, resume: str | Path | None = None, show_progress: bool = True) -> RunResult:
-    """Train a model as `cfg` says and write its run directory; with `resume`, continue that run."""
+ReportHook = Callable[[Path, DataBundle, torch.device, "torch.dtype | None"], None]
+
+
+def train(cfg: Config, resume: str | Path | None = None, show_progress: bool = True,
+          report: ReportHook | None = None) -> RunResult:
+    """Train a model as `cfg` says and write its run directory; with `resume`, continue that run. `report(run_dir,
+    data, device, amp_dtype)` runs after the last epoch when `output.report` is on (`vitkit.train` passes the one
+    that writes report.html)."""
     allocator.tune()
     device = dist.local_device(resolve_device(cfg.train.device))
     joined = dist.setup(device)
     together = False  # all processes got to the same point: the end, or a stop they agreed on
     try:
-        result = _train(cfg, device, resume, show_progress)
+        result = _train(cfg, device, resume, show_progress, report)
         together = True
         return result
     except Interrupted:
@@ -151,7 +145,8 @@ def train(cfg: Config, resume: str | Path | None = None, show_progress: bool = T
             dist.teardown(wait=together)
 
 
-def _train(cfg: Config, device: torch.device, resume: str | Path | None, show_progress: bool) -> RunResult:
+def _train(cfg: Config, device: torch.device, resume: str | Path | None, show_progress: bool,
+           report: ReportHook | None) -> RunResult:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     set_max_pixels(cfg.data.max_image_pixels)
@@ -184,19 +179,17 @@ def _train(cfg: Config, device: torch.device, resume: str | Path | None, show_pr
                     trainer.state.epoch, run_dir, run_dir)
         raise
     except RuntimeError as err:
-        detail = out_of_memory(err)
-        if detail is None:
-            raise
         smaller = f"--accum-steps {2 * cfg.train.accum_steps}"
-        if trainer.state.epoch == 0:
-            raise UserError(f"out of memory while training ({detail}): use a smaller --batch-size, or {smaller} to "
-                            "keep the batch and compute it in smaller passes") from None
-        raise UserError(f"out of memory while training ({detail}); epochs 1-{trainer.state.epoch} are saved in "
-                        f"{run_dir}: continue in smaller passes with: vitkit train --resume {run_dir} {smaller}"
-                        ) from None
+        advice = (f": use a smaller --batch-size, or {smaller} to keep the batch and compute it in smaller passes"
+                  if trainer.state.epoch == 0 else f"; epochs 1-{trainer.state.epoch} are saved in {run_dir}: "
+                  f"continue in smaller passes with: vitkit train --resume {run_dir} {smaller}")
+        oom = out_of_memory(err, advice, " while training")
+        if oom is None:
+            raise
+        raise oom from None
     seconds = time.perf_counter() - start
-    if cfg.output.report and dist.is_main():
-        _write_report(run_dir, data, device, amp_dtype)
+    if cfg.output.report and report is not None and dist.is_main():
+        report(run_dir, data, device, amp_dtype)
     return RunResult(run_dir, run_dir / MODEL_FILE["best"], state.best_top1, state.best_epoch, state.epoch, seconds)
 
 
@@ -230,28 +223,6 @@ def _initialize(cfg: Config, model: VisionTransformer, kwargs: dict, data: DataB
         if not cfg.model.init:
             log.warning("train.freeze=backbone without model.init trains a head on a random backbone")
     return init
-
-
-def _write_report(run_dir: Path, data: DataBundle, device: torch.device, amp_dtype) -> None:
-    """report.html of the best model on the validation split, from the images already in memory."""
-    from ..report import build_report
-    from .evaluate import Evaluation
-
-    val = data.splits.get("val")
-    if not (run_dir / MODEL_FILE["best"]).is_file():
-        return
-    if val is None or len(val) == 0:
-        log.info("no report: there is no validation split; 'vitkit report %s [DATA]' writes one on the test split",
-                 run_dir)
-        return
-    model, meta = load_model(run_dir / MODEL_FILE["best"], device)
-    evaluation = Evaluation(model, meta, device, amp_dtype, data.source, "val", val, data.bad_files)
-    try:
-        path = build_report(run_dir, evaluation=evaluation)
-    except (OSError, ValueError, RuntimeError) as err:  # the run itself is saved; say why the report is missing
-        log.warning("could not write the report (%s: %s); try: vitkit report %s", type(err).__name__, err, run_dir)
-        return
-    log.info("report: %s", path)
 
 
 def _restore(trainer: Trainer, run_dir: Path, cfg: Config) -> None:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..config import Config
 from ..data import DataBundle
 from ..data.loader import Batch
-from ..errors import UserError
+from ..errors import NonFiniteLoss, UserError
 from ..fileio import atomic_write
 from ..metrics import topk_accuracy
 from ..models import VisionTransformer
@@ -32,7 +32,8 @@ from .checkpoint import EMA_FILE, MODEL_FILE, STATE_FILE, save_model, save_state
 from .device import autocast
 from .ema import ModelEma
 from .evaluate import predict_logits
-from .interrupt import Interrupted, StopRequest
+from ..errors import Interrupted
+from .interrupt import StopRequest
 from .master import Bf16Weights
 from .optim import build_optimizer, build_scheduler
 from .recipe import build_recipe, make_loader
@@ -41,10 +42,6 @@ log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "val_top1_ema", "lr",
                   "seconds", "img_per_s"]
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite; the message says where and what to try."""
 
 
 @dataclass

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import yaml
 
-from .. import __version__
+from ..version import __version__
 from ..data import MANIFEST, BadImage, Normalize, read_manifest
-from ..engine.checkpoint import MODEL_FILE
+from ..engine.checkpoint import MODEL_FILE, load_model
 from ..engine.evaluate import Evaluation, prepare_evaluation
 from ..errors import UserError
 from ..fileio import atomic_write
@@ -241,3 +241,23 @@ def explain_files(clf, paths: list, out_dir: str | Path, top_k: int = 5) -> list
         atomic_write(out_dir / name, png)
         written.append(out_dir / name)
     return written
+
+
+def training_report(run_dir: Path, data, device: torch.device, amp_dtype) -> None:
+    """report.html of a finished run's best model on its validation split, from the images already in memory (the
+    hook `vitkit.train` gives the engine). A failure is a warning: the run itself is saved."""
+    val = data.splits.get("val")
+    if not (run_dir / MODEL_FILE["best"]).is_file():
+        return
+    if val is None or len(val) == 0:
+        log.info("no report: there is no validation split; 'vitkit report %s [DATA]' writes one on the test split",
+                 run_dir)
+        return
+    model, meta = load_model(run_dir / MODEL_FILE["best"], device)
+    evaluation = Evaluation(model, meta, device, amp_dtype, data.source, "val", val, data.bad_files)
+    try:
+        path = build_report(run_dir, evaluation=evaluation)
+    except (OSError, ValueError, RuntimeError) as err:
+        log.warning("could not write the report (%s: %s); try: vitkit report %s", type(err).__name__, err, run_dir)
+        return
+    log.info("report: %s", path)

@@ -18,7 +18,7 @@ import io
 import logging
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 
@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import __version__
-from ..data.images import BadImage, open_image, prepare, set_max_pixels
+from ..version import __version__
+from ..config import ServeSettings
+from ..data.images import BadImage, decode
 from ..data.loader import Normalize
 from ..engine.predict import Classifier, Prediction
 from .batcher import Batcher, QueueFull
@@ -37,46 +38,23 @@ log = logging.getLogger(__name__)
 OVERLAY_SIZE = 224  # pixels per side of the attention overlay shown on the page
 
 
-@dataclass
-class ServeSettings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    top_k: int = 5
-    max_batch: int = 32  # images per forward pass (1: no batching)
-    max_wait_ms: float = 2.0  # how long the first image of a batch waits for company
-    max_queue: int = 256  # images waiting; beyond it requests get 503
-    max_body_mb: float = 16.0
-    max_images: int = 16  # per request
-    max_image_pixels: int = 40_000_000  # decompression-bomb limit, checked from the header before decoding
-    timeout_s: float = 30.0  # per request, upload included
-    decode_threads: int = 2
-    max_connections: int = 64  # concurrent connections; beyond it the HTTP server answers 503
-
-
 class UploadError(Exception):
     def __init__(self, status: int, reason: str, file: str | None = None):
         super().__init__(reason)
         self.status, self.reason, self.file = status, reason, file
 
 
-def decode_upload(data: bytes, size: int, channels: int) -> np.ndarray:
+UPLOAD_STATUS = {"empty": 400, "too-large": 413, "not-an-image": 415, "truncated": 400, "unreadable": 400}
+
+
+def decode_upload(data: bytes, size: int, channels: int, max_pixels: int | None = None) -> np.ndarray:
     """Uploaded bytes to the model's uint8 (C, size, size) input, or `UploadError` with the status and reason."""
-    if not data:
-        raise UploadError(400, "empty file")
     try:
-        img = open_image(io.BytesIO(data))
+        return decode(data, size, channels, max_pixels)
     except BadImage as err:
-        raise UploadError(413, str(err)) from None
-    except Image.UnidentifiedImageError:
-        raise UploadError(415, "not an image format this server reads (PNG, JPEG, WebP, GIF, BMP, TIFF)") from None
-    except (OSError, ValueError, SyntaxError) as err:
-        raise UploadError(400, f"cannot read the image header: {err}") from None
-    try:
-        with img:
-            img.load()
-            return prepare(img, size, channels)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise UploadError(400, f"cannot decode the image: {err}") from None
+        damaged = err.reason in ("truncated", "unreadable")
+        raise UploadError(UPLOAD_STATUS.get(err.reason, 400), f"cannot decode the image: {err}" if damaged else str(err)
+                          ) from None
 
 
 def make_infer(clf: Classifier, top_k: int):
@@ -117,10 +95,6 @@ def create_app(clf: Classifier, settings: ServeSettings | None = None, name: str
     from starlette.exceptions import HTTPException
 
     s = settings or ServeSettings()
-    set_max_pixels(s.max_image_pixels)
-    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # refused in decode_upload anyway
-    warnings.filterwarnings("ignore", module="PIL")  # damaged uploads are answered 400; no log line for each
-    logging.getLogger("python_multipart").setLevel(logging.ERROR)  # the same for malformed multipart bodies
     batcher = Batcher(make_infer(clf, s.top_k), s.max_batch, s.max_wait_ms / 1000, s.max_queue)
     decode_slots = asyncio.Semaphore(s.decode_threads)
     started = time.monotonic()
@@ -171,7 +145,7 @@ def create_app(clf: Classifier, settings: ServeSettings | None = None, name: str
         data = await upload.read()
         async with decode_slots:
             try:
-                return await asyncio.to_thread(decode_upload, data, clf.img_size, clf.in_chans)
+                return await asyncio.to_thread(decode_upload, data, clf.img_size, clf.in_chans, s.max_image_pixels)
             except UploadError as err:
                 err.file = upload.filename
                 raise
@@ -201,6 +175,15 @@ def create_app(clf: Classifier, settings: ServeSettings | None = None, name: str
     return Limits(app, int(s.max_body_mb * 1024 * 1024), s.timeout_s)
 
 
+def quiet_server_logs(max_image_pixels: int) -> None:
+    """Process-wide settings for a server process (set by `serve`, never by `create_app`): Pillow's own pixel limit
+    made room for the server's, and no log line per damaged upload (each is answered 400/413/415)."""
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_image_pixels)
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # refused in decode_upload anyway
+    warnings.filterwarnings("ignore", module="PIL")
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)  # the same for malformed multipart bodies
+
+
 UPLOAD_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],
     "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"},
@@ -211,11 +194,12 @@ def serve(checkpoint: str | Path, settings: ServeSettings, device: str = "auto",
           access_log: bool = False, compile: bool = False) -> None:
     """Load the checkpoint and serve it with uvicorn until SIGINT/SIGTERM. `compile`: compile the model with frozen
     weights for every padded batch size up to `settings.max_batch` before answering (see `FrozenCompiled`)."""
-    from ..engine.export import require
+    from ..optional import require
 
     require("fastapi", "serve")
     require("multipart", "serve")
     uvicorn = require("uvicorn", "serve")
+    quiet_server_logs(settings.max_image_pixels)
     clf = Classifier(checkpoint, device=device, precision=precision, compile=compile)
     clf.warm_up(settings.max_batch)
     app = create_app(clf, settings, Path(checkpoint).name)

@@ -7,7 +7,6 @@ same seeded inputs; an export whose logits differ beyond the tolerance is delete
 """
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -18,28 +17,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
-from ..errors import UserError
+from ..version import __version__
+from ..errors import ExportMismatch, UserError
+from ..optional import require
 from ..fileio import atomic_write
-from .checkpoint import load_model
+from ..engine.checkpoint import load_model
+from ..engine.predict import ONNX_FORMAT, sidecar_path
 
 log = logging.getLogger(__name__)
 
-ONNX_FORMAT = "vitkit-onnx/1"
 DEFAULT_OPSET = 18
 SINGLE_FILE_LIMIT = 1_800_000_000  # bytes of weights; protobuf stops at 2 GiB, larger models use external data
-
-
-class ExportMismatch(RuntimeError):
-    """The exported model's outputs differ from PyTorch's beyond the tolerance (a bug to report, not a user error)."""
-
-
-def require(module: str, extra: str):
-    """Import an optional dependency, or say in one line how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise UserError(f"this needs the Python package '{module}': pip install 'vitkit[{extra}]'") from None
 
 
 class ImageModel(nn.Module):
@@ -66,10 +54,6 @@ class ExportResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def sidecar_path(onnx_path: str | os.PathLike) -> Path:
-    return Path(f"{onnx_path}.json")
 
 
 def onnx_sidecar(meta: dict, opset: int) -> dict:
