@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-# Set TORCH_INDEX=https://download.pytorch.org/whl/cpu for the small CPU-only build of PyTorch.
-TORCH_INDEX ?=
+# PyTorch: without an NVIDIA GPU (no nvidia-smi), its CPU-only build first (a few hundred MB instead of several GB),
+# from PyTorch's own index; where that index cannot be reached, the default index. TORCH_INDEX= (empty) skips it.
+TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
 DEMO_STAMP := $(shell date +%Y%m%d-%H%M%S)
 DEMO_RUN ?= runs/demo-$(DEMO_STAMP)
 
@@ -13,7 +14,8 @@ DEMO_RUN ?= runs/demo-$(DEMO_STAMP)
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(if $(TORCH_INDEX),$(PIP) install -q torch --index-url $(TORCH_INDEX),)
+	$(if $(TORCH_INDEX),$(PIP) install -q --retries 1 --timeout 20 torch --index-url $(TORCH_INDEX) || \
+	  echo "PyTorch's index $(TORCH_INDEX) cannot be reached: PyTorch comes from the default index",)
 	$(PIP) install -q -e ".[test]"
 	touch $@
 
