@@ -119,15 +119,21 @@ def test_every_config_key_is_settable_and_documented_with_help():
 
 
 def test_every_declared_flag_reaches_the_config_through_the_cli(tmp_path):
+    from vitkit.cli import _base_type
+    from vitkit.config import build_config
+
     parser = build_parser()
     for o in options().values():
         if not o.flag:
             continue
-        value = o.choices[-1] if o.choices else {int: "3", float: "0.25", str: "x"}.get(type(o.default), None)
-        argv = ["train", o.flag] if isinstance(o.default, bool) and o.default is False else \
-            ["train", o.flag, "false" if isinstance(o.default, bool) else str(value)]
+        kind = _base_type(o.hint)
+        value = o.choices[-1] if o.choices else {bool: "false", int: "4", float: "0.25", str: "x"}[kind]
+        argv = ["train", o.flag] if o.default is False else ["train", o.flag, str(value)]
         args = parser.parse_args(argv)
         assert getattr(args, o.key) is not None, o.key
+        if o.key not in ("train.device",):  # cuda needs a GPU at run time, not here
+            cfg = build_config(options={o.key: getattr(args, o.key)})
+            assert cfg.flat()[o.key] == getattr(args, o.key), o.key
 
 
 def _all_parsers(parser):

@@ -130,7 +130,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .console import print_bench
     from .engine.bench import BenchSettings, run_bench
 
-    overrides = dict(parse_assignment(a) for a in args.set)
+    overrides = dict(parse_assignment(a, none_is_null=True) for a in args.set)
     if args.img_size:
         overrides["img_size"] = args.img_size
     modes = ("train", "infer") if args.mode == "both" else (args.mode,)
@@ -212,7 +212,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .console import out
     from .models import model_kwargs, model_size
 
-    overrides = dict(parse_assignment(a) for a in args.set)
+    overrides = dict(parse_assignment(a, none_is_null=True) for a in args.set)
     kwargs = model_kwargs(args.model, **overrides)
     params, flops, n_tokens = model_size(args.model, **overrides)
     out.print(f"[bold]{args.model}[/bold]")

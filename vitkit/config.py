@@ -288,8 +288,8 @@ def _resolve_key(key: str) -> Option:
 def _coerce(value, hint, key: str):
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
+        if type(None) in args and (value is None or isinstance(value, str) and value.lower() == "none"):
+            return None  # 'none' means null where null is allowed, and stays a word where it is a choice
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
     if origin is list:
@@ -319,8 +319,9 @@ def set_value(cfg: Config, key: str, value) -> None:
     setattr(getattr(cfg, section), o.name, _coerce(value, o.hint, o.key))
 
 
-def parse_assignment(text: str) -> tuple[str, object]:
-    """'train.lr=3e-4' to ('train.lr', 0.0003), values parsed as YAML scalars or lists."""
+def parse_assignment(text: str, none_is_null: bool = False) -> tuple[str, object]:
+    """'train.lr=3e-4' to ('train.lr', 0.0003), values parsed as YAML scalars or lists; `none_is_null`: 'none' is
+    None (for model arguments, which have no declared type)."""
     if "=" not in text:
         raise UserError(f"--set expects key=value (e.g. --set train.lr=3e-4), not {text!r}")
     key, raw = text.split("=", 1)
@@ -328,7 +329,7 @@ def parse_assignment(text: str) -> tuple[str, object]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    if isinstance(value, str) and value.lower() == "none":
+    if none_is_null and isinstance(value, str) and value.lower() == "none":
         value = None
     return key.strip(), value
 

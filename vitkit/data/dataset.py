@@ -25,8 +25,10 @@ from .splits import MANIFEST, ImageSet, Split, assign_splits, read_manifest, str
 
 log = logging.getLogger(__name__)
 
-@dataclass
+@dataclass(frozen=True)
 class DataBundle:
+    """A loaded DATA: its classes, splits, image size and channels, and the normalization the model uses."""
+
     source: str
     classes: list[str]
     splits: dict[str, Split]  # ImageSet in memory, or ShardSet streamed from shards

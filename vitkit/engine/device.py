@@ -50,3 +50,15 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def compiled(model: torch.nn.Module, **options):
+    """`torch.compile(model, **options)`. Where compiling fails (no C++ compiler, an unsupported op) PyTorch runs
+    those parts eagerly instead, with a warning, rather than stopping a run or a server: the one place that asks
+    torch for it (a process-wide dynamo setting)."""
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    if not options:
+        log.info("train.compile: the first steps compile the model (a minute or two on a small CPU)")
+    return torch.compile(model, **options)

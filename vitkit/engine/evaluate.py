@@ -14,7 +14,7 @@ from ..errors import DataError, UserError
 from ..metrics import classification_report
 from . import allocator
 from .checkpoint import load_model
-from .device import autocast, resolve_device, resolve_precision
+from .device import autocast, compiled, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,9 @@ class FrozenCompiled(torch.nn.Module):
         import torch._dynamo
 
         super().__init__()
-        torch._dynamo.config.suppress_errors = True
         limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # < 2.6
         setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 16))  # batch sizes 1 to 2**15
-        self.compiled = torch.compile(model, dynamic=False)
+        self.compiled = compiled(model, dynamic=False)
         self.num_classes = getattr(model, "num_classes", 0)
 
     @staticmethod

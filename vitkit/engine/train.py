@@ -1,8 +1,7 @@
 """`train(config)`: data, model, run directory and trainer put together; the CLI's `train` calls this."""
 from __future__ import annotations
 
-import csv
-import io
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -11,12 +10,11 @@ from pathlib import Path
 
 import torch
 
-from ..config import REFUSE, WARN, Config, build_config, load_yaml, resume_changes, save_config
-from ..data import MANIFEST, DataBundle, is_named, load_data, write_manifest
+from ..config import REFUSE, WARN, Config, build_config, load_yaml, resume_changes
+from ..data import MANIFEST, DataBundle, is_named, load_data
 from ..data.dataset import adapt_stats, check_bad_files
 from ..data.images import set_max_pixels
 from ..errors import DataError, UserError, out_of_memory
-from ..fileio import atomic_write
 from ..models import count_flops, get_spec, model_kwargs, num_params
 from ..models.pretrained import Pretrained, load_pretrained, read_source
 from ..models.vit import VisionTransformer
@@ -26,6 +24,8 @@ from .device import resolve_device, resolve_precision
 from .evaluate import source_key
 from .interrupt import Interrupted
 from .master import use_bf16_weights
+from .parts import build_parts
+from .run_writer import RunWriter
 from .trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -110,15 +110,12 @@ def _load_bundle(cfg: Config, manifest: Path, show_progress: bool = True) -> Dat
                      use_cache=cfg.data.cache, show_progress=show_progress)
 
 
-def _report_bad_files(data: DataBundle, run_dir: Path, max_fraction: float) -> None:
+def _report_bad_files(data: DataBundle, writer: RunWriter, max_fraction: float) -> None:
     if not data.bad_files:
         return
-    if dist.is_main():
-        buffer = io.StringIO()
-        csv.writer(buffer).writerows([("path", "reason"), *data.bad_files])
-        atomic_write(run_dir / "bad_files.csv", buffer.getvalue())
+    listed_in = writer.bad_files(data.bad_files)
     total = sum(len(s) for s in data.splits.values()) + len(data.bad_files)
-    check_bad_files(data.bad_files, total, max_fraction, str(run_dir / "bad_files.csv"))
+    check_bad_files(data.bad_files, total, max_fraction, str(listed_in))
 
 
 ReportHook = Callable[[Path, DataBundle, torch.device, "torch.dtype | None"], None]
@@ -158,18 +155,19 @@ def _train(cfg: Config, device: torch.device, resume: str | Path | None, show_pr
     data = _load_bundle(cfg, run_dir / MANIFEST, show_progress)
     if "train" not in data.splits or len(data.splits["train"]) == 0:
         raise DataError(f"{cfg.data.source} has no training images")
-    _report_bad_files(data, run_dir, cfg.data.max_bad_fraction)
     model, kwargs = build_model_for(cfg, data)
-    init = _initialize(cfg, model, kwargs, data, pretrained, run_dir if resume else None)
+    init, data = _initialize(cfg, model, kwargs, data, pretrained, run_dir if resume else None)
     meta = model_meta(cfg.model.name, kwargs, data.classes, data.mean, data.std, data_source=source_key(
         cfg.data.source), val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
         split_seed=cfg.train.seed, config=cfg.to_dict(), **({"init": init} if init else {}))
-    trainer = Trainer(cfg, data, model, run_dir, meta, device, amp_dtype, show_progress, bf16_weights)
+    writer = RunWriter(run_dir, meta)
+    _report_bad_files(data, writer, cfg.data.max_bad_fraction)
+    trainer = Trainer(cfg, data, build_parts(cfg, data, model, device, bf16_weights), writer, device, amp_dtype,
+                      show_progress)
     if resume:
         _restore(trainer, run_dir, cfg)
-    elif dist.is_main():
-        atomic_write(run_dir / "config.yaml", save_config(cfg))
-        write_manifest(run_dir / MANIFEST, data.manifest)
+    else:
+        writer.start(cfg, data.manifest)
     _log_start(cfg, data, model, run_dir, device, amp_dtype, bf16_weights)
     start = time.perf_counter()
     try:
@@ -194,8 +192,9 @@ def _train(cfg: Config, device: torch.device, resume: str | Path | None, show_pr
 
 
 def _initialize(cfg: Config, model: VisionTransformer, kwargs: dict, data: DataBundle, pretrained: Pretrained | None,
-                resumed_run: Path | None) -> dict | None:
-    """Initial weights (`model.init`), their normalization and the frozen backbone; what the checkpoint records.
+                resumed_run: Path | None) -> tuple[dict | None, DataBundle]:
+    """Initial weights (`model.init`), their normalization and the frozen backbone: what the checkpoint records,
+    and the data with the normalization that goes with the weights.
 
     A resumed run takes the normalization and model arguments its checkpoints recorded instead of reading the
     source again (its weights come from state.pt).
@@ -204,7 +203,7 @@ def _initialize(cfg: Config, model: VisionTransformer, kwargs: dict, data: DataB
     if resumed_run is not None and (resumed_run / MODEL_FILE["last"]).is_file():
         previous = read_meta(resumed_run / MODEL_FILE["last"])
         init = previous.get("init")
-        data.mean, data.std = tuple(previous["mean"]), tuple(previous["std"])
+        data = dataclasses.replace(data, mean=tuple(previous["mean"]), std=tuple(previous["std"]))
         if "norm_eps" in previous["model_kwargs"]:
             kwargs["norm_eps"] = previous["model_kwargs"]["norm_eps"]
             model.set_norm_eps(kwargs["norm_eps"])
@@ -212,7 +211,8 @@ def _initialize(cfg: Config, model: VisionTransformer, kwargs: dict, data: DataB
         result = load_pretrained(model, pretrained, strict=cfg.model.init_strict, classes=data.classes)
         kwargs.update(result.model_overrides)
         if result.mean is not None:
-            data.mean, data.std = adapt_stats(result.mean, result.std, data.channels)
+            mean, std = adapt_stats(result.mean, result.std, data.channels)
+            data = dataclasses.replace(data, mean=mean, std=std)
             log.info("normalization of the initial weights: mean %s, std %s", data.mean, data.std)
         init = result.to_meta()
     if cfg.train.freeze == "backbone":
@@ -222,7 +222,7 @@ def _initialize(cfg: Config, model: VisionTransformer, kwargs: dict, data: DataB
         log.info("backbone frozen: only the head trains (%s parameters)", f"{trainable:,}")
         if not cfg.model.init:
             log.warning("train.freeze=backbone without model.init trains a head on a random backbone")
-    return init
+    return init, data
 
 
 def _restore(trainer: Trainer, run_dir: Path, cfg: Config) -> None:
@@ -233,7 +233,7 @@ def _restore(trainer: Trainer, run_dir: Path, cfg: Config) -> None:
     if trainer.state.epoch >= cfg.train.epochs:
         log.info("the run already completed %d of %d epochs: pass --epochs N to train longer", trainer.state.epoch,
                  cfg.train.epochs)
-    atomic_write(run_dir / "config.yaml", save_config(cfg))
+    trainer.writer.config(cfg)
     partial = trainer.state.partial
     where = f"in epoch {partial['epoch']} after step {partial['step']}" if partial else f"after epoch {trainer.state.epoch}"
     log.info("resuming %s %s", run_dir, where)

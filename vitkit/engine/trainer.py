@@ -8,14 +8,12 @@ exactly where the uninterrupted one would be, between epochs or inside one. File
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
+import dataclasses
 import logging
 import math
 import signal
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -23,25 +21,17 @@ from tqdm import tqdm
 from ..config import Config
 from ..data import DataBundle
 from ..data.loader import Batch
-from ..errors import NonFiniteLoss, UserError
-from ..fileio import atomic_write
+from ..errors import Interrupted, NonFiniteLoss
 from ..metrics import topk_accuracy
-from ..models import VisionTransformer
 from . import dist
-from .checkpoint import EMA_FILE, MODEL_FILE, STATE_FILE, save_model, save_state
 from .device import autocast
 from .ema import ModelEma
 from .evaluate import predict_logits
-from ..errors import Interrupted
 from .interrupt import StopRequest
-from .master import Bf16Weights
-from .optim import build_optimizer, build_scheduler
-from .recipe import build_recipe, make_loader
+from .parts import TrainParts
+from .run_writer import METRIC_COLUMNS, RunWriter, epoch_summary  # noqa: F401 (METRIC_COLUMNS: metrics.csv's)
 
 log = logging.getLogger(__name__)
-
-METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "val_top1_ema", "lr",
-                  "seconds", "img_per_s"]
 
 
 @dataclass
@@ -55,51 +45,22 @@ class TrainState:
     partial: dict | None = None  # where an interrupted epoch stopped (see `Trainer.save_partial`)
 
 
-def compiled(model: torch.nn.Module):
-    """`torch.compile(model)` for training steps; where compiling fails (no C++ compiler, an unsupported op)
-    PyTorch runs those parts eagerly instead, with a warning, rather than stopping the run."""
-    import torch._dynamo
-
-    torch._dynamo.config.suppress_errors = True
-    log.info("train.compile: the first steps compile the model (a minute or two on a small CPU)")
-    return torch.compile(model)
-
-
 def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
 class Trainer:
-    def __init__(self, cfg: Config, data: DataBundle, model: VisionTransformer, run_dir: Path, meta: dict,
-                 device: torch.device, amp_dtype: torch.dtype | None, show_progress: bool = True,
-                 bf16_weights: bool = False):
-        self.cfg, self.data, self.run_dir, self.meta = cfg, data, run_dir, meta
+    """The loop over `parts` (built by `parts.build_parts`); `writer` keeps the run directory."""
+
+    def __init__(self, cfg: Config, data: DataBundle, parts: TrainParts, writer: RunWriter, device: torch.device,
+                 amp_dtype: torch.dtype | None, show_progress: bool = True):
+        self.cfg, self.data, self.writer = cfg, data, writer
         self.device, self.amp_dtype = device, amp_dtype
-        self.model = model.to(device)  # the weights that are optimized, evaluated and saved
-        # bf16_weights: training passes run on a bf16 copy without autocast; the fp32 model stays the master copy.
-        if bf16_weights:
-            dist.broadcast_module(self.model)  # DDP below makes the copies agree; the masters must agree too
-        self.work = Bf16Weights(self.model) if bf16_weights else None
-        # Several processes: DDP averages the gradients; the loss below is scaled so that the average equals the
-        # gradient of the global batch's mean loss, whatever the number of processes.
-        train_net = self.work.module if self.work else self.model  # what the forward and backward passes run on
-        self.ddp = dist.wrap(train_net, device)
-        net = self.ddp or train_net
-        self.forward = compiled(net) if cfg.train.compile else net  # training forward passes
+        self.model, self.work, self.ddp, self.forward = parts.model, parts.work, parts.ddp, parts.forward
+        self.train_loader, self.val = parts.loader, parts.val
+        self.optimizer, self.scheduler, self.ema = parts.optimizer, parts.scheduler, parts.ema
+        self.loss_fn, self.soft_loss_fn = parts.loss_fn, parts.soft_loss_fn
         self.show_progress = show_progress and dist.is_main()
-        t = cfg.train
-        recipe = build_recipe(cfg, data)
-        self.train_loader = make_loader(cfg, data, recipe, device)
-        if t.batch_size < dist.world_size() * t.accum_steps:
-            raise UserError(f"train.batch_size {t.batch_size} is the global batch: it must hold at least one image per "
-                            f"process and pass ({dist.world_size()} x {t.accum_steps})")
-        self.val = data.splits.get("val")
-        self.optimizer = build_optimizer(self.model, t)
-        self.scheduler = build_scheduler(self.optimizer, t, len(self.train_loader))
-        weights = recipe.class_weights.to(device) if t.balance == "loss" else None
-        self.loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=t.label_smoothing, reduction="sum")
-        self.soft_loss_fn = torch.nn.CrossEntropyLoss(weight=weights, reduction="sum")  # mixed targets
-        self.ema = ModelEma(self.model, t.ema) if t.ema > 0 else None
         if not self.has_val and dist.is_main():
             log.info("no validation split: every epoch's %s weights become best.safetensors",
                      "averaged (EMA)" if self.ema is not None else "latest")
@@ -107,22 +68,22 @@ class Trainer:
         self.stop = StopRequest()
         # A CPU step is synchronous anyway, so its loss is checked at once; on a GPU every 20 steps, unless
         # skipping bad steps is allowed (which needs the answer before the update).
-        self.check_each_step = device.type == "cpu" or t.max_nonfinite_steps > 0
+        self.check_each_step = device.type == "cpu" or cfg.train.max_nonfinite_steps > 0
+
+    @property
+    def run_dir(self):
+        return self.writer.run_dir
 
     # ------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         """Everything a resume needs, the weights included, so that one atomic file is always consistent."""
-        s = self.state
-        return {"epoch": s.epoch, "best_top1": s.best_top1, "best_epoch": s.best_epoch,
-                "epochs_without_improvement": s.epochs_without_improvement, "history": s.history,
-                "skipped_steps": s.skipped_steps, "partial": s.partial, "model": self.model.state_dict(),
+        return {**dataclasses.asdict(self.state), "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), **rng_states(),
                 **({"ema": self.ema.state_dict()} if self.ema else {})}
 
     def load_state_dict(self, state: dict) -> None:
-        self.state = TrainState(state["epoch"], state["best_top1"], state["best_epoch"],
-                                state["epochs_without_improvement"], list(state["history"]),
-                                state.get("skipped_steps", 0), state.get("partial"))
+        saved = {f.name: state[f.name] for f in dataclasses.fields(TrainState) if f.name in state}
+        self.state = TrainState(**{**saved, "history": list(state["history"])})  # older states lack the last two
         if "model" in state:
             self.model.load_state_dict(state["model"])
         if self.work is not None:
@@ -319,39 +280,18 @@ class Trainer:
         top1 = row["val_top1"]
         if self.ema is not None and row["val_top1_ema"] > top1:  # the better of the raw and averaged weights
             top1 = row["val_top1_ema"]
-        if not self.has_val:
-            improved = True  # nothing to compare on: the latest weights are the best we know
-        else:
-            improved = not math.isnan(top1) and top1 > s.best_top1
+        # Without validation there is nothing to compare on: the latest weights are the best we know.
+        improved = not self.has_val or (not math.isnan(top1) and top1 > s.best_top1)
         if improved:
             s.best_top1, s.best_epoch, s.epochs_without_improvement = top1, s.epoch, 0
         else:
             s.epochs_without_improvement += 1
+        self.writer.epoch(row, self.model, self.ema.module if self.ema else None, improved, self.has_val,
+                          self.state_dict() if dist.is_main() else {}, s.history)
         if dist.is_main():
-            self.save(improved, row)
-            if self.has_val:
-                ema = f" (EMA {row['val_top1_ema']:.4f})" if self.ema is not None else ""
-                val = f"val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.4f}{ema} top-5 {row['val_top5']:.4f}"
-            else:
-                val = "no validation split"
-            log.info("epoch %d/%d  train loss %.4f acc %.4f | %s | %.1fs, %.0f img/s%s", row["epoch"],
-                     self.cfg.train.epochs, row["train_loss"], row["train_acc"], val, row["seconds"],
-                     row["img_per_s"], "  *best*" if improved and self.has_val else "")
+            log.info(epoch_summary(row, self.cfg.train.epochs, self.has_val, self.ema is not None, improved))
         patience = self.cfg.train.patience
         return patience > 0 and s.epochs_without_improvement >= patience
-
-    def save(self, improved: bool, row: dict) -> None:
-        meta = {**self.meta, "epoch": row["epoch"], "val_top1": row["val_top1"], "weights": "raw"}
-        # Without validation the average is preferred: at the end of a decaying schedule it is the steadier model.
-        ema_better = self.ema is not None and (not self.has_val or row["val_top1_ema"] > row["val_top1"])
-        save_model([self.run_dir / MODEL_FILE["last"]] + ([self.run_dir / MODEL_FILE["best"]] if improved and
-                                                          not ema_better else []), self.model, meta)
-        if self.ema is not None:
-            ema_meta = {**meta, "val_top1": row["val_top1_ema"], "weights": "ema"}
-            save_model([self.run_dir / EMA_FILE] + ([self.run_dir / MODEL_FILE["best"]] if improved and ema_better
-                                                    else []), self.ema.module, ema_meta)
-        save_state(self.run_dir / STATE_FILE, self.state_dict())  # the epoch counts as done once this exists
-        write_metrics(self.run_dir / "metrics.csv", self.state.history)
 
     def save_partial(self, epoch: int, step: int, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int,
                      seconds: float) -> None:
@@ -363,7 +303,7 @@ class Trainer:
                               "seen": int(totals[2]), "seconds": seconds,
                               "rng_loader": self.train_loader.generator.get_state(), **rng_states()}
         if dist.is_main():
-            save_state(self.run_dir / STATE_FILE, self.state_dict())
+            self.writer.state(self.state_dict())
 
 
 def rng_states() -> dict:
@@ -375,12 +315,3 @@ def set_rng_states(state: dict) -> None:
     torch.set_rng_state(state["rng_cpu"])
     if state.get("rng_cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng_cuda"])
-
-
-def write_metrics(path: Path, history: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    atomic_write(path, buffer.getvalue())

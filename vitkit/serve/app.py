@@ -87,17 +87,19 @@ def overlays(clf: Classifier, images: list[np.ndarray]) -> list[str]:
     return uris
 
 
+def error_response(status: int, reason: str, headers: dict | None = None, **extra):
+    """Every error the server sends: JSON {"error": reason, ...} with its status."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": reason, **extra}, status_code=status, headers=headers)
+
+
 def create_app(clf: Classifier, settings: ServeSettings | None = None, name: str = "model"):
     """The ASGI application (FastAPI inside the size and time limits) serving `clf`."""
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
-    from starlette.exceptions import HTTPException
+    from fastapi import FastAPI
 
     s = settings or ServeSettings()
     batcher = Batcher(make_infer(clf, s.top_k), s.max_batch, s.max_wait_ms / 1000, s.max_queue)
-    decode_slots = asyncio.Semaphore(s.decode_threads)
-    started = time.monotonic()
 
     async def lifespan(app):
         await batcher.start()
@@ -106,22 +108,34 @@ def create_app(clf: Classifier, settings: ServeSettings | None = None, name: str
 
     app = FastAPI(title="vitkit", version=__version__, lifespan=lifespan,
                   description=f"Image classification with the Vision Transformer `{name}`.")
+    _add_error_handlers(app)
+    _add_info_routes(app, clf, s, name, batcher)
+    _add_predict_route(app, clf, s, name, batcher)
+    return Limits(app, int(s.max_body_mb * 1024 * 1024), s.timeout_s)
 
-    def error(status: int, reason: str, headers: dict | None = None, **extra) -> JSONResponse:
-        return JSONResponse({"error": reason, **extra}, status_code=status, headers=headers)
+
+def _add_error_handlers(app) -> None:
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
 
     @app.exception_handler(HTTPException)
     async def http_error(request, exc: HTTPException):
-        return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request, exc: RequestValidationError):
-        return error(400, "invalid request: " + "; ".join(str(e.get("msg")) for e in exc.errors()))
+        return error_response(400, "invalid request: " + "; ".join(str(e.get("msg")) for e in exc.errors()))
 
     @app.exception_handler(Exception)
     async def internal_error(request, exc: Exception):  # logged with its traceback here, never sent
         log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error(500, "internal server error (logged on the server)")
+        return error_response(500, "internal server error (logged on the server)")
+
+
+def _add_info_routes(app, clf: Classifier, s: ServeSettings, name: str, batcher: Batcher) -> None:
+    from fastapi.responses import HTMLResponse
+
+    started = time.monotonic()
 
     @app.get("/health")
     async def health() -> dict:
@@ -141,6 +155,12 @@ def create_app(clf: Classifier, settings: ServeSettings | None = None, name: str
     async def page() -> HTMLResponse:
         return HTMLResponse(resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8"))
 
+
+def _add_predict_route(app, clf: Classifier, s: ServeSettings, name: str, batcher: Batcher) -> None:
+    from fastapi import Request
+
+    decode_slots = asyncio.Semaphore(s.decode_threads)
+
     async def decode(upload) -> np.ndarray:
         data = await upload.read()
         async with decode_slots:
@@ -154,25 +174,23 @@ def create_app(clf: Classifier, settings: ServeSettings | None = None, name: str
     async def predict(request: Request, explain: bool = False):
         """Top-k classes (with probabilities) of each uploaded image, in upload order."""
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            return error(415, "send the images as multipart/form-data, one or more fields named 'file'")
+            return error_response(415, "send the images as multipart/form-data, one or more fields named 'file'")
         form = await request.form()
         uploads = [v for _, v in form.multi_items() if hasattr(v, "filename") and hasattr(v, "read")]
         try:
             if not uploads:
-                return error(400, "no image in the request: add one or more file fields named 'file'")
+                return error_response(400, "no image in the request: add one or more file fields named 'file'")
             if len(uploads) > s.max_images:
-                return error(413, f"{len(uploads)} images in one request; send at most {s.max_images}")
+                return error_response(413, f"{len(uploads)} images in one request; send at most {s.max_images}")
             images = [await decode(u) for u in uploads]
             results = await batcher.submit(images, explain)
         except UploadError as err:
-            return error(err.status, err.reason, file=err.file)
+            return error_response(err.status, err.reason, file=err.file)
         except QueueFull as err:
-            return error(503, f"server busy ({err}): retry shortly", {"Retry-After": "1"})
+            return error_response(503, f"server busy ({err}): retry shortly", {"Retry-After": "1"})
         finally:
             await form.close()
         return {"model": name, "predictions": [{"file": u.filename, **r} for u, r in zip(uploads, results)]}
-
-    return Limits(app, int(s.max_body_mb * 1024 * 1024), s.timeout_s)
 
 
 def quiet_server_logs(max_image_pixels: int) -> None:
