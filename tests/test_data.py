@@ -156,8 +156,12 @@ def test_decoding_applies_exif_orientation_and_scales_16_bit(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
     img.save(tmp_path / "r.jpg", exif=exif, quality=100)
-    arr = load_image(tmp_path / "r.jpg", 20, 1)[0]  # displayed 20x40 (portrait) -> centre crop
+    arr = load_image(tmp_path / "r.jpg", 20, 1)[0].astype(float)  # displayed 20x40 (portrait) -> centre crop
     assert arr.shape == (20, 20)
+    # Turned clockwise, the white left half is the top: the crop's top rows are bright, its bottom rows dark, and
+    # every column alike (unturned, the crop would be bright on the left instead).
+    assert arr[:8].mean() > 220 and arr[-8:].mean() < 35
+    assert abs(arr[:, :8].mean() - arr[:, -8:].mean()) < 10
     wide = np.asarray(Image.open(tmp_path / "r.jpg").convert("L").transpose(Image.Transpose.ROTATE_270))
     assert wide.shape == (40, 20)  # the decoder turned the image the way the viewer does
     sixteen = Image.fromarray(np.array([[0, 1000], [2000, 4000]], dtype=np.uint16))

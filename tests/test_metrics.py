@@ -17,9 +17,14 @@ def test_multiclass_report_matches_sklearn_with_a_never_predicted_class():
     assert report["per_class"][3]["precision"] == 0.0 and report["per_class"][3]["recall"] == 0.0
     p, r, f, s = skm.precision_recall_fscore_support(labels.numpy(), pred, labels=[0, 1, 2, 3], zero_division=0)
     for i in range(4):
-        assert report["per_class"][i]["f1"] == pytest.approx(f[i])
-        assert report["per_class"][i]["support"] == s[i]
-    assert report["macro"]["f1"] == pytest.approx(f.mean())
+        row = report["per_class"][i]
+        assert (row["precision"], row["recall"], row["f1"]) == pytest.approx((p[i], r[i], f[i]))
+        assert row["support"] == s[i]
+    assert (report["macro"]["precision"], report["macro"]["recall"], report["macro"]["f1"]) == \
+        pytest.approx((p.mean(), r.mean(), f.mean()))
+    wp, wr, wf, _ = skm.precision_recall_fscore_support(labels.numpy(), pred, average="weighted", zero_division=0)
+    assert (report["weighted"]["precision"], report["weighted"]["recall"], report["weighted"]["f1"]) == \
+        pytest.approx((wp, wr, wf))
     assert report["top1"] == pytest.approx(skm.accuracy_score(labels.numpy(), pred))
     assert report["mcc"] == pytest.approx(skm.matthews_corrcoef(labels.numpy(), pred))
     assert report["confusion_matrix"] == skm.confusion_matrix(labels.numpy(), pred).tolist()

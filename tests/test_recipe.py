@@ -105,3 +105,73 @@ def test_flip_tta_averages_the_mirror_images_logits(fake_mnist, tmp_path):
 def test_recipe_options_are_checked(assignment, message):
     out = run_cli("train", "fashion-mnist", "--batch-size", "64", "--set", assignment)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_weight_average_follows_its_formula_on_a_known_sequence():
+    from vitkit.engine.ema import ModelEma
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = ModelEma(model, decay=0.5)
+    expected = 0.0
+    for n, value in enumerate([8.0, 4.0, 2.0, 1.0], start=1):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        ema.update(model)
+        decay = min(0.5, (1 + n) / (10 + n))  # the warm-up ramp, then the configured decay
+        expected = decay * expected + (1 - decay) * value
+        assert float(ema.module.weight) == pytest.approx(expected, rel=1e-6), n
+    assert ema.updates == 4 and float(model.weight.detach()) == 1.0  # the raw weights are left alone
+
+
+def _bundle(counts, size=8):
+    from vitkit.data import DataBundle, ImageSet
+
+    labels = torch.cat([torch.full((n,), k) for k, n in enumerate(counts)])
+    images = torch.zeros(len(labels), 1, size, size, dtype=torch.uint8)
+    train = ImageSet(images, labels, [str(i) for i in range(len(labels))])
+    return DataBundle("x", [f"c{k}" for k in range(len(counts))], {"train": train}, size, 1, (0.5,), (0.25,), True)
+
+
+def test_balance_loss_weights_the_loss_as_cross_entropy_with_class_weights():
+    from vitkit.config import build_config
+    from vitkit.engine.parts import build_parts
+    from vitkit.models import create_model
+
+    counts = [30, 10, 5]
+    cfg = build_config(options={"train.balance": "loss", "train.batch_size": 8})
+    data = _bundle(counts)
+    parts = build_parts(cfg, data, create_model("vit_micro_patch7_28", img_size=8, in_chans=1, num_classes=3,
+                                                patch_size=4), torch.device("cpu"))
+    expected = torch.tensor([45 / (3 * n) for n in counts])
+    logits, labels = torch.randn(12, 3), torch.tensor([0, 1, 2] * 4)
+    reference = torch.nn.functional.cross_entropy(logits, labels, weight=expected, label_smoothing=0.1,
+                                                  reduction="sum")
+    torch.testing.assert_close(parts.loss_fn(logits, labels), reference)
+    plain = build_parts(build_config(options={"train.batch_size": 8}), data,
+                        create_model("vit_micro_patch7_28", img_size=8, in_chans=1, num_classes=3, patch_size=4),
+                        torch.device("cpu"))
+    torch.testing.assert_close(plain.loss_fn(logits, labels), torch.nn.functional.cross_entropy(
+        logits, labels, label_smoothing=0.1, reduction="sum"))
+
+
+@pytest.mark.parametrize("options,policy,erase", [
+    ({}, "trivial", 0.25),  # small data: the stronger defaults
+    ({"data.policy": "none", "data.erase": 0.0}, "none", 0.0),  # what the config sets wins
+    ({"data.policy": "randaugment"}, "randaugment", 0.25)])
+def test_small_data_defaults_are_the_augmentation_the_trainer_uses(options, policy, erase):
+    from vitkit.config import build_config
+    from vitkit.engine.recipe import build_recipe
+
+    recipe = build_recipe(build_config(options=options), _bundle([20, 20]))
+    assert (recipe.augment.policy, recipe.augment.erase) == (policy, erase)
+
+
+def test_large_data_gets_no_augmentation_policy_by_default(monkeypatch):
+    from vitkit.config import build_config
+    from vitkit.engine import recipe as recipe_mod
+
+    monkeypatch.setattr(recipe_mod, "SMALL_DATA", 30)
+    recipe = recipe_mod.build_recipe(build_config(), _bundle([20, 20]))
+    assert (recipe.augment.policy, recipe.augment.erase) == ("none", 0.0)

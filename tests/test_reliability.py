@@ -134,21 +134,24 @@ def test_sigterm_mid_epoch_exits_143_and_the_resumed_run_equals_an_uninterrupted
     full = run_cli("train", *common, "--name", "full")
     assert full.returncode == 0, full.stderr
     run = tmp_path / "runs" / "cut"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    child = subprocess.Popen([sys.executable, "-m", "vitkit", "train", *map(str, common), "--name", "cut"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while not (run / "metrics.csv").exists() and child.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.3)  # past the end of epoch 1's saving, well inside epoch 2 (an epoch takes about a second)
-        child.send_signal(signal.SIGTERM)
-        _, stderr = child.communicate(timeout=60)
-    finally:
-        child.kill()
+    # The real CLI in a process of its own, which sends itself SIGTERM during step 5 of epoch 2: the signal takes
+    # the real path (the handler, then a save at the end of the step), at a moment that does not depend on timing.
+    stop_during = ("import os, signal, sys\n"
+                   "from vitkit.engine import trainer\n"
+                   "step = trainer.Trainer.train_step\n"
+                   "def at(self, batch, epoch=0, i=0):\n"
+                   "    if (epoch, i) == (2, 4):\n"
+                   "        os.kill(os.getpid(), signal.SIGTERM)\n"
+                   "    return step(self, batch, epoch, i)\n"
+                   "trainer.Trainer.train_step = at\n"
+                   "from vitkit.cli import main\n"
+                   "sys.exit(main(sys.argv[1:]))\n")
+    child = subprocess.run([sys.executable, "-c", stop_during, "train", *map(str, common), "--name", "cut"],
+                           capture_output=True, text=True, timeout=300)
+    stderr = child.stderr
     assert child.returncode == 143, stderr
-    assert "stopped by SIGTERM in epoch" in stderr and f"vitkit train --resume {run}" in stderr
-    assert load_state(run / "state.pt")["partial"]["step"] > 0
+    assert "stopped by SIGTERM in epoch 2 after step 5 of" in stderr and f"vitkit train --resume {run}" in stderr
+    assert load_state(run / "state.pt")["partial"]["step"] == 5
     resumed = run_cli("train", "--resume", run, "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     assert "continuing epoch" in resumed.stderr

@@ -103,6 +103,23 @@ def test_training_writes_the_report_and_its_pngs(run):
         assert text in page
 
 
+def test_the_reports_table_confusion_and_areas_are_evaluates_numbers(run):
+    _, folder, run_dir, _ = run
+    result = run_cli("evaluate", run_dir / "best.safetensors", folder, "--split", "val", "--json")
+    assert result.returncode == 0, result.stderr
+    evaluated = json.loads(result.stdout)
+    numbers = json.loads((run_dir / "report" / "metrics.json").read_text())
+    assert numbers["split"] == "val" and numbers["num_images"] == evaluated["num_images"]
+    assert numbers["confusion_matrix"] == evaluated["confusion_matrix"]
+    assert numbers["per_class"] == evaluated["per_class"]
+    assert numbers["roc_auc_ovr_macro"] == pytest.approx(evaluated["roc_auc_ovr_macro"])
+    assert np.mean(list(numbers["curves"]["roc_auc"].values())) == pytest.approx(evaluated["roc_auc_ovr_macro"])
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    for row in evaluated["per_class"]:  # the page's table shows the same numbers
+        cells = [row["class"], f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", row["support"]]
+        assert "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>" in page, row
+
+
 def test_report_command_and_evaluate_report_on_another_split(run, tmp_path):
     _, folder, run_dir, _ = run
     result = run_cli("report", run_dir, "--out", tmp_path / "a")

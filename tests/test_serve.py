@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import _png_with_size, run_cli
+from vitkit.serve.batcher import Batcher, QueueFull
 from tests.serving import CLASSES, Server, image_bytes, make_checkpoint, serve_command
 
 pytest.importorskip("fastapi")
@@ -139,11 +140,43 @@ def test_oversized_bodies_are_refused_before_they_are_read(server):
     assert server.raw(chunked, body).startswith(b"HTTP/1.1 413")
 
 
+def test_the_batcher_takes_what_fits_refuses_the_rest_and_answers_each_in_order():
+    """Deterministic: the model is held until the queue is full, then released."""
+    gate = threading.Event()
+
+    def infer(images, explain):
+        assert gate.wait(30)
+        return [int(a[0, 0, 0]) for a in images]
+
+    async def scenario():
+        batcher = Batcher(infer, max_batch=1, max_wait_s=0, max_queue=2)
+        await batcher.start()
+        image = [np.full((1, 2, 2), k, np.uint8) for k in range(5)]
+        running = asyncio.create_task(batcher.submit([image[0]]))
+        await asyncio.sleep(0.05)  # the worker takes image 0 and is held in infer
+        assert batcher.waiting == 0 and not running.done()
+        queued = [asyncio.create_task(batcher.submit([image[k]])) for k in (1, 2)]
+        await asyncio.sleep(0.05)
+        assert batcher.waiting == 2
+        with pytest.raises(QueueFull, match="2 images are waiting"):
+            await batcher.submit([image[3]])
+        with pytest.raises(QueueFull):
+            await batcher.submit([image[3], image[4]])
+        gate.set()
+        answers = [await running] + [await t for t in queued]
+        await batcher.stop()
+        return answers, batcher.batches
+
+    assert asyncio.run(scenario()) == ([[0], [1], [2]], 3)
+
+
 def test_queue_full_answers_503_with_retry_after(slow_server):
     gray = _solid(128)
     results = []
+    ready = threading.Barrier(8)
 
     def client():
+        ready.wait()
         results.append(slow_server.post_files([("g.png", gray)], timeout=20))
 
     threads = [threading.Thread(target=client) for _ in range(8)]
@@ -151,9 +184,12 @@ def test_queue_full_answers_503_with_retry_after(slow_server):
         t.start()
     for t in threads:
         t.join()
-    busy = [r for r in results if r[0] == 503]
+    # One image in the model and two in the queue fit; which of the 8 get in depends on arrival order, and on a
+    # loaded machine a queued one may pass the 1 s request timeout (503 too): the queue's own logic is checked
+    # deterministically above, this checks what a client sees.
+    busy = [r for r in results if r[0] == 503 and "busy" in r[2]["error"]]
     assert {r[0] for r in results} <= {200, 503} and sum(r[0] == 200 for r in results) >= 1
-    assert len(busy) >= 3 and all("busy" in r[2]["error"] and r[1].get("retry-after") == "1" for r in busy), results
+    assert busy and all(r[1].get("retry-after") == "1" for r in busy), results
 
 
 def test_timeouts_and_internal_errors_say_little(slow_server):

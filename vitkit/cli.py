@@ -380,7 +380,7 @@ def _bench_parser(sub) -> None:
 
 def _serve_parser(sub) -> None:
     v = sub.add_parser("serve", help="an HTTP API and web page for a checkpoint (FastAPI, batched)")
-    v.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT_HELP + ", or an exported MODEL.onnx")
+    v.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT_HELP)
     add_declared(v, declared(ServeSettings), defaults=True)
     _runtime_flags(v, "compile the model with frozen weights for each power-of-two batch size up to --max-batch "
                       "before serving: a slower start, then faster batches")

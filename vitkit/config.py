@@ -288,8 +288,8 @@ def _resolve_key(key: str) -> Option:
 def _coerce(value, hint, key: str):
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        if type(None) in args and (value is None or isinstance(value, str) and value.lower() == "none"):
-            return None  # 'none' means null where null is allowed, and stays a word where it is a choice
+        if value is None and type(None) in args:
+            return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
     if origin is list:
@@ -316,6 +316,8 @@ def _coerce(value, hint, key: str):
 def set_value(cfg: Config, key: str, value) -> None:
     o = _resolve_key(key)
     section = o.key.split(".", 1)[0]
+    if isinstance(value, str) and value.lower() == "none" and o.default is None and "none" not in (o.choices or ()):
+        value = None  # 'none' means null where null is allowed, and stays a word where it is a choice
     setattr(getattr(cfg, section), o.name, _coerce(value, o.hint, o.key))
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import IMAGE_SUFFIXES, BadImage, is_hidden, load_image, prepare
+from ..data.images import IMAGE_SUFFIXES, BadImage, decode, is_hidden, prepare
 from ..errors import UserError
 from . import allocator
 from .checkpoint import load_model
@@ -50,8 +50,8 @@ def collect_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return out
 
 
-class Classifier:
-    """`vitkit.load(path)`: predicts classes of images with the preprocessing stored in the checkpoint."""
+class TorchBackend:
+    """Logits from a vitkit checkpoint (.safetensors) with PyTorch; `model` is there for attention maps."""
 
     runtime = "torch"
 
@@ -63,31 +63,110 @@ class Classifier:
         self.amp_dtype = resolve_precision(precision, self.device)
         # `compile`: logits from `compiled_for_inference` (worth it for thousands of images); the attention maps of
         # --explain keep using the eager model
-        self._forward = compiled_for_inference(self.model) if compile else self.model
+        self.forward = compiled_for_inference(self.model) if compile else self.model
+
+    def logits(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        return predict_logits(self.forward, images, self.meta["mean"], self.meta["std"], self.device, self.amp_dtype,
+                              batch_size)
+
+    def warm_up(self, max_batch: int) -> None:
+        """With `compile`, compile now for every padded batch size up to `max_batch` (see `FrozenCompiled`)."""
+        if not isinstance(self.forward, FrozenCompiled):
+            return
+        sizes = [1 << i for i in range(FrozenCompiled.bucket(max_batch).bit_length())]
+        log.info("compiling for batches of %s images", ", ".join(map(str, sizes)))
+        shape = (self.meta["in_chans"], self.meta["img_size"], self.meta["img_size"])
+        for n in sizes:
+            self.logits(torch.zeros(n, *shape, dtype=torch.uint8), n)
+
+
+ONNX_FORMAT = "vitkit-onnx/1"  # the sidecar's format tag, written by `vitkit.export`
+
+
+def sidecar_path(onnx_path: str | os.PathLike) -> Path:
+    """MODEL.onnx.json beside MODEL.onnx: class names, input size and preprocessing."""
+    return Path(f"{onnx_path}.json")
+
+
+class OnnxBackend:
+    """Logits from an exported `MODEL.onnx` and its `MODEL.onnx.json` sidecar, run by ONNX Runtime (no attention
+    maps: `model` is None)."""
+
+    runtime = "onnx"
+    model = None
+
+    def __init__(self, path: str | os.PathLike, device: str = "auto"):
+        from ..optional import require
+
+        ort = require("onnxruntime", "export")
+        path, side = Path(path), sidecar_path(path)
+        if not path.is_file():
+            raise UserError(f"ONNX model {path} not found: write one with 'vitkit export CHECKPOINT --format onnx'")
+        try:
+            self.meta = json.loads(side.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise UserError(f"{side} is missing or unreadable: export again with 'vitkit export', which writes the "
+                            "class names and preprocessing beside the model") from None
+        if not str(self.meta.get("format", "")).startswith("vitkit-onnx/"):
+            raise UserError(f"{side} is not a vitkit ONNX sidecar: export again with 'vitkit export'")
+        providers = ["CPUExecutionProvider"]
+        if device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        elif device == "cuda":
+            raise UserError("this onnxruntime has no CUDA provider: install onnxruntime-gpu or use --device cpu")
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers)
+        except Exception as err:  # onnxruntime raises its own exception types for damaged files
+            raise UserError(f"ONNX Runtime cannot load {path} ({err}): export it again") from None
+        self.device = torch.device("cpu")  # inputs and outputs are host arrays
+
+    def logits(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        out = [self.session.run(None, {"image": images[i:i + batch_size].numpy()})[0]
+               for i in range(0, len(images), batch_size)]
+        return torch.from_numpy(np.concatenate(out)) if out else torch.empty(0, len(self.meta["classes"]))
+
+    def warm_up(self, max_batch: int) -> None:
+        """Nothing to compile: ONNX Runtime optimizes its graph when it loads it."""
+
+
+class Classifier:
+    """`vitkit.load(path)`: predicts classes of images with the preprocessing stored in the model file, over a
+    backend that computes logits (`TorchBackend` for a checkpoint, `OnnxBackend` for an exported model)."""
+
+    def __init__(self, checkpoint: str | os.PathLike | None = None, device: str = "auto", precision: str = "auto",
+                 compile: bool = False, *, backend: TorchBackend | OnnxBackend | None = None):
+        self.backend = backend or TorchBackend(checkpoint, device, precision, compile)
+        self.meta: dict = self.backend.meta
         self.classes: list[str] = self.meta["classes"]
         self.img_size: int = self.meta["img_size"]
         self.in_chans: int = self.meta["in_chans"]
 
+    @property
+    def runtime(self) -> str:
+        return self.backend.runtime
+
+    @property
+    def model(self) -> torch.nn.Module | None:
+        """The PyTorch model (for attention maps), or None with the ONNX backend."""
+        return self.backend.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
+
     def warm_up(self, max_batch: int) -> None:
-        """With `compile`, compile now for every padded batch size up to `max_batch` (see `FrozenCompiled`), so that
-        no request waits for it later."""
-        if not isinstance(getattr(self, "_forward", None), FrozenCompiled):
-            return
-        sizes = [1 << i for i in range(FrozenCompiled.bucket(max_batch).bit_length())]
-        log.info("compiling for batches of %s images", ", ".join(map(str, sizes)))
-        for n in sizes:
-            self.logits(torch.zeros(n, self.in_chans, self.img_size, self.img_size, dtype=torch.uint8), n)
+        """Compile now for every batch size a server will use (a no-op unless the backend compiles)."""
+        self.backend.warm_up(max_batch)
 
     def preprocess(self, image: str | os.PathLike | Image.Image) -> np.ndarray:
         """A path or Pillow image to the uint8 (C, H, W) array the model was trained on."""
         if isinstance(image, Image.Image):
             return prepare(image, self.img_size, self.in_chans)
-        return load_image(image, self.img_size, self.in_chans)
+        return decode(image, self.img_size, self.in_chans)
 
     def logits(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """uint8 (N, C, H, W) at the model's size to logits (N, K)."""
-        return predict_logits(self._forward, images, self.meta["mean"], self.meta["std"], self.device, self.amp_dtype,
-                              batch_size)
+        return self.backend.logits(images, batch_size)
 
     def top_classes(self, images: torch.Tensor, top_k: int = 5, batch_size: int = 256
                     ) -> list[list[tuple[str, float]]]:
@@ -114,52 +193,6 @@ class Classifier:
         return results
 
 
-ONNX_FORMAT = "vitkit-onnx/1"  # the sidecar's format tag, written by `vitkit.export`
-
-
-def sidecar_path(onnx_path: str | os.PathLike) -> Path:
-    """MODEL.onnx.json beside MODEL.onnx: class names, input size and preprocessing."""
-    return Path(f"{onnx_path}.json")
-
-
-class OnnxClassifier(Classifier):
-    """The same interface over an exported `MODEL.onnx` and its `MODEL.onnx.json` sidecar, run by ONNX Runtime."""
-
-    runtime = "onnx"
-
-    def __init__(self, path: str | os.PathLike, device: str = "auto"):
-        from ..optional import require
-
-        ort = require("onnxruntime", "export")
-        path, side = Path(path), sidecar_path(path)
-        if not path.is_file():
-            raise UserError(f"ONNX model {path} not found: write one with 'vitkit export CHECKPOINT --format onnx'")
-        try:
-            self.meta = json.loads(side.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            raise UserError(f"{side} is missing or unreadable: export again with 'vitkit export', which writes the "
-                            "class names and preprocessing beside the model") from None
-        if not str(self.meta.get("format", "")).startswith("vitkit-onnx/"):
-            raise UserError(f"{side} is not a vitkit ONNX sidecar: export again with 'vitkit export'")
-        providers = ["CPUExecutionProvider"]
-        if device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        elif device == "cuda":
-            raise UserError("this onnxruntime has no CUDA provider: install onnxruntime-gpu or use --device cpu")
-        try:
-            self.session = ort.InferenceSession(str(path), providers=providers)
-        except Exception as err:  # onnxruntime raises its own exception types for damaged files
-            raise UserError(f"ONNX Runtime cannot load {path} ({err}): export it again") from None
-        self.model = None
-        self.classes = self.meta["classes"]
-        self.img_size, self.in_chans = self.meta["img_size"], self.meta["in_chans"]
-
-    def logits(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        out = [self.session.run(None, {"image": images[i:i + batch_size].numpy()})[0]
-               for i in range(0, len(images), batch_size)]
-        return torch.from_numpy(np.concatenate(out)) if out else torch.empty(0, len(self.classes))
-
-
 def load_classifier(path: str | os.PathLike, runtime: str = "auto", device: str = "auto",
                     precision: str = "auto", compile: bool = False) -> Classifier:
     """A checkpoint (.safetensors, PyTorch) or an exported model (.onnx, ONNX Runtime); `runtime` auto picks by suffix."""
@@ -172,7 +205,7 @@ def load_classifier(path: str | os.PathLike, runtime: str = "auto", device: str 
                             f"run 'vitkit export {path}' first and give the .onnx it writes")
         if compile:
             raise UserError("--compile is for PyTorch checkpoints: ONNX Runtime optimizes its graph itself")
-        return OnnxClassifier(path, device)
+        return Classifier(backend=OnnxBackend(path, device))
     if is_onnx:
         raise UserError(f"{path} is an ONNX model: use --runtime onnx (or auto)")
     return Classifier(path, device, precision, compile)

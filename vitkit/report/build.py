@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -59,7 +60,8 @@ def read_history(run_dir: Path | None) -> list[dict]:
 def build_report(target: str | Path, data: str | None = None, split: str | None = None,
                  out_dir: str | Path | None = None, data_root: str | None = None, device: str = "auto",
                  precision: str = "auto", samples: int = 8, evaluation: Evaluation | None = None) -> Path:
-    """Write report.html (and report/*.png) for a run directory or checkpoint; returns the HTML file's path."""
+    """Write report.html (and report/*.png, with the numbers behind them in report/metrics.json) for a run
+    directory or checkpoint; returns the HTML file's path."""
     checkpoint, run_dir = resolve_target(target)
     ev = evaluation or prepare_evaluation(checkpoint, data, split, data_root, device, precision)
     out = Path(out_dir) if out_dir else (run_dir or checkpoint.parent)
@@ -94,6 +96,8 @@ def build_report(target: str | Path, data: str | None = None, split: str | None 
     figure_dir = out / FIGURE_DIR
     for name, (png, _) in pngs.items():
         atomic_write(figure_dir / f"{name}.png", png)
+    numbers = {"split": ev.split, **metrics, "calibration": calib, "curves": areas}  # the figures' numbers
+    atomic_write(figure_dir / "metrics.json", json.dumps(numbers, indent=2, default=float) + "\n")
     html_path = out / REPORT_FILE
     atomic_write(html_path, _render(ev, checkpoint, run_dir, metrics, calib, areas, pairs, history, pngs))
     return html_path
