@@ -176,7 +176,11 @@ def _one_error_line(result, code: int, text: str):
 
 
 def test_user_and_data_errors_are_one_line_with_exit_code_2(tmp_path):
-    _one_error_line(run_cli("train", tmp_path / "nowhere", "--epochs", "1"), 2, "error:")
+    _one_error_line(run_cli("train", tmp_path / "nowhere", "--epochs", "1", "--out", tmp_path / "runs"), 2,
+                    "does not exist")
+    (tmp_path / "photos" / "cats").mkdir(parents=True)  # a DataError: a class folder without images
+    _one_error_line(run_cli("train", tmp_path / "photos", "--epochs", "1", "--out", tmp_path / "runs"), 2,
+                    "empty class folder(s): cats")
     (tmp_path / "c.yaml").write_text("train:\n  epochs: 0\n")
     _one_error_line(run_cli("train", "--config", tmp_path / "c.yaml"), 2, "train.epochs must be greater than 0")
     _one_error_line(run_cli("serve", "m.safetensors", "--top-k", "0"), 2, "--top-k must be at least 1, not 0")

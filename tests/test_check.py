@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from vitkit.data.check import check_data, difference_hash, near_pairs
-from vitkit.data.images import BadImage, load_image, set_max_pixels
+from vitkit.data.images import BadImage, allow_pixels, decode, load_image, set_max_pixels
 
 from .conftest import MESSY_BAD, MESSY_ODD, TINY_MODEL, run_cli
 
@@ -93,17 +93,21 @@ def test_too_many_bad_files_stop_training_with_the_limit_named(messy_folder, tmp
     assert len(result.stderr.strip().splitlines()[-1]) < 300
 
 
-def test_pixel_limit_refuses_large_images_before_decoding(tmp_path):
+def test_pixel_limit_refuses_large_images_before_decoding_and_leaves_pillow_alone(tmp_path):
     Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    with pytest.raises(BadImage, match="40x30 is 1,200 pixels") as refused:
+        decode(tmp_path / "a.png", 16, 3, max_pixels=1000)
+    assert refused.value.reason == "too-large"
+    assert decode(tmp_path / "a.png", 16, 3, max_pixels=1200).shape == (3, 16, 16)
+    assert Image.MAX_IMAGE_PIXELS == 89_478_485  # a library call changed no process-wide setting
     try:
-        set_max_pixels(1000)
+        set_max_pixels(1000)  # Pillow's own limit is the default
         with pytest.raises(BadImage, match="40x30 is 1,200 pixels"):
             load_image(tmp_path / "a.png", 16, 3)
-        set_max_pixels(1200)
-        assert load_image(tmp_path / "a.png", 16, 3).shape == (3, 16, 16)
+        allow_pixels(500)  # an entry point only ever raises Pillow's limit
+        assert Image.MAX_IMAGE_PIXELS == 1000
     finally:
         set_max_pixels(89_478_485)
-    assert Image.MAX_IMAGE_PIXELS == 89_478_485  # moved, never switched off
 
 
 def test_near_pairs_equal_brute_force_hamming():

@@ -127,12 +127,11 @@ def test_bad_uploads_get_the_right_status_and_a_reason(server, tmp_path):
 
 
 def test_oversized_bodies_are_refused_before_they_are_read(server):
-    start = time.monotonic()
     head = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
             b"Content-Length: 500000000\r\n\r\n")
     answer = server.raw(head, b"--b\r\n" + b"x" * 1000)  # 1 KB of a claimed 500 MB, then silence
+    # 413 from the header alone: a server that waited for the body would answer its timeout (408) instead
     assert answer.startswith(b"HTTP/1.1 413") and b"larger than" in answer
-    assert time.monotonic() - start < 5  # answered at once, not after a timeout
     chunked = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                b"Transfer-Encoding: chunked\r\n\r\n")
     chunk = b"x" * 300_000

@@ -27,6 +27,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from . import api
     from .config import build_config, describe_keys
     from .console import out
+    from .data.images import allow_pixels
     from .engine.train import resume_config
 
     if args.help_config:
@@ -35,10 +36,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc is not None and args.nproc < 1:
         raise UserError(f"--nproc must be at least 1, not {args.nproc}")
     flags = {o.key: getattr(args, o.key) for o in options().values() if o.flag}
-    if args.resume:  # the data and model are the run's; other flags are checked against the resume policy
-        cfg = resume_config(args.resume, {k: v for k, v in flags.items() if k.startswith("train.")}, args.set)
+    if args.resume:  # the run's config, with the changes the flags make checked against each option's resume policy
+        cfg = resume_config(args.resume, flags, args.set)
     else:
         cfg = build_config(args.config, {"data.source": args.data, **flags}, args.set)
+    allow_pixels(cfg.data.max_image_pixels)
     if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # the config is valid: start the workers
         from .engine.launch import launch
 
@@ -182,7 +184,9 @@ def cmd_data_shard(args: argparse.Namespace) -> int:
 def cmd_data_check(args: argparse.Namespace) -> int:
     from .console import print_check
     from .data.check import check_data
+    from .data.images import allow_pixels
 
+    allow_pixels(args.max_image_pixels)
     report = check_data(args.data, data_root=args.data_root, val_fraction=args.val_fraction,
                         test_fraction=args.test_fraction, seed=args.seed, allow_empty_classes=args.allow_empty_classes,
                         max_bad_fraction=args.max_bad_fraction, near_duplicate_bits=args.near_bits,

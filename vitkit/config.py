@@ -419,13 +419,15 @@ def _yaml_scalar(value) -> str:
 
 
 def describe_keys() -> str:
-    """Every key with its default, its flag and its help, for `--help-config`."""
+    """Every key with its default, its flag and its help, for `--help-config`; '[fixed]' marks what a resumed run
+    may not change."""
     lines = []
     for section, cls in SECTIONS.items():
         lines.append(f"{section}:")
         for o in declared(cls, section):
-            flag = f" ({o.flag})" if o.flag else ""
-            lines.append(f"  {o.name}: {_yaml_scalar(o.default):<14} # {o.help}{flag}")
+            notes = (f" ({o.flag})" if o.flag else "") + (" [fixed]" if o.resume == REFUSE else "")
+            setting = f"{o.name}: {_yaml_scalar(o.default)}"
+            lines.append(f"  {setting:<34} # {o.help}{notes}")
     return "\n".join(lines)
 
 

@@ -3,11 +3,12 @@ from ..compat import require_torch
 
 require_torch()
 
-from .dataset import MANIFEST, DataBundle, ImageSet, is_named, load_data, read_manifest, write_manifest  # noqa: E402
-from .images import BadImage, load_image  # noqa: E402
 from .augment import Augment, Mix  # noqa: E402
+from .dataset import DataBundle, is_named, load_data  # noqa: E402
+from .images import BadImage, load_image  # noqa: E402
 from .loader import Batch, BatchLoader, Normalize  # noqa: E402
 from .named import DATASETS  # noqa: E402
+from .splits import MANIFEST, ImageSet, Split, read_manifest, write_manifest  # noqa: E402
 
-__all__ = ["DATASETS", "MANIFEST", "Augment", "BadImage", "Batch", "BatchLoader", "Mix", "DataBundle", "ImageSet", "Normalize",
-           "is_named", "load_data", "load_image", "read_manifest", "write_manifest"]
+__all__ = ["DATASETS", "MANIFEST", "Augment", "BadImage", "Batch", "BatchLoader", "DataBundle", "ImageSet", "Mix",
+           "Normalize", "Split", "is_named", "load_data", "load_image", "read_manifest", "write_manifest"]

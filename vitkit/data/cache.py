@@ -29,7 +29,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("VITKIT_CACHE") or Path.home() / ".cache" / "vitkit" / "decoded")
 
 
-def content_key(root: Path, paths: list[str], size: int, channels: int) -> str:
+def content_key(root: Path, paths: list[str], size: int, channels: int, max_pixels: int | None = None) -> str:
     """SHA-256 over the preprocessing and every file's path and bytes (read in threads)."""
     def digest(rel: str) -> bytes:
         try:
@@ -38,7 +38,7 @@ def content_key(root: Path, paths: list[str], size: int, channels: int) -> str:
             return f"unreadable {err}".encode()
 
     h = hashlib.sha256(f"vitkit-decoded/{CACHE_VERSION} {size} {channels} bicubic-center-crop "
-                       f"{Image.MAX_IMAGE_PIXELS}".encode())
+                       f"{max_pixels or Image.MAX_IMAGE_PIXELS}".encode())
     with ThreadPoolExecutor(min(8, (os.cpu_count() or 1) * 2)) as pool:
         for rel, d in zip(paths, pool.map(digest, paths, chunksize=256)):
             h.update(rel.encode("utf-8", "surrogateescape") + b"\0" + d)

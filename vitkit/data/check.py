@@ -23,10 +23,10 @@ from tqdm import tqdm
 
 from ..errors import DataError
 from .dataset import convert_channels, is_named
-from .splits import assign_splits, stratified_split
 from .folder import list_folder
-from .images import BadImage, open_image, set_max_pixels, to_mode
+from .images import BadImage, open_image, to_mode
 from .named import load_named
+from .splits import assign_splits, stratified_split
 
 HASH_SHAPE = (16, 17)  # difference hash: 16 rows of 16 left-right comparisons, 256 bits
 NEAR_DUPLICATE_BITS = 8  # near-duplicate candidates: at most this many of the 256 hash bits differ
@@ -87,7 +87,7 @@ class CheckReport:
 
 
 # ----------------------------------------------------------------------------------------------- one file
-def inspect_file(root: Path, rel: str, cls: str, split: str) -> FileFacts:
+def inspect_file(root: Path, rel: str, cls: str, split: str, max_pixels: int | None = None) -> FileFacts:
     facts = FileFacts(rel, cls, split)
     path = root / rel
     try:
@@ -99,7 +99,7 @@ def inspect_file(root: Path, rel: str, cls: str, split: str) -> FileFacts:
         facts.problem = ("empty-file", "zero bytes")
         return facts
     try:
-        with open_image(io.BytesIO(data)) as img:
+        with open_image(io.BytesIO(data), max_pixels) as img:
             facts.format, facts.mode, facts.size = img.format, img.mode, img.size
             facts.orientation = int(img.getexif().get(0x0112, 1) or 1)
             img.load()
@@ -208,16 +208,14 @@ def check_data(source: str, *, data_root: str | None = None, val_fraction: float
                max_image_pixels: int | None = None) -> CheckReport:
     """Check an image folder or a named dataset; `report.blocking` says why training could not proceed.
     `max_image_pixels`: refuse larger images as possible decompression bombs (default: as training does)."""
-    if max_image_pixels is not None:
-        set_max_pixels(max_image_pixels)
     if is_named(source):
         return _check_named(source.lower(), data_root, val_fraction, seed, near_duplicate_bits)
     return _check_folder(Path(source), val_fraction, test_fraction, seed, allow_empty_classes, max_bad_fraction,
-                         near_duplicate_bits, show_progress)
+                         near_duplicate_bits, show_progress, max_image_pixels)
 
 
-def _check_folder(root: Path, val_fraction, test_fraction, seed, allow_empty, max_bad, max_bits, show_progress
-                  ) -> CheckReport:
+def _check_folder(root: Path, val_fraction, test_fraction, seed, allow_empty, max_bad, max_bits, show_progress,
+                  max_pixels=None) -> CheckReport:
     try:
         scan = list_folder(root)
     except DataError as err:
@@ -230,7 +228,7 @@ def _check_folder(root: Path, val_fraction, test_fraction, seed, allow_empty, ma
     assigned = assign_splits(scan, val_fraction, test_fraction, seed)
     workers = min(8, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(workers) as pool:  # Pillow releases the GIL while decoding
-        facts = list(tqdm(pool.map(lambda item: inspect_file(root, *item), assigned, chunksize=32),
+        facts = list(tqdm(pool.map(lambda item: inspect_file(root, *item, max_pixels), assigned, chunksize=32),
                           total=len(assigned), desc="checking", unit="file", leave=False,
                           disable=None if show_progress and len(assigned) >= 200 else True))
     report = CheckReport(str(root), layout, scan.classes, {}, files=len(facts))

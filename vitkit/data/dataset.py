@@ -5,8 +5,6 @@ manifest (id, label, split) and read back by resume and evaluate, so the validat
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
-from ..fileio import atomic_write
 from .cache import cache_root, content_key, load_entry, save_entry
 from .folder import decode_all, detect_channels, scan_folder
 from .named import DATASETS, load_named
 from .shards import ShardSet, is_sharded, read_index, shard_channels
-from .splits import MANIFEST, ImageSet, Split, assign_splits, read_manifest, stratified_split, write_manifest
+from .splits import ImageSet, Split, assign_splits, read_manifest, stratified_split
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +69,12 @@ def resize_images(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.T
 def load_data(source: str, *, img_size: int | None = None, channels: int | None = None,
               data_root: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.0, seed: int = 0,
               manifest: Path | None = None, splits: tuple[str, ...] | None = None,
-              allow_empty_classes: bool = False, use_cache: bool = True, show_progress: bool = True) -> DataBundle:
+              allow_empty_classes: bool = False, use_cache: bool = True, show_progress: bool = True,
+              max_image_pixels: int | None = None) -> DataBundle:
     """Load DATA into memory, split it (or reuse `manifest`), at `img_size` with `channels` (None: the data's own).
 
-    `splits` limits which splits are decoded (evaluate needs only one).
+    `splits` limits which splits are decoded (evaluate needs only one); image files of more than
+    `max_image_pixels` pixels are refused as possible decompression bombs (default: Pillow's limit).
     """
 
     if is_sharded(source):
@@ -84,7 +83,7 @@ def load_data(source: str, *, img_size: int | None = None, channels: int | None 
     if is_named(source):
         return _load_named(source.lower(), img_size, channels, data_root, val_fraction, seed, rows, splits)
     return _load_folder(Path(source), img_size, channels, val_fraction, test_fraction, seed, rows, splits,
-                        allow_empty_classes, use_cache, show_progress)
+                        allow_empty_classes, use_cache, show_progress, max_image_pixels)
 
 
 def _load_named(name, img_size, channels, data_root, val_fraction, seed, rows, wanted) -> DataBundle:
@@ -122,7 +121,7 @@ def adapt_stats(mean, std, channels):
 
 
 def _load_folder(root, img_size, channels, val_fraction, test_fraction, seed, rows, wanted,
-                 allow_empty_classes, use_cache=True, show_progress=True) -> DataBundle:
+                 allow_empty_classes, use_cache=True, show_progress=True, max_pixels=None) -> DataBundle:
     scan = scan_folder(root, allow_empty_classes)
     if img_size is None:
         raise DataError("an image folder needs an image size: pass --img-size or choose a model with one")
@@ -144,7 +143,7 @@ def _load_folder(root, img_size, channels, val_fraction, test_fraction, seed, ro
         if not chosen or (wanted and split not in wanted):
             continue
         stacked, keep, bad_here = decode_split(root, [p for p, _ in chosen], img_size, channels, split, use_cache,
-                                                 show_progress)
+                                                 show_progress, max_pixels)
         bad += bad_here
         images = torch.from_numpy(stacked)
         out[split] = ImageSet(images, torch.tensor([label_of[chosen[i][1]] for i in keep], dtype=torch.int64),
@@ -175,17 +174,19 @@ def _load_shards(root: Path, img_size, channels, wanted) -> DataBundle:
 
 
 def decode_split(root: Path, paths: list[str], size: int, channels: int, split: str, use_cache: bool = True,
-                 show_progress: bool = True) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+                 show_progress: bool = True, max_pixels: int | None = None
+                 ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """A split's images as one uint8 array (K, C, H, W), the indices of `paths` decoded, and the bad files.
 
     With `use_cache`, from the decode cache when the same files were decoded the same way before (`data/cache.py`).
     """
-    key = content_key(root, paths, size, channels) if use_cache and paths else None
+    key = content_key(root, paths, size, channels, max_pixels) if use_cache and paths else None
     cached = load_entry(key) if key else None
     if cached is not None:
         log.info("%s: %d decoded images from the cache (%s)", split, len(cached[0]), cache_root() / key)
         return cached
-    arrays, bad = decode_all(root, paths, size, channels, desc=f"decoding {split}", show_progress=show_progress)
+    arrays, bad = decode_all(root, paths, size, channels, desc=f"decoding {split}", show_progress=show_progress,
+                             max_pixels=max_pixels)
     keep = [i for i, a in enumerate(arrays) if a is not None]
     images = np.stack([arrays[i] for i in keep]) if keep else np.zeros((0, channels, size, size), np.uint8)
     if key:

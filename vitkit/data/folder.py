@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import DataError
-from .images import GRAY_MODES, BadImage, image_mode, is_hidden, load_image
+from .images import GRAY_MODES, BadImage, decode, image_mode, is_hidden
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +102,12 @@ def detect_channels(root: Path, paths: list[str], sample: int = 200) -> int:
 
 
 def decode_all(root: Path, paths: list[str], size: int, channels: int, desc: str = "decoding",
-               show_progress: bool = True) -> tuple[list[np.ndarray | None], list[tuple[str, str]]]:
+               show_progress: bool = True, max_pixels: int | None = None
+               ) -> tuple[list[np.ndarray | None], list[tuple[str, str]]]:
     """Decode every file (threads: Pillow releases the GIL while decoding). Bad files come back as None + reason."""
     def one(rel: str):
         try:
-            return load_image(root / rel, size, channels), None
+            return decode(root / rel, size, channels, max_pixels), None
         except BadImage as err:
             return None, str(err)
 

@@ -64,9 +64,17 @@ def set_max_pixels(limit: int) -> None:
     Image.MAX_IMAGE_PIXELS = int(limit)
 
 
+def allow_pixels(limit: int) -> None:
+    """For a program's entry point (the CLI, a server): raise Pillow's own decompression-bomb limit to `limit` if it
+    is lower, so that Pillow neither warns about nor refuses what vitkit's limit allows. Library functions take the
+    limit as an argument (`max_pixels`) instead and leave this process-wide setting alone."""
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
+        Image.MAX_IMAGE_PIXELS = int(limit)
+
+
 def open_image(path, max_pixels: int | None = None) -> Image.Image:
-    """`Image.open` (header only) that refuses images above `max_pixels` (default: the limit `set_max_pixels` set)
-    before any pixel is decoded."""
+    """`Image.open` (header only) that refuses images above `max_pixels` (default: Pillow's limit) before any pixel
+    is decoded."""
     try:
         img = Image.open(path)
     except Image.DecompressionBombError as err:

@@ -26,9 +26,9 @@ from tqdm import tqdm
 
 from ..errors import DataError, UserError
 from ..fileio import atomic_write
-from .splits import ImageSet, assign_splits
 from .folder import scan_folder
 from .images import BadImage, decode, open_image
+from .splits import ImageSet, assign_splits
 
 log = logging.getLogger(__name__)
 

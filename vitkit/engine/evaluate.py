@@ -155,7 +155,8 @@ def prepare_evaluation(checkpoint: str | Path, source: str | None = None, split:
     bundle = load_data(source, img_size=meta["img_size"], channels=meta["in_chans"], data_root=data_root,
                        manifest=manifest, val_fraction=meta.get("val_fraction", 0.1),
                        test_fraction=meta.get("test_fraction", 0.0), seed=meta.get("split_seed", 0), splits=(split,),
-                       allow_empty_classes=True)  # a class without images has no support here, nothing worse
+                       allow_empty_classes=True,  # a class without images has no support here, nothing worse
+                       max_image_pixels=meta.get("config", {}).get("data", {}).get("max_image_pixels"))
     if split not in bundle.splits or len(bundle.splits[split]) == 0:
         held_none = split == "val" and meta.get("val_fraction") == 0
         why = " (the run held none out: data.val_fraction=0)" if held_none else ""

@@ -13,7 +13,6 @@ import torch
 from ..config import REFUSE, WARN, Config, build_config, load_yaml, resume_changes
 from ..data import MANIFEST, DataBundle, is_named, load_data
 from ..data.dataset import adapt_stats, check_bad_files
-from ..data.images import set_max_pixels
 from ..errors import DataError, UserError, out_of_memory
 from ..models import count_flops, get_spec, model_kwargs, num_params
 from ..models.pretrained import Pretrained, load_pretrained, read_source
@@ -107,7 +106,7 @@ def _load_bundle(cfg: Config, manifest: Path, show_progress: bool = True) -> Dat
     return load_data(cfg.data.source, img_size=img_size, channels=cfg.model.in_chans, data_root=cfg.data.root,
                      val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction, seed=cfg.train.seed,
                      manifest=manifest, splits=("train", "val"), allow_empty_classes=cfg.data.allow_empty_classes,
-                     use_cache=cfg.data.cache, show_progress=show_progress)
+                     use_cache=cfg.data.cache, show_progress=show_progress, max_image_pixels=cfg.data.max_image_pixels)
 
 
 def _report_bad_files(data: DataBundle, writer: RunWriter, max_fraction: float) -> None:
@@ -146,7 +145,6 @@ def _train(cfg: Config, device: torch.device, resume: str | Path | None, show_pr
            report: ReportHook | None) -> RunResult:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    set_max_pixels(cfg.data.max_image_pixels)
     amp_dtype = resolve_precision(cfg.train.precision, device)
     bf16_weights = use_bf16_weights(cfg.train.bf16_weights, device, amp_dtype)
     run_dir = Path(resume) if resume else dist.broadcast(new_run_dir(cfg) if dist.is_main() else None)

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..version import __version__
-from ..errors import ExportMismatch, UserError
-from ..optional import require
-from ..fileio import atomic_write
 from ..engine.checkpoint import load_model
 from ..engine.predict import ONNX_FORMAT, sidecar_path
+from ..errors import ExportMismatch
+from ..fileio import atomic_write
+from ..optional import require
+from ..version import __version__
 
 log = logging.getLogger(__name__)
 

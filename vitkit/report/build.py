@@ -17,7 +17,6 @@ import numpy as np
 import torch
 import yaml
 
-from ..version import __version__
 from ..data import MANIFEST, BadImage, Normalize, read_manifest
 from ..engine.checkpoint import MODEL_FILE, load_model
 from ..engine.evaluate import Evaluation, prepare_evaluation
@@ -25,6 +24,7 @@ from ..errors import UserError
 from ..fileio import atomic_write
 from ..metrics import calibration, classification_report, confused_pairs
 from ..models import count_flops, num_params
+from ..version import __version__
 from . import figures
 from . import html as h
 from .explain import explain, overlay

@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..version import __version__
 from ..config import ServeSettings
-from ..data.images import BadImage, decode
+from ..data.images import BadImage, allow_pixels, decode
 from ..data.loader import Normalize
 from ..engine.predict import Classifier, Prediction
+from ..version import __version__
 from .batcher import Batcher, QueueFull
 from .limits import Limits
 
@@ -196,7 +196,7 @@ def _add_predict_route(app, clf: Classifier, s: ServeSettings, name: str, batche
 def quiet_server_logs(max_image_pixels: int) -> None:
     """Process-wide settings for a server process (set by `serve`, never by `create_app`): Pillow's own pixel limit
     made room for the server's, and no log line per damaged upload (each is answered 400/413/415)."""
-    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_image_pixels)
+    allow_pixels(max_image_pixels)
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # refused in decode_upload anyway
     warnings.filterwarnings("ignore", module="PIL")
     logging.getLogger("python_multipart").setLevel(logging.ERROR)  # the same for malformed multipart bodies
