@@ -14,8 +14,9 @@ DEMO_RUN ?= runs/demo-$(DEMO_STAMP)
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(if $(TORCH_INDEX),$(PIP) install -q --retries 1 --timeout 20 torch --index-url $(TORCH_INDEX) || \
-	  echo "PyTorch's index $(TORCH_INDEX) cannot be reached: PyTorch comes from the default index",)
+	@$(if $(TORCH_INDEX),if $(PY) -c "import urllib.request as u; u.urlopen('$(TORCH_INDEX)/torch/', timeout=15)" \
+	  2>/dev/null; then echo "PyTorch's CPU-only build from $(TORCH_INDEX)"; $(PIP) install -q torch --index-url \
+	  $(TORCH_INDEX); else echo "$(TORCH_INDEX) cannot be reached: PyTorch comes from the default index"; fi,)
 	$(PIP) install -q -e ".[test]"
 	touch $@
 

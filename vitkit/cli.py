@@ -24,11 +24,8 @@ log = logging.getLogger("vitkit")
 
 # ------------------------------------------------------------------------------------------------------ train
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import api
-    from .config import build_config, describe_keys
+    from .config import build_config, describe_keys, resume_config
     from .console import out
-    from .data.images import allow_pixels
-    from .engine.train import resume_config
 
     if args.help_config:
         out.print(describe_keys(), markup=False)
@@ -40,6 +37,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = resume_config(args.resume, flags, args.set)
     else:
         cfg = build_config(args.config, {"data.source": args.data, **flags}, args.set)
+    from . import api  # torch, once the config is known to be valid
+    from .data.images import allow_pixels
+
     allow_pixels(cfg.data.max_image_pixels)
     if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # the config is valid: start the workers
         from .engine.launch import launch
@@ -148,9 +148,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------------ serve
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import serve
-
     settings = ServeSettings(**{o.name: getattr(args, flag_dest(o)) for o in declared(ServeSettings) if o.flag})
+    from .serve import serve  # torch, once the settings are known to be valid
+
     serve(args.checkpoint, settings, device=args.device, precision=args.precision, access_log=args.access_log,
           compile=args.compile)
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
+
+log = logging.getLogger(__name__)
 
 # What a resumed run (`vitkit train --resume`) may do with an option:
 REFUSE = "refuse"  # changing it would make the run something else than the run it continues
@@ -440,3 +443,31 @@ def resume_changes(saved: Config, new: Config) -> dict[str, list[str]]:
         if after[key] != before[key]:
             grouped[known[key].resume].append(key)
     return grouped
+
+
+def resume_config(run_dir: str | Path, options: dict | None = None, assignments: list[str] | None = None) -> Config:
+    """The saved config of `run_dir` with the changes a resume may make, each one named. What may change is declared
+    with each option (`config.REFUSE`, `WARN`, `FREE`): more epochs or another learning rate are allowed with a
+    warning (the result then differs from an uninterrupted run); changes to the model, the data split or the order
+    of batches are refused."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a vitkit run directory (no config.yaml): give the folder 'vitkit train' "
+                        "printed")
+    saved = load_yaml(run_dir / "config.yaml")
+    cfg = build_config(options=options, assignments=assignments, base=saved)
+    before = build_config(base=saved)
+    changes = resume_changes(before, cfg)
+    old, new = before.flat(), cfg.flat()
+    if changes[REFUSE]:
+        shown = ", ".join(f"{k} ({old[k]!r} -> {new[k]!r})" for k in changes[REFUSE])
+        raise UserError(f"--resume cannot change {shown}: it would no longer continue the same run; start a new run "
+                        "instead")
+    for key in changes[WARN]:
+        if key == "train.epochs":
+            log.warning("train.epochs changed from %d to %d: the learning-rate schedule follows the new length from "
+                        "here on", old[key], new[key])
+        else:
+            log.warning("%s changed from %r to %r: the resumed run will differ from an uninterrupted one", key,
+                        old[key], new[key])
+    return cfg

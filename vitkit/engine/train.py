@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import REFUSE, WARN, Config, build_config, load_yaml, resume_changes
+from ..config import Config, resume_config  # noqa: F401 (resume_config: where earlier versions had it)
 from ..data import MANIFEST, DataBundle, is_named, load_data
 from ..data.dataset import adapt_stats, check_bad_files
 from ..errors import DataError, UserError, out_of_memory
@@ -55,34 +55,6 @@ def new_run_dir(cfg: Config) -> Path:
         n += 1
         run_dir = base.with_name(f"{base.name}-{n}")
     return run_dir
-
-
-def resume_config(run_dir: str | Path, options: dict | None = None, assignments: list[str] | None = None) -> Config:
-    """The saved config of `run_dir` with the changes a resume may make, each one named. What may change is declared
-    with each option (`config.REFUSE`, `WARN`, `FREE`): more epochs or another learning rate are allowed with a
-    warning (the result then differs from an uninterrupted run); changes to the model, the data split or the order
-    of batches are refused."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"{run_dir} is not a vitkit run directory (no config.yaml): give the folder 'vitkit train' "
-                        "printed")
-    saved = load_yaml(run_dir / "config.yaml")
-    cfg = build_config(options=options, assignments=assignments, base=saved)
-    before = build_config(base=saved)
-    changes = resume_changes(before, cfg)
-    old, new = before.flat(), cfg.flat()
-    if changes[REFUSE]:
-        shown = ", ".join(f"{k} ({old[k]!r} -> {new[k]!r})" for k in changes[REFUSE])
-        raise UserError(f"--resume cannot change {shown}: it would no longer continue the same run; start a new run "
-                        "instead")
-    for key in changes[WARN]:
-        if key == "train.epochs":
-            log.warning("train.epochs changed from %d to %d: the learning-rate schedule follows the new length from "
-                        "here on", old[key], new[key])
-        else:
-            log.warning("%s changed from %r to %r: the resumed run will differ from an uninterrupted one", key,
-                        old[key], new[key])
-    return cfg
 
 
 def build_model_for(cfg: Config, data: DataBundle) -> tuple[VisionTransformer, dict]:
