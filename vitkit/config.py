@@ -189,6 +189,8 @@ class OutputConfig:
     name: str | None = option(None, "run directory name; null: DATA-MODEL-DATE-TIME", flag="--name")
     report: bool = option(True, "write report.html (metrics, figures, attention maps on the val split) after "
                           "training")
+    progress_every: float = option(30.0, "without a terminal (logs, CI, --no-progress): a progress line every this "
+                                   "many seconds; 0 turns the lines off", check=NOT_NEGATIVE)
 
 
 SECTION_RESUME = {"model": REFUSE, "data": WARN, "train": WARN, "output": FREE}

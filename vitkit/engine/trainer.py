@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from tqdm import tqdm
 
 from ..config import Config
 from ..data import DataBundle
@@ -29,6 +28,7 @@ from .ema import ModelEma
 from .evaluate import predict_logits
 from .interrupt import StopRequest
 from .parts import TrainParts
+from .progress import EpochProgress
 from .run_writer import METRIC_COLUMNS, RunWriter, epoch_summary  # noqa: F401 (METRIC_COLUMNS: metrics.csv's)
 
 log = logging.getLogger(__name__)
@@ -146,9 +146,8 @@ class Trainer:
             correct = torch.zeros((), device=self.device)
             batches = self.train_loader.batches()
         seen_before, start = seen, time.perf_counter()
-        bar = tqdm(total=len(self.train_loader), initial=first, desc=f"epoch {epoch}/{self.cfg.train.epochs}",
-                   unit="batch", leave=False, disable=None if self.show_progress else True,  # None: off if no TTY
-                   dynamic_ncols=True)
+        progress = EpochProgress(epoch, self.cfg.train.epochs, len(self.train_loader), first, self.show_progress,
+                                 dist.is_main(), self.cfg.output.progress_every)
         last = len(self.train_loader) - 1
         for step, batch in enumerate(batches, start=first):
             result = self.train_step(batch, epoch, step)
@@ -157,17 +156,15 @@ class Trainer:
                 loss_sum += batch_loss
                 correct += (logits.argmax(1) == batch.y).sum()
                 seen += len(batch.y)
-            if step % 20 == 0 or step == last:
-                if not self.check_each_step:
-                    self._check_finite(loss_sum, epoch, step)
-                bar.set_postfix(loss=f"{float(loss_sum) / max(seen, 1):.4f}", acc=f"{float(correct) / max(seen, 1):.3f}",
-                                img_s=f"{(seen - seen_before) / (time.perf_counter() - start):.0f}", refresh=False)
-            bar.update()
+            if (step % 20 == 0 or step == last) and not self.check_each_step:
+                self._check_finite(loss_sum, epoch, step)
+            progress.step(step, seen - seen_before, lambda: (float(loss_sum) / max(seen, 1),
+                                                             float(correct) / max(seen, 1)))
             if self.stopping():
-                bar.close()
+                progress.close()
                 self.save_partial(epoch, step + 1, loss_sum, correct, seen, earlier + time.perf_counter() - start)
                 raise self._interrupted(f"in epoch {epoch} after step {step + 1} of {last + 1}")
-        bar.close()
+        progress.close()
         totals = dist.all_reduce_sum(torch.stack([loss_sum.float(), correct.float(),
                                                   torch.tensor(float(seen), device=self.device)]))
         n = max(float(totals[2]), 1.0)
