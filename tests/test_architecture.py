@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).parents[1] / "vitkit"
 # Lower numbers are lower layers; a module may import its own layer or lower ones, never a higher one.
 LAYERS = {
     0: ("vitkit.errors", "vitkit.fileio", "vitkit.console", "vitkit.compat", "vitkit.version", "vitkit.optional"),
-    1: ("vitkit.models", "vitkit.data", "vitkit.config", "vitkit.metrics"),
+    1: ("vitkit.models", "vitkit.data", "vitkit.config", "vitkit.metrics", "vitkit.runs"),
     2: ("vitkit.engine",),
     3: ("vitkit.report", "vitkit.serve", "vitkit.export"),
     4: ("vitkit.cli", "vitkit.api", "vitkit.__main__", "vitkit"),

@@ -198,6 +198,19 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+# ------------------------------------------------------------------------------------------------------- runs
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .console import print_runs
+    from .runs import list_runs
+
+    runs, skipped = list_runs(args.folder, args.sort)
+    if args.json:
+        print(json.dumps({"runs": [r.to_dict() for r in runs], "skipped": skipped}, indent=2, ensure_ascii=False))
+    else:
+        print_runs(runs, skipped, args.folder)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ models, info
 def cmd_models(args: argparse.Namespace) -> int:
     from .console import print_models
@@ -282,7 +295,8 @@ def _runtime_flags(p: argparse.ArgumentParser, compile_help: str | None = None) 
         p.add_argument("--compile", action="store_true", help=compile_help)
 
 
-DATA_HELP = "image folder (class subfolders, or train/ val/ [test/]), shard folder, or fashion-mnist|mnist|cifar10|cifar100"
+DATA_HELP = ("image folder (class subfolders, or train/ val/ [test/]), shard folder, or "
+             "fashion-mnist|mnist|cifar10|cifar100")
 CHECKPOINT_HELP = "a model file written by 'vitkit train' (best.safetensors, last.safetensors)"
 SPLIT_HELP = "default: test if the data has one, else val"
 COMPILE_HELP = ("compile the model for inference first, with frozen weights: tens of seconds, then faster batches "
@@ -411,6 +425,18 @@ def _data_parser(sub) -> None:
     h.set_defaults(func=cmd_data_shard)
 
 
+def _runs_parser(sub) -> None:
+    from .runs import SORT_KEYS
+
+    r = sub.add_parser("runs", help="the training runs under a folder: model, data, epochs, best val, test, status")
+    r.add_argument("folder", nargs="?", default="runs", metavar="DIR",
+                   help="the folder holding run directories (default runs), or one run directory")
+    r.add_argument("--sort", choices=SORT_KEYS, default="started",
+                   help="column to sort by (best first for best_val and test, newest first for started)")
+    r.add_argument("--json", action="store_true", help="print the runs as JSON")
+    r.set_defaults(func=cmd_runs)
+
+
 def _model_parsers(sub) -> None:
     m = sub.add_parser("models", help="list the registered models")
     m.add_argument("--num-classes", type=int, help="count parameters for this many classes")
@@ -427,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks of internal errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_train_parser, _evaluate_parser, _report_parser, _predict_parser, _export_parser, _bench_parser,
-                _serve_parser, _data_parser, _model_parsers):
+                _serve_parser, _data_parser, _runs_parser, _model_parsers):
         add(sub)
     return p
 
@@ -452,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
         if oom is not None:
             return _fail(oom)
         return _bug(err, args.verbose)
+    except BrokenPipeError:  # the reader of our output went away (`vitkit runs | head`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as err:  # the file system refused (permissions, a full disk): the user's to fix
         print(f"vitkit: error: {err}", file=sys.stderr)
         return 2

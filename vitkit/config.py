@@ -208,7 +208,8 @@ class Config:
 
     def flat(self) -> dict:
         """{'train.lr': 0.001, ...}"""
-        return {f"{section}.{key}": value for section, values in self.to_dict().items() for key, value in values.items()}
+        return {f"{section}.{key}": value for section, values in self.to_dict().items()
+                for key, value in values.items()}
 
 
 @dataclass

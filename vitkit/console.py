@@ -106,6 +106,24 @@ def print_predictions(results: list, fmt: str, columns: int) -> None:
         out.print(table)
 
 
+def print_runs(runs: list, skipped: list[str], folder) -> None:
+    """`vitkit runs`: one row per run."""
+    from rich.markup import escape
+
+    colors = {"finished": "green", "running": "cyan", "interrupted": "yellow", "failed": "red"}
+    table = Table("run", "model", "data", "epochs", "best val", "test", "time", "status", "started")
+    for r in runs:
+        minutes, seconds = divmod(int(round(r.seconds)), 60)
+        status = f"[{colors[r.status]}]{r.status}[/]" + (f" ({escape(r.error)})" if r.error else "")
+        table.add_row(escape(r.name), escape(r.model), escape(r.data), f"{r.epochs}/{r.planned}",
+                      "-" if r.best_val != r.best_val else f"{r.best_val:.4f}",
+                      "-" if r.test is None else f"{r.test:.4f}", f"{minutes}m{seconds:02d}s", status,
+                      r.started.replace("T", " "))
+    out.print(table if runs else f"no vitkit runs in {escape(str(folder))}")
+    if skipped:
+        out.print(f"not vitkit runs (no config.yaml), skipped: {escape(', '.join(skipped))}")
+
+
 def print_models(rows: list) -> None:
     """`vitkit models`: (name, parameters, FLOPs, spec) per registered model."""
     table = Table("model", "params", "GFLOPs", "image", "patch", "description")

@@ -40,8 +40,8 @@ def save_model(paths: str | os.PathLike | list, model: torch.nn.Module, meta: di
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for key, value in tensors.items():
         if value.is_floating_point() and not torch.isfinite(value).all():
-            raise NonFiniteLoss(f"the weights became non-finite ({key}): lower the learning rate or try --precision fp32; "
-                                "the previous checkpoint is kept")
+            raise NonFiniteLoss(f"the weights became non-finite ({key}): lower the learning rate or try --precision "
+                                "fp32; the previous checkpoint is kept")
     payload = st_save(tensors, metadata={"vitkit": json.dumps(meta)})
     for path in paths if isinstance(paths, list) else [paths]:
         atomic_write(path, payload)

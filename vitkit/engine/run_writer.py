@@ -7,6 +7,7 @@ manifest at the start, unreadable files, and at every epoch boundary the checkpo
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -17,7 +18,9 @@ import torch
 from ..config import Config, save_config
 from ..data import write_manifest
 from ..data.splits import MANIFEST
+from ..errors import Interrupted
 from ..fileio import atomic_write
+from ..runs import write_status
 from . import dist
 from .checkpoint import EMA_FILE, MODEL_FILE, STATE_FILE, save_model, save_state
 
@@ -69,6 +72,24 @@ class RunWriter:
     def state(self, state: dict) -> None:
         if dist.is_main():
             save_state(self.run_dir / STATE_FILE, state)
+
+    def status(self, status: str, error: str | None = None) -> None:
+        if dist.is_main():
+            write_status(self.run_dir, status, error)
+
+    @contextlib.contextmanager
+    def running(self):
+        """Training inside: status.json says running, then finished, interrupted (a signal) or failed (an error)."""
+        self.status("running")
+        try:
+            yield
+        except (KeyboardInterrupt, Interrupted):
+            self.status("interrupted")
+            raise
+        except BaseException as err:
+            self.status("failed", f"{type(err).__name__}: {err}"[:500])
+            raise
+        self.status("finished")
 
 
 def epoch_summary(row: dict, epochs: int, has_val: bool, with_ema: bool, improved: bool) -> str:

@@ -140,21 +140,22 @@ def _train(cfg: Config, device: torch.device, resume: str | Path | None, show_pr
         writer.start(cfg, data.manifest)
     _log_start(cfg, data, model, run_dir, device, amp_dtype, bf16_weights)
     start = time.perf_counter()
-    try:
-        state = trainer.fit()
-    except KeyboardInterrupt:
-        log.warning("interrupted: epochs 1-%d are saved in %s; continue with: vitkit train --resume %s",
-                    trainer.state.epoch, run_dir, run_dir)
-        raise
-    except RuntimeError as err:
-        smaller = f"--accum-steps {2 * cfg.train.accum_steps}"
-        advice = (f": use a smaller --batch-size, or {smaller} to keep the batch and compute it in smaller passes"
-                  if trainer.state.epoch == 0 else f"; epochs 1-{trainer.state.epoch} are saved in {run_dir}: "
-                  f"continue in smaller passes with: vitkit train --resume {run_dir} {smaller}")
-        oom = out_of_memory(err, advice, " while training")
-        if oom is None:
+    with writer.running():  # status.json: running, then finished, interrupted or failed
+        try:
+            state = trainer.fit()
+        except KeyboardInterrupt:
+            log.warning("interrupted: epochs 1-%d are saved in %s; continue with: vitkit train --resume %s",
+                        trainer.state.epoch, run_dir, run_dir)
             raise
-        raise oom from None
+        except RuntimeError as err:
+            smaller = f"--accum-steps {2 * cfg.train.accum_steps}"
+            advice = (f": use a smaller --batch-size, or {smaller} to keep the batch and compute it in smaller passes"
+                      if trainer.state.epoch == 0 else f"; epochs 1-{trainer.state.epoch} are saved in {run_dir}: "
+                      f"continue in smaller passes with: vitkit train --resume {run_dir} {smaller}")
+            oom = out_of_memory(err, advice, " while training")
+            if oom is None:
+                raise
+            raise oom from None
     seconds = time.perf_counter() - start
     if cfg.output.report and report is not None and dist.is_main():
         report(run_dir, data, device, amp_dtype)
