@@ -31,7 +31,7 @@ def write_status(run_dir: Path, status: str, error: str | None = None) -> None:
     """Record the run's status with this process's id and host (what tells a running run from a killed one)."""
     assert status in STATUSES, status
     path = Path(run_dir) / STATUS_FILE
-    started = _read_json(path).get("started") if status != "running" else None
+    started = _read_json(path).get("started")  # a resumed run keeps the start of its first part
     now = datetime.datetime.now().isoformat(timespec="seconds")
     atomic_write(path, json.dumps({"status": status, "pid": os.getpid(), "host": socket.gethostname(),
                                    "started": started or now, "updated": now,
