@@ -12,7 +12,7 @@ import pytest
 from vitkit.cli import build_parser
 from vitkit.config import SECTIONS, ServeSettings, declared, describe_keys, options
 
-from .conftest import TINY_MODEL, run_cli
+from .conftest import run_cli
 
 PACKAGE = Path(__file__).parents[1] / "vitkit"
 
@@ -193,10 +193,8 @@ def test_out_of_memory_is_one_line_with_exit_code_2():
     assert "try a smaller --batch-size" in big.stderr
 
 
-def test_a_non_finite_loss_is_one_line_with_exit_code_1(image_folder, tmp_path):
-    r = run_cli("train", image_folder, *TINY_MODEL, "--epochs", "1", "--batch-size", "8", "--lr", "1e30",
-                "--set", "train.grad_clip=0", "--precision", "fp32", "--out", tmp_path, "--no-progress")
-    _one_error_line(r, 1, "non-finite")
+# A non-finite loss (NonFiniteLoss, exit 1, one line): test_reliability.py's
+# test_a_non_finite_loss_exits_1_with_one_line_through_the_cli.
 
 
 def test_an_export_that_disagrees_is_one_line_with_exit_code_1(exported):

@@ -86,7 +86,7 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, n: int | None = None, 
     return 2 * n ** 3 / best
 
 
-MATMUL_PROBE_S = 1.0  # the longest one matmul of the rate probe may take
+MATMUL_PROBE_S = 0.25  # the longest one matmul of the rate probe may take (2048² in fp32 on 2 cores: ~0.2 s)
 
 
 def _mm_seconds(device: torch.device, dtype: torch.dtype, n: int) -> float:
