@@ -59,7 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .console import out, print_report
+    from .console import out, print_json, print_report
     from .engine.evaluate import evaluation_report, prepare_evaluation
     from .fileio import atomic_write
 
@@ -75,7 +75,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         report_path = build_report(args.checkpoint, out_dir=args.report, evaluation=evaluation)
     if args.json or args.format == "json":
-        print(text)  # raw: a console would wrap long lines inside JSON strings
+        print_json(report)
         return 0
     print_report(report)
     out.print(f"written: {json_path}")
@@ -111,14 +111,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> int:
-    from .console import out
+    from .console import out, print_json
     from .export import export_onnx
 
     if args.samples < 2:
         raise UserError("--samples must be at least 2 (batch sizes 1 and more are both checked)")
     result = export_onnx(args.checkpoint, args.out, opset=args.opset, samples=args.samples, atol=args.atol)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print_json(result.to_dict())
         return 0
     out.print(f"wrote {result.path} (opset {result.opset}) and {result.sidecar}", markup=False)
     out.print(f"checked with ONNX Runtime on {result.samples} images: largest logit difference "
@@ -129,7 +129,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------------ bench
 def cmd_bench(args: argparse.Namespace) -> int:
     from .config import parse_assignment
-    from .console import print_bench
+    from .console import print_bench, print_json
     from .engine.bench import BenchSettings, run_bench
 
     overrides = dict(parse_assignment(a, none_is_null=True) for a in args.set)
@@ -140,7 +140,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                      args.warmup, args.repeats, args.compare, args.compile, args.bf16_weights,
                                      overrides))
     if args.json:
-        print(json.dumps(result, indent=2))
+        print_json(result)
         return 0
     print_bench(result)
     return 0
@@ -182,7 +182,7 @@ def cmd_data_shard(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from .console import print_check
+    from .console import print_check, print_json
     from .data.check import check_data
     from .data.images import allow_pixels
 
@@ -192,7 +192,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
                         max_bad_fraction=args.max_bad_fraction, near_duplicate_bits=args.near_bits,
                         show_progress=not args.json, max_image_pixels=args.max_image_pixels)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        print_json(report.to_dict())
     else:
         print_check(report, args.limit)
     return 0 if report.ok else 1
@@ -200,12 +200,12 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------------- runs
 def cmd_runs(args: argparse.Namespace) -> int:
-    from .console import print_runs
+    from .console import print_json, print_runs
     from .runs import list_runs
 
     runs, skipped = list_runs(args.folder, args.sort)
     if args.json:
-        print(json.dumps({"runs": [r.to_dict() for r in runs], "skipped": skipped}, indent=2, ensure_ascii=False))
+        print_json({"runs": [r.to_dict() for r in runs], "skipped": skipped})
     else:
         print_runs(runs, skipped, args.folder)
     return 0

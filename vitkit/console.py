@@ -1,6 +1,7 @@
 """What the CLI prints: reports, data checks and benchmarks as rich tables on standard output; log format."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -80,15 +81,29 @@ def print_check(report, limit: int) -> None:
             out.print(f"[red]cannot train[/red]: {escape(reason)}")
 
 
+def print_json(data) -> None:
+    """JSON for scripts on standard output, raw: a console would wrap long lines inside JSON strings."""
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def duration(seconds: float) -> str:
+    """'41s', '12m47s', '1h02m'."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
 def print_predictions(results: list, fmt: str, columns: int) -> None:
     """`vitkit predict`'s answer: a table of the top-k per file, or JSON / CSV for scripts (raw, never wrapped)."""
     import csv
-    import json
 
     from rich.markup import escape
 
     if fmt == "json":
-        print(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
+        print_json([r.to_dict() for r in results])
     elif fmt == "csv":
         writer = csv.writer(sys.stdout)
         writer.writerow(["file", "rank", "class", "probability", "error"])
@@ -113,11 +128,10 @@ def print_runs(runs: list, skipped: list[str], folder) -> None:
     colors = {"finished": "green", "running": "cyan", "interrupted": "yellow", "failed": "red"}
     table = Table("run", "model", "data", "epochs", "best val", "test", "time", "status", "started")
     for r in runs:
-        minutes, seconds = divmod(int(round(r.seconds)), 60)
         status = f"[{colors[r.status]}]{r.status}[/]" + (f" ({escape(r.error)})" if r.error else "")
         table.add_row(escape(r.name), escape(r.model), escape(r.data), f"{r.epochs}/{r.planned}",
                       "-" if r.best_val != r.best_val else f"{r.best_val:.4f}",
-                      "-" if r.test is None else f"{r.test:.4f}", f"{minutes}m{seconds:02d}s", status,
+                      "-" if r.test is None else f"{r.test:.4f}", duration(r.seconds), status,
                       r.started.replace("T", " "))
     out.print(table if runs else f"no vitkit runs in {escape(str(folder))}")
     if skipped:

@@ -29,7 +29,8 @@ SORT_KEYS = ("name", "model", "data", "epochs", "best_val", "test", "seconds", "
 
 def write_status(run_dir: Path, status: str, error: str | None = None) -> None:
     """Record the run's status with this process's id and host (what tells a running run from a killed one)."""
-    assert status in STATUSES, status
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
     path = Path(run_dir) / STATUS_FILE
     started = _read_json(path).get("started")  # a resumed run keeps the start of its first part
     now = datetime.datetime.now().isoformat(timespec="seconds")

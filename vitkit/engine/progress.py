@@ -9,14 +9,11 @@ from typing import Callable
 
 from tqdm import tqdm
 
+from ..console import duration
+
 log = logging.getLogger(__name__)
 
 BAR_REFRESH_STEPS = 20  # the bar's loss and accuracy are read (a device sync) every this many steps
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 class EpochProgress:
@@ -48,7 +45,7 @@ class EpochProgress:
             done = step + 1 - self.first
             left = (self.total - step - 1) * (now - self.start) / max(done, 1)
             log.info("epoch %d/%d  step %d/%d  loss %.4f acc %.3f  %.0f img/s, %s left in the epoch", self.epoch,
-                     self.epochs, step + 1, self.total, loss, acc, rate, _duration(left))
+                     self.epochs, step + 1, self.total, loss, acc, rate, duration(left))
 
     def close(self) -> None:
         self.bar.close()

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import yaml
 
+from ..console import duration
 from ..data import MANIFEST, BadImage, Normalize, read_manifest
 from ..engine.checkpoint import MODEL_FILE, load_model
 from ..engine.evaluate import Evaluation, prepare_evaluation
@@ -170,7 +171,7 @@ def _render(ev, checkpoint, run_dir, metrics, calib, areas, pairs, history, pngs
     if history:
         best = max(history, key=lambda r: r.get("val_top1", float("-inf")))
         run_cards += [("epochs", str(len(history))), ("best epoch", str(best["epoch"])),
-                      ("training time", _duration(sum(r.get("seconds", 0.0) for r in history)))]
+                      ("training time", duration(sum(r.get("seconds", 0.0) for r in history)))]
     body = h.cards(run_cards) + f"<p class=\"muted\">classes: {h.esc(', '.join(classes))}</p>"
     if meta.get("config"):
         body += "<details><summary>configuration</summary><pre>" + h.esc(yaml.safe_dump(meta["config"],
@@ -211,12 +212,6 @@ def _render(ev, checkpoint, run_dir, metrics, calib, areas, pairs, history, pngs
 def _fig(pngs: dict, name: str) -> str:
     png, caption = pngs[name]
     return h.figure(png, caption, name)
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
 
 
 @torch.inference_mode()
