@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -160,3 +161,29 @@ def exported(tmp_path_factory):
     r = run_cli("export", checkpoint, "--json")
     assert r.returncode == 0, r.stderr
     return checkpoint, json.loads(r.stdout)
+
+
+def chromium() -> str:
+    """Chromium's path; without one the test skips, or fails where CI requires a browser."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if found is None:
+        if os.environ.get("VITKIT_REQUIRE_BROWSER"):
+            pytest.fail("VITKIT_REQUIRE_BROWSER is set but no Chromium is installed (apt-get install chromium)")
+        pytest.skip("no Chromium: apt-get install chromium (CI installs it and sets VITKIT_REQUIRE_BROWSER=1)")
+    return found
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=5000"]
+
+
+def render_in_chromium(page: Path) -> tuple[int, int]:
+    """Open a report-style page in headless Chromium: (figures on the page, figures that decoded), from the
+    data-figures and data-loaded attributes its script sets on <body> once loaded."""
+    import re
+
+    dom = subprocess.run([chromium(), *CHROMIUM_FLAGS, "--dump-dom", page.resolve().as_uri()], capture_output=True,
+                         text=True, timeout=120)
+    body = re.search(r"<body[^>]*>", dom.stdout)
+    assert body, dom.stderr[-2000:]
+    return (int(re.search(r'data-figures="(\d+)"', body.group(0)).group(1)),
+            int(re.search(r'data-loaded="(\d+)"', body.group(0)).group(1)))

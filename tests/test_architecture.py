@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).parents[1] / "vitkit"
 LAYERS = {
     0: ("vitkit.errors", "vitkit.fileio", "vitkit.console", "vitkit.compat", "vitkit.version", "vitkit.optional"),
     1: ("vitkit.models", "vitkit.data", "vitkit.config", "vitkit.metrics", "vitkit.runs"),
-    2: ("vitkit.engine",),
+    2: ("vitkit.engine", "vitkit.tracking"),
     3: ("vitkit.report", "vitkit.serve", "vitkit.export"),
     4: ("vitkit.cli", "vitkit.api", "vitkit.__main__", "vitkit"),
 }

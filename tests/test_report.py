@@ -1,7 +1,5 @@
 """Reports: attention rollout on known answers, calibration, and report.html rendered by a real browser."""
 import json
-import os
-import re
 import shutil
 import subprocess
 
@@ -15,7 +13,7 @@ from vitkit.models import create_model
 from vitkit.report import attention_rollout, cls_attention, explain
 from vitkit.report.figures import roc_pr_curves
 
-from .conftest import TINY_MODEL, run_cli, write_folder
+from .conftest import CHROMIUM_FLAGS, TINY_MODEL, chromium, render_in_chromium, run_cli, write_folder
 
 T = 1 + 16  # class token and a 4x4 patch grid
 
@@ -147,26 +145,12 @@ def test_predict_explain_writes_an_overlay_per_readable_image(run, tmp_path):
     assert "unreadable" in result.stdout
 
 
-def _chromium():
-    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if found is None:
-        if os.environ.get("VITKIT_REQUIRE_BROWSER"):
-            pytest.fail("VITKIT_REQUIRE_BROWSER is set but no Chromium is installed (apt-get install chromium)")
-        pytest.skip("no Chromium: apt-get install chromium (CI installs it and sets VITKIT_REQUIRE_BROWSER=1)")
-    return found
-
-
 def test_report_opens_in_a_real_browser_with_every_figure_loaded(run):
-    browser = _chromium()
     _, _, run_dir, _ = run
     url = (run_dir / "report.html").resolve().as_uri()
-    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=5000"]
-    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=120)
-    body = re.search(r"<body[^>]*>", dom.stdout)
-    assert body, dom.stderr[-2000:]
-    figures = int(re.search(r'data-figures="(\d+)"', body.group(0)).group(1))
-    loaded = int(re.search(r'data-loaded="(\d+)"', body.group(0)).group(1))
+    figures, loaded = render_in_chromium(run_dir / "report.html")
     assert figures >= len(FIGURES) and loaded == figures
+    common = [chromium(), *CHROMIUM_FLAGS]
     shot = run_dir / "report-screenshot.png"
     subprocess.run([*common, "--window-size=1300,2400", f"--screenshot={shot}", url], capture_output=True,
                    timeout=120, check=True)

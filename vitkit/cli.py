@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import sys
+import typing
 from pathlib import Path
 
 from .config import SECTIONS, Option, ServeSettings, declared, options
@@ -203,11 +204,28 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from .console import print_json, print_runs
     from .runs import list_runs
 
-    runs, skipped = list_runs(args.folder, args.sort)
+    if args.paths[:1] == ["compare"]:
+        return cmd_runs_compare(args.paths[1:], args.out, args.json)
+    if len(args.paths) > 1:
+        raise UserError("vitkit runs takes one folder; to compare runs: vitkit runs compare RUN1 RUN2 [...]")
+    folder = args.paths[0] if args.paths else "runs"
+    runs, skipped = list_runs(folder, args.sort)
     if args.json:
         print_json({"runs": [r.to_dict() for r in runs], "skipped": skipped})
     else:
-        print_runs(runs, skipped, args.folder)
+        print_runs(runs, skipped, folder)
+    return 0
+
+
+def cmd_runs_compare(paths: list[str], out: str, as_json: bool) -> int:
+    from .console import print_json
+    from .report.compare import FIGURE_DIR, compare_runs
+
+    page = compare_runs(paths, out)
+    if as_json:
+        print_json({"page": str(page), "figures": sorted(str(p) for p in (page.parent / FIGURE_DIR).glob("*.png"))})
+    else:
+        print(f"comparison: {page}  (figures: {page.parent / FIGURE_DIR}/)")
     return 0
 
 
@@ -248,6 +266,11 @@ def _yes_no(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
+def _comma_list(text: str) -> list[str]:
+    """'tensorboard,mlflow' -> ['tensorboard', 'mlflow'] (a list option's flag); '' -> []."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def _base_type(hint) -> type:
     """int for `int | None`, str for `str`, ... (argparse's `type`)."""
     for kind in (bool, int, float, str):
@@ -276,6 +299,9 @@ def add_declared(p: argparse.ArgumentParser, declared_options: list[Option], def
             continue
         if kind is bool:
             kw.update(type=_yes_no, metavar="true|false")
+        elif typing.get_origin(o.hint) is list:  # comma-separated; the config checks each item against the choices
+            p.add_argument(o.flag, help=help, type=_comma_list, metavar=o.metavar or "A,B", **kw)
+            continue
         else:
             kw.update(type=kind, metavar=o.metavar or flag_dest(o).upper())
         if o.choices is not None:
@@ -428,9 +454,15 @@ def _data_parser(sub) -> None:
 def _runs_parser(sub) -> None:
     from .runs import SORT_KEYS
 
-    r = sub.add_parser("runs", help="the training runs under a folder: model, data, epochs, best val, test, status")
-    r.add_argument("folder", nargs="?", default="runs", metavar="DIR",
-                   help="the folder holding run directories (default runs), or one run directory")
+    r = sub.add_parser("runs", help="the training runs under a folder: model, data, epochs, best val, test, status; "
+                       "'runs compare RUN...' compares runs on one page",
+                       usage="vitkit runs [DIR] [--sort KEY] [--json]\n       vitkit runs compare RUN RUN [...] "
+                             "[--out DIR] [--json]")
+    r.add_argument("paths", nargs="*", metavar="DIR | compare RUN...",
+                   help="the folder holding run directories (default runs), or one run directory; or 'compare' and "
+                        "two or more run directories")
+    r.add_argument("--out", default=".", metavar="DIR",
+                   help="runs compare: where compare.html and compare/*.png go (default: the current folder)")
     r.add_argument("--sort", choices=SORT_KEYS, default="started",
                    help="column to sort by (best first for best_val and test, newest first for started)")
     r.add_argument("--json", action="store_true", help="print the runs as JSON")

@@ -183,6 +183,9 @@ class TrainConfig:
                                       check=NOT_NEGATIVE, resume=REFUSE)
 
 
+LOGGERS = ("tensorboard", "mlflow", "wandb")  # output.loggers' choices (vitkit/tracking/ has one module each)
+
+
 @dataclass
 class OutputConfig:
     dir: str = option("runs", "parent folder of run directories", flag="--out", metavar="DIR")
@@ -191,6 +194,13 @@ class OutputConfig:
                           "training")
     progress_every: float = option(30.0, "without a terminal (logs, CI, --no-progress): a progress line every this "
                                    "many seconds; 0 turns the lines off", check=NOT_NEGATIVE)
+    loggers: list[str] = option([], "experiment trackers besides metrics.csv, comma-separated: tensorboard, mlflow, "
+                                "wandb", choices=LOGGERS, flag="--log", metavar="NAME,...")
+    mlflow_uri: str | None = option(None, "MLflow tracking store: sqlite:///FILE.db, http(s)://HOST:PORT or "
+                                    "databricks; null: $MLFLOW_TRACKING_URI, else sqlite:///OUT/mlflow.db",
+                                    flag="--mlflow-uri", metavar="URI")
+    log_optional: bool = option(False, "a tracker that cannot start (server unreachable, package missing) is a "
+                                "warning and the run trains without it, instead of an error", flag="--log-optional")
 
 
 SECTION_RESUME = {"model": REFUSE, "data": WARN, "train": WARN, "output": FREE}
@@ -390,7 +400,13 @@ def build_config(config_file: str | Path | None = None, options: dict | None = N
 def check_value(o: Option, value, name: str | None = None) -> None:
     """The declared choices and range of `o`, with a message that names the option (`name`, default its key)."""
     name = name or o.key
-    if o.choices is not None and value not in o.choices:
+    if o.choices is not None and isinstance(value, list):
+        for item in value:
+            if item not in o.choices:
+                close = difflib.get_close_matches(str(item), [str(c) for c in o.choices], n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise UserError(f"{name}: unknown {item!r}{hint}; choose from {', '.join(map(str, o.choices))}")
+    elif o.choices is not None and value not in o.choices:
         shown = ", ".join("null" if a is None else str(a) for a in o.choices)
         raise UserError(f"{name} must be one of {shown}, not {value!r}")
     if o.check is not None and not o.check.holds(value):

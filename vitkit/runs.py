@@ -24,6 +24,7 @@ from .fileio import atomic_write
 
 STATUS_FILE = "status.json"
 STATUSES = ("running", "finished", "interrupted", "failed")
+TOOL_FOLDERS = {"mlartifacts", "mlruns", "wandb", "tensorboard"}  # the trackers' own folders beside the runs
 SORT_KEYS = ("name", "model", "data", "epochs", "best_val", "test", "seconds", "status", "started")
 
 
@@ -71,7 +72,7 @@ def list_runs(folder: str | os.PathLike, sort: str = "started") -> tuple[list[Ru
     for path in candidates:
         info = read_run(path)
         if info is None:
-            if not path.name.startswith("."):
+            if not path.name.startswith(".") and path.name not in TOOL_FOLDERS:
                 skipped.append(path.name)
         else:
             runs.append(info)

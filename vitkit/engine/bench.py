@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import UserError
 from ..models import count_flops, create_model, model_kwargs
 from . import allocator
-from .device import autocast, resolve_device, resolve_precision
+from .device import autocast, device_name, resolve_device, resolve_precision
 from .evaluate import compiled_for_inference
 from .master import Bf16Weights, use_bf16_weights
 from .optim import fused_adamw
@@ -276,7 +276,7 @@ def run_bench(s: BenchSettings) -> dict:
                       [round(s.batch_size * s.steps / t, 1) for t in measured])
                for name, mode, img_s, seconds, peak, achieved, measured in measured_runs]
     out = {"model": s.model, "model_kwargs": kwargs, "batch_size": s.batch_size, "precision": precision,
-           "device": _device_name(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "device": device_name(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
            "compile": s.compile, "bf16_weights": bf16_weights, "malloc": malloc,
            "gflop_per_image_forward": round(flops["vitkit"] / 1e9, 4),
            "matmul_tflop_per_s": round(max(rates) / 1e12, 3),
@@ -286,17 +286,6 @@ def run_bench(s: BenchSettings) -> dict:
         by = {(r.implementation, r.mode): r for r in results}
         out["speedup_vs_timm"] = {m: round(by["vitkit", m].img_per_s / by["timm", m].img_per_s, 3) for m in s.modes}
     return out
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "CPU")
-    except OSError:
-        name = "CPU"
-    return f"{name} ({torch.get_num_threads()} threads)"
 
 
 if __name__ == "__main__":  # the child process of cpu_peak_mib: settings in, MiB written to the file named

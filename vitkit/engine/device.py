@@ -62,3 +62,15 @@ def compiled(model: torch.nn.Module, **options):
     if not options:
         log.info("train.compile: the first steps compile the model (a minute or two on a small CPU)")
     return torch.compile(model, **options)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's with the threads torch uses."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "CPU")
+    except OSError:
+        name = "CPU"
+    return f"{name} ({torch.get_num_threads()} threads)"

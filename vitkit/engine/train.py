@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,9 +18,11 @@ from ..errors import DataError, UserError, out_of_memory
 from ..models import count_flops, get_spec, model_kwargs, num_params
 from ..models.pretrained import Pretrained, load_pretrained, read_source
 from ..models.vit import VisionTransformer
+from ..tracking import RunOutputs, Trackers, experiment_name, open_trackers
+from ..version import __version__
 from . import allocator, dist
 from .checkpoint import MODEL_FILE, STATE_FILE, load_model, load_state, model_meta, read_meta
-from .device import resolve_device, resolve_precision
+from .device import device_name, resolve_device, resolve_precision
 from .evaluate import source_key
 from .interrupt import Interrupted
 from .master import use_bf16_weights
@@ -117,11 +120,19 @@ def _train(cfg: Config, device: torch.device, resume: str | Path | None, show_pr
            report: ReportHook | None) -> RunResult:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    amp_dtype = resolve_precision(cfg.train.precision, device)
-    bf16_weights = use_bf16_weights(cfg.train.bf16_weights, device, amp_dtype)
     run_dir = Path(resume) if resume else dist.broadcast(new_run_dir(cfg) if dist.is_main() else None)
     run_dir.mkdir(parents=True, exist_ok=True)
     pretrained = read_source(cfg.model.init) if cfg.model.init and not resume else None  # fail before decoding
+    trackers = open_trackers(cfg, run_dir, resumed=bool(resume)) if dist.is_main() else Trackers()
+    with trackers.session():  # the tracked runs end as finished, killed (a signal) or failed (an error)
+        trackers.save_ids(run_dir)
+        return _run(cfg, device, resume, run_dir, pretrained, trackers, show_progress, report)
+
+
+def _run(cfg: Config, device: torch.device, resume: str | Path | None, run_dir: Path, pretrained: Pretrained | None,
+         trackers: Trackers, show_progress: bool, report: ReportHook | None) -> RunResult:
+    amp_dtype = resolve_precision(cfg.train.precision, device)
+    bf16_weights = use_bf16_weights(cfg.train.bf16_weights, device, amp_dtype)
     data = _load_bundle(cfg, run_dir / MANIFEST, show_progress)
     if "train" not in data.splits or len(data.splits["train"]) == 0:
         raise DataError(f"{cfg.data.source} has no training images")
@@ -133,33 +144,51 @@ def _train(cfg: Config, device: torch.device, resume: str | Path | None, show_pr
     writer = RunWriter(run_dir, meta)
     _report_bad_files(data, writer, cfg.data.max_bad_fraction)
     trainer = Trainer(cfg, data, build_parts(cfg, data, model, device, bf16_weights), writer, device, amp_dtype,
-                      show_progress)
+                      show_progress, trackers)
     if resume:
         _restore(trainer, run_dir, cfg)
     else:
         writer.start(cfg, data.manifest)
-    _log_start(cfg, data, model, run_dir, device, amp_dtype, bf16_weights)
+    facts = _run_facts(cfg, data, model, device, amp_dtype, bf16_weights)
+    _log_start(cfg, data, run_dir, facts)
+    trackers.start({**cfg.flat(), **facts})
     start = time.perf_counter()
     with writer.running():  # status.json: running, then finished, interrupted or failed
-        try:
-            state = trainer.fit()
-        except KeyboardInterrupt:
-            log.warning("interrupted: epochs 1-%d are saved in %s; continue with: vitkit train --resume %s",
-                        trainer.state.epoch, run_dir, run_dir)
-            raise
-        except RuntimeError as err:
-            smaller = f"--accum-steps {2 * cfg.train.accum_steps}"
-            advice = (f": use a smaller --batch-size, or {smaller} to keep the batch and compute it in smaller passes"
-                      if trainer.state.epoch == 0 else f"; epochs 1-{trainer.state.epoch} are saved in {run_dir}: "
-                      f"continue in smaller passes with: vitkit train --resume {run_dir} {smaller}")
-            oom = out_of_memory(err, advice, " while training")
-            if oom is None:
-                raise
-            raise oom from None
+        state = _fit(trainer, cfg, run_dir)
     seconds = time.perf_counter() - start
     if cfg.output.report and report is not None and dist.is_main():
         report(run_dir, data, device, amp_dtype)
+    if trackers:
+        trackers.finish("finished", _outputs(run_dir, data, cfg))
     return RunResult(run_dir, run_dir / MODEL_FILE["best"], state.best_top1, state.best_epoch, state.epoch, seconds)
+
+
+def _fit(trainer: Trainer, cfg: Config, run_dir: Path):
+    """`trainer.fit()`, with what to do next said in the log on a signal and in the error on out-of-memory."""
+    try:
+        return trainer.fit()
+    except KeyboardInterrupt:
+        log.warning("interrupted: epochs 1-%d are saved in %s; continue with: vitkit train --resume %s",
+                    trainer.state.epoch, run_dir, run_dir)
+        raise
+    except RuntimeError as err:
+        smaller = f"--accum-steps {2 * cfg.train.accum_steps}"
+        advice = (f": use a smaller --batch-size, or {smaller} to keep the batch and compute it in smaller passes"
+                  if trainer.state.epoch == 0 else f"; epochs 1-{trainer.state.epoch} are saved in {run_dir}: "
+                  f"continue in smaller passes with: vitkit train --resume {run_dir} {smaller}")
+        oom = out_of_memory(err, advice, " while training")
+        if oom is None:
+            raise
+        raise oom from None
+
+
+def _outputs(run_dir: Path, data: DataBundle, cfg: Config) -> RunOutputs:
+    """What the trackers get from a finished run: the best checkpoint and two images as the model takes them."""
+    split = data.splits.get("val") or data.splits["train"]
+    images = getattr(split, "images", None)
+    example = images[:2].numpy() if isinstance(images, torch.Tensor) and len(images) else None
+    return RunOutputs(run_dir, run_dir / MODEL_FILE["best"], example,
+                      f"{experiment_name(cfg)}-{cfg.model.name}")
 
 
 def _initialize(cfg: Config, model: VisionTransformer, kwargs: dict, data: DataBundle, pretrained: Pretrained | None,
@@ -210,13 +239,23 @@ def _restore(trainer: Trainer, run_dir: Path, cfg: Config) -> None:
     log.info("resuming %s %s", run_dir, where)
 
 
-def _log_start(cfg, data, model, run_dir, device, amp_dtype, bf16_weights: bool) -> None:
+def _run_facts(cfg: Config, data: DataBundle, model: VisionTransformer, device: torch.device, amp_dtype,
+               bf16_weights: bool) -> dict[str, object]:
+    """What a run is besides its config: the trackers' parameters and the start of the log."""
+    return {"run.parameters": num_params(model), "run.gflops_per_image": round(count_flops(model) / 1e9, 4),
+            **{f"run.{k}_images": len(v) for k, v in data.splits.items()}, "run.classes": len(data.classes),
+            "run.image_size": data.img_size, "run.channels": data.channels, "run.device": device_name(device),
+            "run.precision": "fp32" if amp_dtype is None else "bf16 weights, fp32 master copy" if bf16_weights
+            else "bf16 autocast", "run.processes": dist.world_size(), "run.torch": torch.__version__,
+            "run.vitkit": __version__, "run.python": platform.python_version(), "run.host": platform.node()}
+
+
+def _log_start(cfg: Config, data: DataBundle, run_dir: Path, facts: dict) -> None:
     sizes = ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
     log.info("data: %s, %d classes, %s, %dx%d, %d channel(s)", cfg.data.source, len(data.classes), sizes,
              data.img_size, data.img_size, data.channels)
     log.info("model: %s, %.2fM parameters, %.3f GFLOPs/image; device %s, %s", cfg.model.name,
-             num_params(model) / 1e6, count_flops(model) / 1e9, device,
-             "fp32" if amp_dtype is None else "bf16 weights, fp32 master copy" if bf16_weights else "bf16 autocast")
+             facts["run.parameters"] / 1e6, facts["run.gflops_per_image"], facts["run.device"], facts["run.precision"])
     world, passes = dist.world_size(), cfg.train.accum_steps
     if world > 1 or passes > 1:
         log.info("global batch %d: %d process(es) x %d pass(es) of about %d images; lr %g as configured",

@@ -22,6 +22,7 @@ from ..data import DataBundle
 from ..data.loader import Batch
 from ..errors import Interrupted, NonFiniteLoss
 from ..metrics import topk_accuracy
+from ..tracking import Trackers
 from . import dist
 from .device import autocast
 from .ema import ModelEma
@@ -53,8 +54,9 @@ class Trainer:
     """The loop over `parts` (built by `parts.build_parts`); `writer` keeps the run directory."""
 
     def __init__(self, cfg: Config, data: DataBundle, parts: TrainParts, writer: RunWriter, device: torch.device,
-                 amp_dtype: torch.dtype | None, show_progress: bool = True):
+                 amp_dtype: torch.dtype | None, show_progress: bool = True, trackers: Trackers | None = None):
         self.cfg, self.data, self.writer = cfg, data, writer
+        self.trackers = trackers if trackers is not None else Trackers()  # TensorBoard, MLflow, W&B (rank 0)
         self.device, self.amp_dtype = device, amp_dtype
         self.model, self.work, self.ddp, self.forward = parts.model, parts.work, parts.ddp, parts.forward
         self.train_loader, self.val = parts.loader, parts.val
@@ -149,6 +151,7 @@ class Trainer:
         progress = EpochProgress(epoch, self.cfg.train.epochs, len(self.train_loader), first, self.show_progress,
                                  dist.is_main(), self.cfg.output.progress_every)
         last = len(self.train_loader) - 1
+        self.trackers.begin_epoch()
         for step, batch in enumerate(batches, start=first):
             result = self.train_step(batch, epoch, step)
             if result is not None:
@@ -156,6 +159,8 @@ class Trainer:
                 loss_sum += batch_loss
                 correct += (logits.argmax(1) == batch.y).sum()
                 seen += len(batch.y)
+                self.trackers.step((epoch - 1) * (last + 1) + step + 1, batch_loss, len(batch.y),
+                                   max(g["lr"] for g in self.optimizer.param_groups))
             if (step % 20 == 0 or step == last) and not self.check_each_step:
                 self._check_finite(loss_sum, epoch, step)
             progress.step(step, seen - seen_before, lambda: (float(loss_sum) / max(seen, 1),
@@ -287,6 +292,7 @@ class Trainer:
                           self.state_dict() if dist.is_main() else {}, s.history)
         if dist.is_main():
             log.info(epoch_summary(row, self.cfg.train.epochs, self.has_val, self.ema is not None, improved))
+        self.trackers.epoch(row, s.epoch * len(self.train_loader))
         patience = self.cfg.train.patience
         return patience > 0 and s.epochs_without_improvement >= patience
 
