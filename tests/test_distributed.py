@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -36,15 +37,17 @@ def _torchrun(*args, nproc=2):
 
 def test_two_processes_train_the_same_weights_as_one_and_resume_on_one(fake_mnist, tmp_path):
     data = ["--data-root", str(fake_mnist), "--out", str(tmp_path)]
-    one = run_cli("train", *COMMON, *data, "--epochs", "3", "--name", "one", "--accum-steps", "2")
+    one = run_cli("train", *COMMON, *data, "--epochs", "3", "--name", "one", "--accum-steps", "2", "--log",
+                  "tensorboard")
     assert one.returncode == 0, one.stderr
-    two = _torchrun(*COMMON, *data, "--epochs", "3", "--name", "two")
+    two = _torchrun(*COMMON, *data, "--epochs", "3", "--name", "two", "--log", "tensorboard")
     assert two.returncode == 0, two.stderr[-3000:]
     for name in ("last.safetensors", "ema.safetensors", "best.safetensors"):
         _weights_close(tmp_path / "one" / name, tmp_path / "two" / name)
     assert sorted(os.listdir(tmp_path)) == ["one", "two"]  # one run directory, written by rank 0 only
     assert sorted(os.listdir(tmp_path / "two")) == sorted(os.listdir(tmp_path / "one"))
     assert "[rank 1]" not in two.stderr and two.stderr.count("epoch 3/3") == 1
+    _one_tensorboard_log_like(tmp_path / "one", tmp_path / "two")  # trackers: rank 0 alone
 
     # Stopped by SIGTERM inside epoch 2 of 3 with --nproc 2, resumed by one process: the same weights again.
     child = subprocess.Popen([sys.executable, "-m", "vitkit", "train", *COMMON, *data, "--epochs", "3", "--name",
@@ -64,6 +67,20 @@ def test_two_processes_train_the_same_weights_as_one_and_resume_on_one(fake_mnis
     assert resumed.returncode == 0, resumed.stderr
     _weights_close(tmp_path / "one" / "last.safetensors", tmp_path / "stopped" / "last.safetensors")
     _weights_close(tmp_path / "one" / "ema.safetensors", tmp_path / "stopped" / "ema.safetensors")
+
+
+def _one_tensorboard_log_like(one, two):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert len(list((two / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    logs = []
+    for run in (one, two):
+        events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+        events.Reload()
+        logs.append([(e.step, e.value) for e in events.Scalars("train/loss")])
+    assert [s for s, _ in logs[1]] == [s for s, _ in logs[0]] == list(range(1, len(logs[0]) + 1))
+    # a step's loss is rank 0's half of the batch: near the whole batch's, not equal to it
+    assert [v for _, v in logs[1]] == pytest.approx([v for _, v in logs[0]], rel=0.5)
 
 
 def test_nproc_must_be_positive():

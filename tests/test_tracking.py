@@ -206,9 +206,6 @@ def test_unknown_logger_and_unreachable_mlflow_server_are_one_line_errors(tmp_pa
     assert gone.returncode == 2, gone.stderr
     assert "the MLflow tracking server http://127.0.0.1:9 cannot be reached" in gone.stderr
     assert "--log-optional" in gone.stderr and "Traceback" not in gone.stderr
-    optional = run_cli(*common, "--log", "mlflow", "--mlflow-uri", "http://127.0.0.1:9", "--log-optional")
-    assert optional.returncode == 0, optional.stderr
-    assert "training without mlflow" in optional.stderr and "epoch 1/1" in optional.stderr
 
 
 def test_wandb_online_without_a_login_is_an_error_that_says_how(tmp_path, monkeypatch):
@@ -289,3 +286,24 @@ def test_runs_skips_the_trackers_own_folders_silently(tracked):
     listed = run_cli("runs", run.parent, "--json")
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout)["skipped"] == []
+
+
+def test_a_tracker_added_when_resuming_gets_the_earlier_epochs_and_log_optional_skips_one_that_fails(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = write_folder(tmp_path / "photos", per_class=8)
+    first = run_cli("train", data, *TINY_MODEL, "--epochs", "1", "--out", tmp_path / "runs", "--name", "late",
+                    "--no-progress", "--set", "output.report=false")
+    assert first.returncode == 0, first.stderr
+    run = tmp_path / "runs" / "late"
+    # --log-optional: the MLflow server that does not answer is a warning, and TensorBoard logs alone
+    longer = run_cli("train", "--resume", run, "--epochs", "2", "--log", "tensorboard,mlflow", "--mlflow-uri",
+                     "http://127.0.0.1:9", "--log-optional", "--no-progress")
+    assert longer.returncode == 0, longer.stderr
+    assert "cannot be reached" in longer.stderr and "training without mlflow" in longer.stderr
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("epoch/val_loss")] == [1, 2]
+    assert [e.value for e in events.Scalars("epoch/val_loss")] == pytest.approx(
+        [float(r["val_loss"]) for r in _metrics_csv(run)], rel=1e-4)
+    assert json.loads((run / "tracking.json").read_text()) == {"tensorboard": {"log_dir": "tensorboard"}}

@@ -151,7 +151,7 @@ def _run(cfg: Config, device: torch.device, resume: str | Path | None, run_dir: 
         writer.start(cfg, data.manifest)
     facts = _run_facts(cfg, data, model, device, amp_dtype, bf16_weights)
     _log_start(cfg, data, run_dir, facts)
-    trackers.start({**cfg.flat(), **facts})
+    trackers.start({**cfg.flat(), **facts}, trainer.state.history, len(trainer.train_loader))
     start = time.perf_counter()
     with writer.running():  # status.json: running, then finished, interrupted or failed
         state = _fit(trainer, cfg, run_dir)

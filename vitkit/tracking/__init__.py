@@ -38,6 +38,7 @@ def open_trackers(cfg: Config, run_dir: Path, resumed: bool) -> Trackers:
     for name in dict.fromkeys(cfg.output.loggers):  # each once, in the order given
         try:
             trackers.append(factories[name](cfg, run_dir, ids.get(name) or {}))
+            trackers[-1].continued = bool(ids.get(name))
         except UserError as err:
             if not cfg.output.log_optional:
                 Trackers(trackers).finish("failed")  # those already open end as failed, not as running forever

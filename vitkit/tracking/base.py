@@ -44,6 +44,7 @@ class Tracker:
     """One experiment tracker. Its methods may raise; `Trackers` turns a failure into one warning and drops it."""
 
     name = "tracker"
+    continued = False  # set by `open_trackers`: this tracker already logged the run's earlier part
 
     def ids(self) -> dict:
         """What a resume needs to continue this tracked run (kept in tracking.json)."""
@@ -70,8 +71,9 @@ class Trackers:
         self.trackers = list(trackers or [])
         self.flush_every_s = flush_every_s
         self.pending: list[tuple[int, object, int, float, float]] = []  # step, loss sum (a tensor), images, lr, s
-        self.last_time = self.last_flush = time.perf_counter()
+        self.last_time = self.last_flush = self.began = time.perf_counter()
         self.finished = False
+        self.seconds = 0.0  # spent in the trackers on the training thread (what logging costs the run)
 
     def __bool__(self) -> bool:
         return bool(self.trackers)
@@ -94,8 +96,18 @@ class Trackers:
         if ids:
             atomic_write(run_dir / TRACKING_FILE, json.dumps({**read_ids(run_dir), **ids}, indent=2) + "\n")
 
-    def start(self, params: dict[str, object]) -> None:
+    def start(self, params: dict[str, object], history: list[dict] | None = None, steps_per_epoch: int = 0) -> None:
+        """The run's parameters; and for a tracker added when the run was resumed, the epochs it missed."""
+        self.began = time.perf_counter()
         self._each("start", params)
+        for tracker in [t for t in self.trackers if not t.continued]:
+            for row in history or []:
+                values = finite({k: v for k, v in row.items() if k != "epoch"})
+                try:
+                    tracker.log_epoch(int(row["epoch"]), int(row["epoch"]) * steps_per_epoch, values)
+                except Exception as err:
+                    log.warning("%s could not log the earlier epochs (%s)", tracker.name, err)
+                    break
 
     def begin_epoch(self) -> None:
         self.last_time = time.perf_counter()
@@ -107,9 +119,10 @@ class Trackers:
             return
         now = time.perf_counter()
         self.pending.append((step, loss_sum, images, lr, now - self.last_time))
-        self.last_time = now
         if now - self.last_flush >= self.flush_every_s:
             self.flush()
+        self.last_time = time.perf_counter()
+        self.seconds += self.last_time - now
 
     def flush(self) -> None:
         self.last_flush = time.perf_counter()
@@ -131,14 +144,22 @@ class Trackers:
         self._each("log_steps", [(s, finite(v)) for s, v in rows])
 
     def epoch(self, row: dict, step: int) -> None:
+        if not self.trackers:
+            return
+        start = time.perf_counter()
         self.flush()
         values = finite({k: v for k, v in row.items() if k != "epoch"})
         self._each("log_epoch", int(row["epoch"]), step, values)
+        self.seconds += time.perf_counter() - start
 
     def finish(self, status: str, outputs: RunOutputs | None = None) -> None:
         if self.finished:
             return
         self.finished = True
+        if self.trackers:
+            log.info("tracking took %.1f s of the %.0f s since training began (%.2f%%), before the final uploads",
+                     self.seconds, time.perf_counter() - self.began,
+                     100 * self.seconds / max(time.perf_counter() - self.began, 1e-9))
         self.flush()  # the steps done before a signal count: a resume continues after them
         self._each("finish", status, outputs)
 

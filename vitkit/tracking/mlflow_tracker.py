@@ -124,14 +124,16 @@ class MlflowTracker(Tracker):
         self._metrics([(k, v, epoch) for k, v in row.items()])
 
     def finish(self, status: str, outputs: RunOutputs | None) -> None:
-        if outputs is not None:
-            with _quiet():
-                for path in outputs.artifacts():
-                    self.client.log_artifact(self.run_id, str(path))
-                for png in outputs.figures():
-                    self.client.log_artifact(self.run_id, str(png), "report")
-                self._log_model(outputs)
-        self.client.set_terminated(self.run_id, STATUS[status])
+        try:
+            if outputs is not None:
+                with _quiet():
+                    for path in outputs.artifacts():
+                        self.client.log_artifact(self.run_id, str(path))
+                    for png in outputs.figures():
+                        self.client.log_artifact(self.run_id, str(png), "report")
+                    self._log_model(outputs)
+        finally:  # the run's end status even when an artifact failed
+            self.client.set_terminated(self.run_id, STATUS[status])
 
     def _log_model(self, outputs: RunOutputs) -> None:
         """The best checkpoint as an MLflow pyfunc model (loads with `mlflow.pyfunc.load_model`), registered under

@@ -47,14 +47,19 @@ class TensorBoardTracker(Tracker):
         self.last_epoch = epoch
         self.writer.flush()
 
+    def ids(self) -> dict:
+        return {"log_dir": LOG_DIR}
+
     def finish(self, status: str, outputs: RunOutputs | None) -> None:
-        if outputs is not None:
-            for png in outputs.figures():
-                with Image.open(png) as im:
-                    pixels = np.asarray(im.convert("RGB"))
-                self.writer.add_image(f"report/{png.stem}", pixels, self.last_epoch, dataformats="HWC")
-        self.writer.add_text("status", status, self.last_epoch)
-        self.writer.close()
+        try:
+            if outputs is not None:
+                for png in outputs.figures():
+                    with Image.open(png) as im:
+                        pixels = np.asarray(im.convert("RGB"))
+                    self.writer.add_image(f"report/{png.stem}", pixels, self.last_epoch, dataformats="HWC")
+            self.writer.add_text("status", status, self.last_epoch)
+        finally:
+            self.writer.close()
 
 
 def open_tensorboard(cfg: Config, run_dir: Path, ids: dict) -> TensorBoardTracker:

@@ -59,11 +59,13 @@ class WandbTracker(Tracker):
         self.last_step = step
 
     def finish(self, status: str, outputs: RunOutputs | None) -> None:
-        if outputs is not None:
-            figures = {f"report/{p.stem}": self.wandb.Image(str(p)) for p in outputs.figures()}
-            if figures:  # one step after the last, which W&B may have committed already
-                self.run.log(figures, step=self.last_step + 1)
-        self.run.finish(exit_code=EXIT_CODES[status])
+        try:
+            if outputs is not None:
+                figures = {f"report/{p.stem}": self.wandb.Image(str(p)) for p in outputs.figures()}
+                if figures:  # one step after the last, which W&B may have committed already
+                    self.run.log(figures, step=self.last_step + 1)
+        finally:
+            self.run.finish(exit_code=EXIT_CODES[status])
 
 
 def _logged_in(wandb) -> bool:
