@@ -32,7 +32,7 @@ def _weights_close(a, b, atol=1e-5):
 def _torchrun(*args, nproc=2):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                           "-m", "vitkit", "train", *args], capture_output=True, text=True, timeout=300, env=env)
+                           "-m", "--", "vitkit", "train", *args], capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_two_processes_train_the_same_weights_as_one_and_resume_on_one(fake_mnist, tmp_path):

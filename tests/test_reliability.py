@@ -128,7 +128,7 @@ def test_a_signal_mid_epoch_saves_and_the_resume_is_bit_exact(image_folder, tmp_
 
 
 def test_sigterm_mid_epoch_exits_143_and_the_resumed_run_equals_an_uninterrupted_one(fake_mnist, tmp_path):
-    common = ["fashion-mnist", "--data-root", fake_mnist, *TINY_MODEL, "--epochs", "3", "--batch-size", "2",
+    common = ["fashion-mnist", "--data-root", fake_mnist, *TINY_MODEL, "--epochs", "3", "--batch-size", "8",
               "--precision", "fp32", "--set", "train.threads=1", "--out", tmp_path / "runs", "--no-progress"]
     full = run_cli("train", *common, "--name", "full")
     assert full.returncode == 0, full.stderr

@@ -57,6 +57,22 @@ def test_runs_lists_finished_failed_interrupted_and_running_runs(fake_mnist, tmp
     rows = [name for name in rows if name]  # a long cell wraps onto lines of its own
     assert table.returncode == 0 and rows == ["done", "failed", "killed", "training"], table.stdout
     assert "not vitkit runs (no config.yaml), skipped: notes" in table.stdout
+    # runs compare: curves overlaid, configs side by side with the differences marked, in a real browser
+    compared = run_cli("runs", "compare", runs / "done", runs / "failed", "--out", tmp_path / "cmp", "--json")
+    assert compared.returncode == 0, compared.stderr
+    page = Path(json.loads(compared.stdout)["page"])
+    assert {Path(p).name for p in json.loads(compared.stdout)["figures"]} == {"loss.png", "top1.png", "lr.png",
+                                                                            "speed.png"}
+    html = page.read_text()
+    for key in ("train.epochs", "train.lr", "output.name"):  # what the two runs' configs differ in
+        assert f'<tr class="diff"><td>{key}</td>' in html
+    assert '<tr class="diff"><td>model.name</td>' not in html and '<tr class="same"><td>model.name</td>' in html
+    figures, loaded = render_in_chromium(page)
+    assert figures == 4 and loaded == figures
+    one = run_cli("runs", "compare", runs / "done")
+    assert one.returncode == 2 and "at least two run directories" in one.stderr
+    notes = run_cli("runs", "compare", runs / "done", runs / "notes")
+    assert notes.returncode == 2 and "notes is not a vitkit run directory" in notes.stderr
 
 
 def test_runs_from_before_status_files_are_judged_by_their_epochs_and_sorted(tmp_path):
@@ -74,19 +90,3 @@ def test_runs_from_before_status_files_are_judged_by_their_epochs_and_sorted(tmp
     assert [r.name for r in one] == ["a"]
     bad = run_cli("runs", tmp_path / "missing")
     assert bad.returncode == 2 and "is not a folder" in bad.stderr
-    # runs compare: curves overlaid, configs side by side with the differences marked, in a real browser
-    compared = run_cli("runs", "compare", runs / "done", runs / "failed", "--out", tmp_path / "cmp", "--json")
-    assert compared.returncode == 0, compared.stderr
-    page = Path(json.loads(compared.stdout)["page"])
-    assert {Path(p).name for p in json.loads(compared.stdout)["figures"]} == {"loss.png", "top1.png", "lr.png",
-                                                                            "speed.png"}
-    html = page.read_text()
-    for key in ("train.epochs", "train.lr", "output.name"):  # what the two runs' configs differ in
-        assert f'<tr class="diff"><td>{key}</td>' in html
-    assert '<tr class="diff"><td>model.name</td>' not in html and '<tr class="same"><td>model.name</td>' in html
-    figures, loaded = render_in_chromium(page)
-    assert figures == 4 and loaded == figures
-    one = run_cli("runs", "compare", runs / "done")
-    assert one.returncode == 2 and "at least two run directories" in one.stderr
-    notes = run_cli("runs", "compare", runs / "done", runs / "notes")
-    assert notes.returncode == 2 and "notes is not a vitkit run directory" in notes.stderr

@@ -59,22 +59,41 @@ def _wandb_history(run: Path) -> list[dict]:
     return rows
 
 
+STOP_IN_EPOCH_2 = ("import os, signal, sys\n"
+                   "from vitkit.engine import trainer\n"
+                   "step = trainer.Trainer.train_step\n"
+                   "def at(self, batch, epoch=0, i=0):\n"
+                   "    if (epoch, i) == (2, 2):\n"
+                   "        os.kill(os.getpid(), signal.SIGTERM)\n"
+                   "    return step(self, batch, epoch, i)\n"
+                   "trainer.Trainer.train_step = at\n"
+                   "from vitkit.cli import main\n"
+                   "sys.exit(main(sys.argv[1:]))\n")
+
+
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory):
-    """One 2-epoch run on an image folder with all three trackers; the MLflow store a SQLite database."""
+    """A 2-epoch run on an image folder with all three trackers (MLflow in a SQLite database, W&B offline), stopped
+    by SIGTERM after step 2 of epoch 2 and resumed: every history below must be one, without gap or repeat."""
+    from mlflow.tracking import MlflowClient
+
     root = tmp_path_factory.mktemp("tracked")
     data = write_folder(root / "photos", per_class=24)
     db = f"sqlite:///{root / 'store' / 'mlflow.db'}"
     (root / "store").mkdir()
-    env_before = os.environ.get("WANDB_MODE")
-    os.environ["WANDB_MODE"] = "offline"
-    try:
-        result = run_cli("train", data, *TINY_MODEL, "--epochs", "2", "--batch-size", "16", "--out", root / "runs",
-                         "--name", "tracked", "--no-progress", "--log", "tensorboard,mlflow,wandb", "--mlflow-uri", db)
-    finally:
-        os.environ.pop("WANDB_MODE") if env_before is None else os.environ.update(WANDB_MODE=env_before)
-    assert result.returncode == 0, result.stderr
-    return root / "runs" / "tracked", db, data, result.stderr
+    args = ["train", data, *TINY_MODEL, "--epochs", "2", "--batch-size", "16", "--out", root / "runs", "--name",
+            "tracked", "--no-progress", "--log", "tensorboard,mlflow,wandb", "--mlflow-uri", db]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    child = subprocess.run([sys.executable, "-c", STOP_IN_EPOCH_2, *map(str, args)], capture_output=True, text=True,
+                           timeout=300, env=env)
+    assert child.returncode == 143, child.stderr
+    run = root / "runs" / "tracked"
+    first_ids = json.loads((run / "tracking.json").read_text())
+    killed = MlflowClient(db).get_run(first_ids["mlflow"]["run_id"]).info.status
+    resumed = subprocess.run([sys.executable, "-m", "vitkit", "train", "--resume", str(run), "--no-progress"],
+                             capture_output=True, text=True, timeout=300, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    return run, db, data, {"killed_status": killed, "first_ids": first_ids, "log": resumed.stderr}
 
 
 def test_tensorboard_has_every_scalar_at_its_step_and_the_report_figures(tracked):
@@ -159,40 +178,17 @@ def test_wandb_offline_run_files_hold_the_metrics(tracked):
         next(run.glob("wandb/offline-run-*")))
 
 
-STOP_IN_EPOCH_2 = ("import os, signal, sys\n"
-                   "from vitkit.engine import trainer\n"
-                   "step = trainer.Trainer.train_step\n"
-                   "def at(self, batch, epoch=0, i=0):\n"
-                   "    if (epoch, i) == (2, 2):\n"
-                   "        os.kill(os.getpid(), signal.SIGTERM)\n"
-                   "    return step(self, batch, epoch, i)\n"
-                   "trainer.Trainer.train_step = at\n"
-                   "from vitkit.cli import main\n"
-                   "sys.exit(main(sys.argv[1:]))\n")
-
-
-def test_a_sigterm_then_resumed_run_is_one_mlflow_run_with_one_history(tmp_path):
+def test_a_sigterm_then_resumed_run_is_one_mlflow_run_marked_killed_between(tracked):
     from mlflow.tracking import MlflowClient
 
-    data = write_folder(tmp_path / "photos", per_class=24)
-    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ["train", data, *TINY_MODEL, "--epochs", "3", "--batch-size", "16", "--out", tmp_path / "runs",
-            "--name", "cut", "--no-progress", "--log", "mlflow", "--mlflow-uri", db, "--set", "output.report=false"]
-    child = subprocess.run([sys.executable, "-c", STOP_IN_EPOCH_2, *map(str, args)], capture_output=True, text=True,
-                           timeout=300)
-    assert child.returncode == 143, child.stderr
-    run = tmp_path / "runs" / "cut"
-    run_id = json.loads((run / "tracking.json").read_text())["mlflow"]["run_id"]
+    run, db, _, facts = tracked
+    assert facts["killed_status"] == "KILLED"
+    assert json.loads((run / "tracking.json").read_text()) == facts["first_ids"]  # the same runs continued
     client = MlflowClient(db)
-    assert client.get_run(run_id).info.status == "KILLED"
-    resumed = run_cli("train", "--resume", run, "--no-progress")
-    assert resumed.returncode == 0, resumed.stderr
-    assert json.loads((run / "tracking.json").read_text())["mlflow"]["run_id"] == run_id
+    run_id = facts["first_ids"]["mlflow"]["run_id"]
     experiment = client.get_run(run_id).info.experiment_id
     assert [r.info.run_id for r in client.search_runs([experiment])] == [run_id]  # one MLflow run, not two
-    assert client.get_run(run_id).info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(run_id, "val_top1")] == [1, 2, 3]
-    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == list(range(1, 13))
+    assert "continuing MLflow run" in facts["log"] and "continuing epoch 2 at step 4 of 4" in facts["log"]
 
 
 def test_unknown_logger_and_unreachable_mlflow_server_are_one_line_errors(tmp_path):

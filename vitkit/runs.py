@@ -81,6 +81,15 @@ def list_runs(folder: str | os.PathLike, sort: str = "started") -> tuple[list[Ru
     return runs, skipped
 
 
+def read_history(run_dir: Path | None) -> list[dict]:
+    """metrics.csv as numbers, one dict per epoch (empty cells left out); [] without one."""
+    if run_dir is None or not (Path(run_dir) / "metrics.csv").is_file():
+        return []
+    with open(Path(run_dir) / "metrics.csv", newline="", encoding="utf-8") as f:
+        return [{k: (float(v) if k != "epoch" else int(v)) for k, v in row.items() if v != ""}
+                for row in csv.DictReader(f)]
+
+
 def _sort_key(value):
     if value is None or isinstance(value, float) and math.isnan(value):
         return (0, 0)

@@ -28,7 +28,7 @@ def without_nproc(argv: list[str]) -> list[str]:
 def launch(nproc: int, argv: list[str]) -> int:
     """Run `vitkit ARGV` (without --nproc) under torchrun on `nproc` local processes; its exit code."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "vitkit", *without_nproc(argv)]
+               "-m", "--", "vitkit", *without_nproc(argv)]  # '--': torchrun leaves vitkit's flags (--log) alone
     log.info("launching %d processes: %s", nproc, " ".join(command[1:]))
     child = subprocess.Popen(command, start_new_session=True)
 

@@ -120,19 +120,22 @@ def _train(cfg: Config, device: torch.device, resume: str | Path | None, show_pr
            report: ReportHook | None) -> RunResult:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    amp_dtype = resolve_precision(cfg.train.precision, device)
+    bf16_weights = use_bf16_weights(cfg.train.bf16_weights, device, amp_dtype)  # both may refuse: before any file
     run_dir = Path(resume) if resume else dist.broadcast(new_run_dir(cfg) if dist.is_main() else None)
     run_dir.mkdir(parents=True, exist_ok=True)
     pretrained = read_source(cfg.model.init) if cfg.model.init and not resume else None  # fail before decoding
     trackers = open_trackers(cfg, run_dir, resumed=bool(resume)) if dist.is_main() else Trackers()
     with trackers.session():  # the tracked runs end as finished, killed (a signal) or failed (an error)
         trackers.save_ids(run_dir)
-        return _run(cfg, device, resume, run_dir, pretrained, trackers, show_progress, report)
+        return _run(cfg, device, (amp_dtype, bf16_weights), resume, run_dir, pretrained, trackers, show_progress,
+                    report)
 
 
-def _run(cfg: Config, device: torch.device, resume: str | Path | None, run_dir: Path, pretrained: Pretrained | None,
-         trackers: Trackers, show_progress: bool, report: ReportHook | None) -> RunResult:
-    amp_dtype = resolve_precision(cfg.train.precision, device)
-    bf16_weights = use_bf16_weights(cfg.train.bf16_weights, device, amp_dtype)
+def _run(cfg: Config, device: torch.device, precision: tuple, resume: str | Path | None, run_dir: Path,
+         pretrained: Pretrained | None, trackers: Trackers, show_progress: bool, report: ReportHook | None
+         ) -> RunResult:
+    amp_dtype, bf16_weights = precision
     data = _load_bundle(cfg, run_dir / MANIFEST, show_progress)
     if "train" not in data.splits or len(data.splits["train"]) == 0:
         raise DataError(f"{cfg.data.source} has no training images")

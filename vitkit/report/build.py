@@ -6,7 +6,6 @@ confused class pairs with their images, and attention maps of sample images.
 """
 from __future__ import annotations
 
-import csv
 import datetime
 import json
 import logging
@@ -24,6 +23,7 @@ from ..engine.evaluate import Evaluation, prepare_evaluation
 from ..errors import UserError
 from ..fileio import atomic_write
 from ..metrics import calibration, classification_report, confused_pairs
+from ..runs import read_history
 from ..models import count_flops, num_params
 from ..version import __version__
 from . import figures
@@ -48,14 +48,6 @@ def resolve_target(target: str | Path) -> tuple[Path, Path | None]:
     if path.is_file():
         return path, path.parent if (path.parent / "metrics.csv").is_file() else None
     raise UserError(f"{path} not found: give a run directory or a .safetensors checkpoint")
-
-
-def read_history(run_dir: Path | None) -> list[dict]:
-    if run_dir is None or not (run_dir / "metrics.csv").is_file():
-        return []
-    with open(run_dir / "metrics.csv", newline="", encoding="utf-8") as f:
-        return [{k: (float(v) if k != "epoch" else int(v)) for k, v in row.items() if v != ""}
-                for row in csv.DictReader(f)]
 
 
 def build_report(target: str | Path, data: str | None = None, split: str | None = None,

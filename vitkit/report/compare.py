@@ -11,9 +11,8 @@ from matplotlib.ticker import MaxNLocator
 from ..console import duration
 from ..errors import UserError
 from ..fileio import atomic_write
-from ..runs import RunInfo, read_run
+from ..runs import RunInfo, read_history, read_run
 from . import html as h
-from .build import read_history
 from .figures import _png
 
 PAGE = "compare.html"

@@ -10,7 +10,6 @@ matplotlib.use("Agg")  # no display needed, ever
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-from sklearn import metrics as skm  # noqa: E402
 
 plt.rcParams.update({"figure.dpi": 110, "axes.spines.top": False, "axes.spines.right": False, "font.size": 9,
                      "axes.titlesize": 10, "axes.grid": True, "grid.alpha": 0.25})
@@ -69,6 +68,8 @@ def confusion_matrix(cm: np.ndarray, classes: list[str], normalize: bool) -> byt
 def roc_pr_curves(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> tuple[bytes, dict]:
     """ROC and precision-recall curves (one-vs-rest per class; the positive class alone for two classes), with
     their areas: {'roc_auc': {class: auc}, 'average_precision': {class: ap}}."""
+    from sklearn import metrics as skm  # here: `vitkit runs compare` draws curves without loading scikit-learn
+
     k = len(classes)
     shown = [1] if k == 2 else list(range(k))
     fig, (roc, pr) = plt.subplots(1, 2, figsize=(11, 4.4))
