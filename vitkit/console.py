@@ -8,20 +8,27 @@ import sys
 from collections import Counter
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 # Piped output keeps whole table rows rather than wrapping them at 80 columns.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
+def shown(text) -> str:
+    """A name (a file, a class) as a table cell: Rich markup in it is text (`bad[/red].jpg`), and the bytes of a
+    name that is not UTF-8 on disk (`caf\\xe9.jpg`) show as U+FFFD instead of failing the write."""
+    return escape(str(text).encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+
+
 def print_report(report: dict) -> None:
-    out.print(f"[bold]{report['data']}[/bold] {report['split']} split, {report['num_images']} images: "
+    out.print(f"[bold]{shown(report['data'])}[/bold] {report['split']} split, {report['num_images']} images: "
               f"top-1 [bold]{report['top1']:.4f}[/bold]  top-5 {report['top5']:.4f}  loss {report['loss']:.4f}  "
               f"MCC {report['mcc']:.4f}" + (f"  macro ROC AUC {report['roc_auc_ovr_macro']:.4f}"
                                            if "roc_auc_ovr_macro" in report else ""))
     table = Table("class", "precision", "recall", "F1", "support", title="per class")
     for row in report["per_class"]:
-        table.add_row(row["class"], f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}",
+        table.add_row(shown(row["class"]), f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}",
                       str(row["support"]))
     for avg in ("macro", "weighted"):
         r = report[avg]
@@ -30,9 +37,9 @@ def print_report(report: dict) -> None:
     out.print(table)
     classes = [r["class"] for r in report["per_class"]]
     if len(classes) <= 20:
-        cm = Table("true \\ predicted", *[c[:10] for c in classes], title="confusion matrix")
+        cm = Table("true \\ predicted", *[shown(c[:10]) for c in classes], title="confusion matrix")
         for name, row in zip(classes, report["confusion_matrix"]):
-            cm.add_row(name, *[str(v) for v in row])
+            cm.add_row(shown(name), *[str(v) for v in row])
         out.print(cm)
     if "binary" in report:
         b = report["binary"]
@@ -42,9 +49,7 @@ def print_report(report: dict) -> None:
 
 
 def print_check(report, limit: int) -> None:
-    from rich.markup import escape
-
-    out.print(f"[bold]{escape(report.source)}[/bold]: {escape(report.layout)}")
+    out.print(f"[bold]{shown(report.source)}[/bold]: {shown(report.layout)}")
     usable = report.files - report.unusable
     summary = f"{report.files} files, {usable} usable, {report.unusable} unusable"
     if report.modes:
@@ -59,31 +64,38 @@ def print_check(report, limit: int) -> None:
         table = Table("class", *splits, "total", title="usable images")
         for cls in report.classes:
             row = [report.counts[s].get(cls, 0) for s in splits]
-            table.add_row(escape(cls), *map(str, row), str(sum(row)))
+            table.add_row(shown(cls), *map(str, row), str(sum(row)))
         out.print(table)
     colors = {"error": "red", "warning": "yellow", "info": "cyan"}
-    shown = report.findings if limit == 0 else report.findings[:limit]
-    if shown:
+    listed = report.findings if limit == 0 else report.findings[:limit]
+    if listed:
         table = Table("severity", "problem", "file", "detail", title="findings")
-        for f in shown:
-            table.add_row(f"[{colors[f.severity]}]{f.severity}[/]", f.kind, escape(f.path), escape(f.detail))
+        for f in listed:
+            table.add_row(f"[{colors[f.severity]}]{f.severity}[/]", f.kind, shown(f.path), shown(f.detail))
         out.print(table)
-    if len(shown) < len(report.findings):
-        out.print(f"... {len(report.findings) - len(shown)} more findings: --limit 0 shows all, --json lists them")
+    if len(listed) < len(report.findings):
+        out.print(f"... {len(report.findings) - len(listed)} more findings: --limit 0 shows all, --json lists them")
     for note in report.notes:
-        out.print(f"note: {escape(note)}")
+        out.print(f"note: {shown(note)}")
     counts = Counter(f.severity for f in report.findings)
     tally = f"{counts['warning']} warning(s), {counts['info']} note(s)"
     if report.ok:
         out.print(f"[green]ok[/green]: training can proceed ({tally})")
     else:
         for reason in report.blocking:
-            out.print(f"[red]cannot train[/red]: {escape(reason)}")
+            out.print(f"[red]cannot train[/red]: {shown(reason)}")
 
 
 def print_json(data) -> None:
-    """JSON for scripts on standard output, raw: a console would wrap long lines inside JSON strings."""
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    """JSON for scripts on standard output, raw: a console would wrap long lines inside JSON strings. UTF-8, unless a
+    file name that is not UTF-8 on disk is in it: then all ASCII, its bytes as \\udcXX escapes that
+    `os.fsencode(json.loads(...))` turns back into the name."""
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(data, indent=2)
+    sys.stdout.write(text + "\n")
 
 
 def duration(seconds: float) -> str:
@@ -100,8 +112,6 @@ def print_predictions(results: list, fmt: str, columns: int) -> None:
     """`vitkit predict`'s answer: a table of the top-k per file, or JSON / CSV for scripts (raw, never wrapped)."""
     import csv
 
-    from rich.markup import escape
-
     if fmt == "json":
         print_json([r.to_dict() for r in results])
     elif fmt == "csv":
@@ -115,27 +125,25 @@ def print_predictions(results: list, fmt: str, columns: int) -> None:
     else:
         table = Table("file", *[f"top-{i + 1}" for i in range(columns)])
         for r in results:
-            cells = ([escape(f"{c} {p:.1%}") for c, p in r.top] if r.top is not None
-                     else [f"[red]unreadable: {escape(r.error)}[/red]"])
-            table.add_row(escape(r.source), *cells)
+            cells = ([shown(f"{c} {p:.1%}") for c, p in r.top] if r.top is not None
+                     else [f"[red]unreadable: {shown(r.error)}[/red]"])
+            table.add_row(shown(r.source), *cells)
         out.print(table)
 
 
 def print_runs(runs: list, skipped: list[str], folder) -> None:
     """`vitkit runs`: one row per run."""
-    from rich.markup import escape
-
     colors = {"finished": "green", "running": "cyan", "interrupted": "yellow", "failed": "red"}
     table = Table("run", "model", "data", "epochs", "best val", "test", "time", "status", "started")
     for r in runs:
-        status = f"[{colors[r.status]}]{r.status}[/]" + (f" ({escape(r.error)})" if r.error else "")
-        table.add_row(escape(r.name), escape(r.model), escape(r.data), f"{r.epochs}/{r.planned}",
+        status = f"[{colors[r.status]}]{r.status}[/]" + (f" ({shown(r.error)})" if r.error else "")
+        table.add_row(shown(r.name), shown(r.model), shown(r.data), f"{r.epochs}/{r.planned}",
                       "-" if r.best_val != r.best_val else f"{r.best_val:.4f}",
                       "-" if r.test is None else f"{r.test:.4f}", duration(r.seconds), status,
                       r.started.replace("T", " "))
-    out.print(table if runs else f"no vitkit runs in {escape(str(folder))}")
+    out.print(table if runs else f"no vitkit runs in {shown(str(folder))}")
     if skipped:
-        out.print(f"not vitkit runs (no config.yaml), skipped: {escape(', '.join(skipped))}")
+        out.print(f"not vitkit runs (no config.yaml), skipped: {shown(', '.join(skipped))}")
 
 
 def print_models(rows: list) -> None:

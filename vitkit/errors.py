@@ -34,7 +34,7 @@ class DataError(UserError):
 
 class BadImage(DataError):
     """An image file that cannot be used; `reason` is one of REASONS, the message says what was wrong."""
-    REASONS = ("empty", "unreadable", "not-an-image", "format-refused", "too-large", "truncated")
+    REASONS = ("empty", "unreadable", "not-an-image", "format-refused", "too-large", "truncated", "aspect-ratio")
 
     def __init__(self, message: str, reason: str = "unreadable"):
         super().__init__(message)

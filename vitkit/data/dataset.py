@@ -133,6 +133,10 @@ def _load_folder(root, img_size, channels, val_fraction, test_fraction, seed, ro
         if missing:
             log.warning("%d file(s) of the split manifest are gone from %s (first: %s)", len(missing), root,
                         missing[0])
+        added = sorted(known - {p for p, _, _ in assigned})
+        if added:
+            log.warning("%d file(s) in %s are not in the split manifest and are left out, so that the split stays "
+                        "as it was (first: %s)", len(added), root, added[0])
         assigned = [r for r in assigned if r[0] in known]
     else:
         assigned = assign_splits(scan, val_fraction, test_fraction, seed)

@@ -16,6 +16,11 @@ from PIL import Image, ImageOps
 from ..errors import BadImage
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+# The only decoders Pillow may use, whatever a file's bytes claim: the formats of IMAGE_SUFFIXES (JPEG's opener also
+# reads the MPO files of many phone cameras; PPM also reads PGM). Everything else, EPS above all (Pillow hands it to
+# Ghostscript), is "not an image" without its decoder ever running.
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
+MAX_ASPECT_RATIO = 50  # beyond, the centre crop would keep under 2% of the picture: refused as a bad image
 
 
 def is_hidden(path: Path) -> bool:
@@ -26,7 +31,7 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
     """Convert any Pillow mode to RGB (3 channels) or L (1 channel); transparency is composited on black."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit and float images: scale the value range into 8 bits instead of clipping it.
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.asarray(img, dtype=np.float32)
         lo, hi = float(arr.min()), float(arr.max())
         arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
         img = Image.fromarray(arr.round().astype(np.uint8), mode="L")
@@ -38,19 +43,32 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
 
 
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to `size` (bicubic, antialiased), then crop the centre square."""
+    """The centre square of the image scaled to `size` x `size` (bicubic, antialiased): what resizing the shorter
+    side to `size` and cropping the centre gives, computed on that box alone, so that a very wide image costs no
+    more memory than a square one."""
     w, h = img.size
     scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return img.crop((left, top, left + size, top + size))
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))  # the size the whole image would take
+    sx, sy = nw / w, nh / h
+    left, top = (nw - size) // 2 / sx, (nh - size) // 2 / sy  # the crop's corner, in the source's pixels
+    return img.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + size / sx, top + size / sy))
+
+
+def oriented(img: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says; a damaged EXIF block is a bad image, not a crash."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception as err:  # struct.error, TypeError, ValueError, ... from malformed EXIF data
+        raise BadImage(f"malformed EXIF data ({type(err).__name__}: {err})", "unreadable") from None
 
 
 def prepare(img: Image.Image, size: int, channels: int) -> np.ndarray:
     """A Pillow image to a uint8 array (C, size, size): EXIF orientation, channels, resize and centre crop."""
-    img = ImageOps.exif_transpose(img)
-    img = resize_center_crop(to_mode(img, channels), size)
+    w, h = img.size
+    if max(w, h) > MAX_ASPECT_RATIO * max(min(w, h), 1):
+        raise BadImage(f"{w}x{h}: an aspect ratio beyond {MAX_ASPECT_RATIO}:1, whose centre crop would keep almost "
+                       "nothing", "aspect-ratio")
+    img = resize_center_crop(to_mode(oriented(img), channels), size)
     arr = np.asarray(img, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
 
@@ -76,7 +94,7 @@ def open_image(path, max_pixels: int | None = None) -> Image.Image:
     """`Image.open` (header only) that refuses images above `max_pixels` (default: Pillow's limit) before any pixel
     is decoded."""
     try:
-        img = Image.open(path)
+        img = Image.open(path, formats=FORMATS)
     except Image.DecompressionBombError as err:
         raise BadImage(f"refused as a possible decompression bomb ({err})", "too-large") from None
     w, h = img.size
@@ -106,6 +124,8 @@ def decode(source: bytes | str | os.PathLike, size: int, channels: int, max_pixe
         raise
     except Image.UnidentifiedImageError:
         raise BadImage("not an image format this reads (PNG, JPEG, WebP, GIF, BMP, TIFF)", "not-an-image") from None
+    except MemoryError:
+        raise BadImage("too large to decode in the memory available", "too-large") from None
     except Exception as err:  # Pillow raises many kinds for damaged data (OSError, ValueError, SyntaxError, ...)
         text = str(err) or type(err).__name__
         raise BadImage(text, "truncated" if "truncated" in text else "unreadable") from None
@@ -123,7 +143,7 @@ def _reason(path, err: Exception) -> str:
 def image_mode(path: str | os.PathLike) -> str:
     """The Pillow mode from the file header, without decoding pixels. Raises `BadImage`."""
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=FORMATS) as img:
             return img.mode
     except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as err:
         raise BadImage(_reason(path, err)) from None

@@ -77,7 +77,7 @@ def write_manifest(path: Path, rows: list[tuple[str, str, str]]) -> None:
 
 
 def read_manifest(path: Path) -> list[tuple[str, str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:  # names as os.listdir gives them
         reader = csv.reader(f)
         header = next(reader, None)
         if header != ["id", "label", "split"]:

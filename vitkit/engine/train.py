@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from ..config import Config, resume_config  # noqa: F401 (resume_config: where e
 from ..data import MANIFEST, DataBundle, is_named, load_data
 from ..data.dataset import adapt_stats, check_bad_files
 from ..errors import DataError, UserError, out_of_memory
+from ..fileio import DirectoryLock
 from ..models import count_flops, get_spec, model_kwargs, num_params
 from ..models.pretrained import Pretrained, load_pretrained, read_source
 from ..models.vit import VisionTransformer
@@ -44,20 +46,40 @@ class RunResult:
 
 
 def new_run_dir(cfg: Config) -> Path:
+    """A new run directory, claimed atomically (`mkdir` succeeds for one process only): DATA-MODEL-DATE-TIME, with
+    -2, -3, ... when that exists, or `output.name`, which may exist only without a run in it."""
     parent = Path(cfg.output.dir)
+    parent.mkdir(parents=True, exist_ok=True)
     if cfg.output.name:
         run_dir = parent / cfg.output.name
-        if (run_dir / STATE_FILE).exists():
+        if (run_dir / STATE_FILE).exists() or (run_dir / "config.yaml").exists():
             raise UserError(f"run directory {run_dir} already holds a run: resume it with --resume {run_dir}, "
                             "or choose another --name")
+        run_dir.mkdir(exist_ok=True)
         return run_dir
     stem = Path(cfg.data.source.rstrip("/")).name or "data"
     base = parent / f"{stem}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir, n = base, 1
-    while run_dir.exists():
-        n += 1
-        run_dir = base.with_name(f"{base.name}-{n}")
-    return run_dir
+    while True:
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:  # taken, perhaps a moment ago by a run started in the same second
+            n += 1
+            run_dir = base.with_name(f"{base.name}-{n}")
+
+
+def lock_run_dir(run_dir: Path, resume: bool) -> DirectoryLock:
+    """Hold `run_dir` for this process while it trains; another process training there is an error."""
+    lock = DirectoryLock(run_dir)
+    if not lock.acquire():
+        raise UserError(f"run directory {run_dir} is in use by {lock.holder()}, which is training into it: wait for "
+                        "it to end" + (" before resuming" if resume else ", or choose another --name"))
+    if not resume and ((run_dir / STATE_FILE).exists() or (run_dir / "config.yaml").exists()):
+        lock.release()  # it began between our check and our lock
+        raise UserError(f"run directory {run_dir} already holds a run: resume it with --resume {run_dir}, or "
+                        "choose another --name")
+    return lock
 
 
 def build_model_for(cfg: Config, data: DataBundle) -> tuple[VisionTransformer, dict]:
@@ -122,14 +144,34 @@ def _train(cfg: Config, device: torch.device, resume: str | Path | None, show_pr
         torch.set_num_threads(cfg.train.threads)
     amp_dtype = resolve_precision(cfg.train.precision, device)
     bf16_weights = use_bf16_weights(cfg.train.bf16_weights, device, amp_dtype)  # both may refuse: before any file
+    pretrained = read_source(cfg.model.init) if cfg.model.init and not resume else None  # fail before any file
+    if resume and not Path(resume).is_dir():
+        raise UserError(f"{resume} is not a run directory: give the folder 'vitkit train' wrote (see 'vitkit runs')")
     run_dir = Path(resume) if resume else dist.broadcast(new_run_dir(cfg) if dist.is_main() else None)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    pretrained = read_source(cfg.model.init) if cfg.model.init and not resume else None  # fail before decoding
-    trackers = open_trackers(cfg, run_dir, resumed=bool(resume)) if dist.is_main() else Trackers()
-    with trackers.session():  # the tracked runs end as finished, killed (a signal) or failed (an error)
-        trackers.save_ids(run_dir)
-        return _run(cfg, device, (amp_dtype, bf16_weights), resume, run_dir, pretrained, trackers, show_progress,
-                    report)
+    lock = lock_run_dir(run_dir, bool(resume)) if dist.is_main() else None
+    try:
+        trackers = open_trackers(cfg, run_dir, resumed=bool(resume)) if dist.is_main() else Trackers()
+        with trackers.session():  # the tracked runs end as finished, killed (a signal) or failed (an error)
+            trackers.save_ids(run_dir)
+            return _run(cfg, device, (amp_dtype, bf16_weights), resume, run_dir, pretrained, trackers,
+                        show_progress, report)
+    except BaseException:
+        if not resume and dist.is_main():
+            _remove_if_unused(run_dir)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _remove_if_unused(run_dir: Path) -> None:
+    """A new run directory that a failure left without a config (nothing trained, nothing to resume) is removed,
+    so that it does not look like a run; anything else in it is kept."""
+    if (run_dir / "config.yaml").exists():
+        return
+    leftovers = [p for p in run_dir.iterdir() if p.name != DirectoryLock.NAME]
+    if not leftovers:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _run(cfg: Config, device: torch.device, precision: tuple, resume: str | Path | None, run_dir: Path,
@@ -139,6 +181,8 @@ def _run(cfg: Config, device: torch.device, precision: tuple, resume: str | Path
     data = _load_bundle(cfg, run_dir / MANIFEST, show_progress)
     if "train" not in data.splits or len(data.splits["train"]) == 0:
         raise DataError(f"{cfg.data.source} has no training images")
+    if resume:
+        _check_same_classes(run_dir, data)
     model, kwargs = build_model_for(cfg, data)
     init, data = _initialize(cfg, model, kwargs, data, pretrained, run_dir if resume else None)
     meta = model_meta(cfg.model.name, kwargs, data.classes, data.mean, data.std, data_source=source_key(
@@ -192,6 +236,23 @@ def _outputs(run_dir: Path, data: DataBundle, cfg: Config) -> RunOutputs:
     example = images[:2].numpy() if isinstance(images, torch.Tensor) and len(images) else None
     return RunOutputs(run_dir, run_dir / MODEL_FILE["best"], example,
                       f"{experiment_name(cfg)}-{cfg.model.name}")
+
+
+def _check_same_classes(run_dir: Path, data: DataBundle) -> None:
+    """A resumed run trains on the classes it began with, in their order: a class folder added, removed or renamed
+    since then would relabel the head."""
+    last = run_dir / MODEL_FILE["last"]
+    if not last.is_file():
+        return
+    before = list(read_meta(last)["classes"])
+    if before == list(data.classes):
+        return
+    added, removed = sorted(set(data.classes) - set(before)), sorted(set(before) - set(data.classes))
+    change = "; ".join(part for part in (f"added {', '.join(added)}" if added else "",
+                                         f"gone {', '.join(removed)}" if removed else "") if part) or "reordered"
+    raise DataError(f"the classes of {data.source} changed since {run_dir} began ({change}): a resume trains the "
+                    f"classes it began with; restore them, or start a new run from this one with "
+                    f"--init {run_dir / MODEL_FILE['best']}")
 
 
 def _initialize(cfg: Config, model: VisionTransformer, kwargs: dict, data: DataBundle, pretrained: Pretrained | None,

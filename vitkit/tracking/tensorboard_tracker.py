@@ -54,7 +54,7 @@ class TensorBoardTracker(Tracker):
         try:
             if outputs is not None:
                 for png in outputs.figures():
-                    with Image.open(png) as im:
+                    with Image.open(png, formats=("PNG",)) as im:
                         pixels = np.asarray(im.convert("RGB"))
                     self.writer.add_image(f"report/{png.stem}", pixels, self.last_epoch, dataformats="HWC")
             self.writer.add_text("status", status, self.last_epoch)
