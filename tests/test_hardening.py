@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import vitkit
+from vitkit.config import build_config
 from vitkit.data.images import MAX_ASPECT_RATIO, decode, resize_center_crop
-from vitkit.errors import BadImage
+from vitkit.errors import BadImage, UserError
 from vitkit.fileio import DirectoryLock
 
 from .conftest import TINY_MODEL, run_cli, write_folder
@@ -134,13 +136,14 @@ def test_a_run_directory_in_use_is_refused_and_a_failed_start_leaves_none(tmp_pa
     assert all(lock.acquire() for lock in locks)  # as a training process holds them
     try:
         resumed = run_cli("train", "--resume", tmp_path / "runs" / "done", "--no-progress")
-        named = run_cli("train", *common, "--name", "fresh")
+        with pytest.raises(UserError, match=f"fresh is in use by pid {os.getpid()}"):  # the same check, in-process
+            vitkit.train(build_config(options={"data.source": str(data), "output.dir": str(tmp_path / "runs"),
+                                               "output.name": "fresh"}), show_progress=False)
     finally:
         for lock in locks:
             lock.release()
-    for result in (resumed, named):
-        assert result.returncode == 2 and f"is in use by pid {os.getpid()}" in result.stderr, result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1
+    assert resumed.returncode == 2 and f"is in use by pid {os.getpid()}" in resumed.stderr, resumed.stderr
+    assert len(resumed.stderr.strip().splitlines()) == 1
     empty = tmp_path / "empty"
     (empty / "a").mkdir(parents=True)
     failed = run_cli("train", empty, *TINY_MODEL, "--out", tmp_path / "runs", "--no-progress")

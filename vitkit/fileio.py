@@ -65,6 +65,9 @@ class DirectoryLock:
         except BlockingIOError:
             os.close(fd)
             return False
+        except OSError:  # a file system without locks (some network mounts): go on unguarded rather than not at all
+            self.fd = fd
+            return True
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd

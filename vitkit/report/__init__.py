@@ -3,7 +3,8 @@ compare.html of several runs. Names load on first use, so that `vitkit runs comp
 import importlib
 
 _WHERE = {"REPORT_FILE": "build", "build_report": "build", "explain_files": "build", "training_report": "build",
-          "attention_rollout": "explain", "cls_attention": "explain", "explain": "explain", "overlay": "explain",
+          "attention_rollout": "attention", "cls_attention": "attention", "explain": "attention",
+          "overlay": "attention",
           "compare_runs": "compare"}
 
 

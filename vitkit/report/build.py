@@ -28,7 +28,7 @@ from ..models import count_flops, num_params
 from ..version import __version__
 from . import figures
 from . import html as h
-from .explain import explain, overlay
+from .attention import explain, overlay
 
 log = logging.getLogger(__name__)
 

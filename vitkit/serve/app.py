@@ -72,7 +72,7 @@ def make_infer(clf: Classifier, top_k: int):
 
 def overlays(clf: Classifier, images: list[np.ndarray]) -> list[str]:
     """Attention rollout over each image, as PNG data URIs of OVERLAY_SIZE pixels."""
-    from ..report.explain import explain, overlay
+    from ..report.attention import explain, overlay
 
     normalize = Normalize(clf.meta["mean"], clf.meta["std"], clf.device)
     _, rollout, _ = explain(clf.model, normalize(torch.from_numpy(np.stack(images)).to(clf.device)))
