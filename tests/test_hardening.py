@@ -102,6 +102,11 @@ def test_file_names_that_are_not_utf8_or_look_like_markup_train_and_predict(tmp_
     as_json = run_cli("predict", tmp_path / "runs" / "odd" / "best.safetensors", *files, "--json")
     assert as_json.returncode == 0, as_json.stderr
     assert [os.fsencode(r["file"]) for r in json.loads(as_json.stdout)] == [os.fsencode(f) for f in files]
+    as_csv = subprocess.run([sys.executable, "-m", "vitkit", "predict", str(tmp_path / "runs" / "odd" /
+                            "best.safetensors"), *files, "--format", "csv", "--top-k", "1"], capture_output=True,
+                            env={**os.environ, "PYTHONIOENCODING": "utf-8"})  # a UTF-8 terminal: strict encoding
+    assert as_csv.returncode == 0, as_csv.stderr
+    assert os.fsencode(files[0]) + b",1," in as_csv.stdout  # the name's own bytes
     resumed = run_cli("train", "--resume", tmp_path / "runs" / "odd", "--epochs", "2", "--no-progress")
     assert resumed.returncode == 0 and "not in the split manifest" not in resumed.stderr, resumed.stderr
 

@@ -1,6 +1,7 @@
 """What the CLI prints: reports, data checks and benchmarks as rich tables on standard output; log format."""
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -115,13 +116,17 @@ def print_predictions(results: list, fmt: str, columns: int) -> None:
     if fmt == "json":
         print_json([r.to_dict() for r in results])
     elif fmt == "csv":
-        writer = csv.writer(sys.stdout)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
         writer.writerow(["file", "rank", "class", "probability", "error"])
         for r in results:
             for rank, (c, p) in enumerate(r.top or [], 1):
                 writer.writerow([r.source, rank, c, f"{p:.6f}", ""])
             if r.top is None:
                 writer.writerow([r.source, "", "", "", r.error])
+        sys.stdout.flush()  # a file name that is not UTF-8 goes out as the bytes it is on disk
+        sys.stdout.buffer.write(buffer.getvalue().encode("utf-8", "surrogateescape"))
+        sys.stdout.buffer.flush()
     else:
         table = Table("file", *[f"top-{i + 1}" for i in range(columns)])
         for r in results:
