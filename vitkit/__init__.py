@@ -10,8 +10,7 @@ The names below are imported on first use, so `import vitkit` (and `vitkit --hel
 """
 from __future__ import annotations
 
-import importlib
-
+from .optional import lazy_names
 from .version import __version__
 
 _WHERE = {
@@ -21,16 +20,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str):
-    if name in _WHERE:
-        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'vitkit' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+__getattr__, __dir__ = lazy_names(__name__, _WHERE)
 
 
 __all__ = ["Classifier", "Config", "DataError", "RunResult", "UserError", "VisionTransformer", "VitkitError",

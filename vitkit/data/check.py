@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ..errors import DataError
 from .dataset import convert_channels, is_named
 from .folder import list_folder
-from .images import MAX_ASPECT_RATIO, BadImage, open_image, oriented, to_mode
+from .images import MAX_ASPECT_RATIO, BadImage, exif_orientation, open_image, to_mode
 from .named import load_named
 from .splits import assign_splits, stratified_split
 
@@ -105,8 +105,7 @@ def inspect_file(root: Path, rel: str, cls: str, split: str, max_pixels: int | N
             if max(w, h) > MAX_ASPECT_RATIO * max(min(w, h), 1):
                 raise BadImage(f"{w}x{h}: an aspect ratio beyond {MAX_ASPECT_RATIO}:1", "aspect-ratio")
             img.load()
-            oriented(img)  # what decoding does: damaged EXIF data makes a bad image here as there
-            facts.orientation = int(img.getexif().get(0x0112, 1) or 1)
+            facts.orientation = exif_orientation(img)
             facts.pixel_hash = hashlib.sha256(img.mode.encode() + str(img.size).encode() + img.tobytes()).hexdigest()
             gray = to_mode(img, 1).resize(HASH_SHAPE[::-1], Image.Resampling.BILINEAR)
             facts.thumb = np.asarray(gray, dtype=np.float32)

@@ -62,6 +62,18 @@ def oriented(img: Image.Image) -> Image.Image:
         raise BadImage(f"malformed EXIF data ({type(err).__name__}: {err})", "unreadable") from None
 
 
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1: as stored). Damaged EXIF data is `BadImage` here as it is when decoding: an
+    image to be turned is turned once, to find out."""
+    try:
+        value = int(img.getexif().get(0x0112, 1) or 1)
+    except Exception as err:  # struct.error, TypeError, ValueError, ... from malformed EXIF data
+        raise BadImage(f"malformed EXIF data ({type(err).__name__}: {err})", "unreadable") from None
+    if value != 1:
+        oriented(img)
+    return value
+
+
 def prepare(img: Image.Image, size: int, channels: int) -> np.ndarray:
     """A Pillow image to a uint8 array (C, size, size): EXIF orientation, channels, resize and centre crop."""
     w, h = img.size

@@ -57,8 +57,7 @@ def new_run_dir(cfg: Config) -> Path:
                             "or choose another --name")
         run_dir.mkdir(exist_ok=True)
         return run_dir
-    stem = Path(cfg.data.source.rstrip("/")).name or "data"
-    base = parent / f"{stem}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base = parent / f"{experiment_name(cfg)}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir, n = base, 1
     while True:
         try:

@@ -159,8 +159,9 @@ class Trainer:
                 loss_sum += batch_loss
                 correct += (logits.argmax(1) == batch.y).sum()
                 seen += len(batch.y)
-                self.trackers.step((epoch - 1) * (last + 1) + step + 1, batch_loss, len(batch.y),
-                                   max(g["lr"] for g in self.optimizer.param_groups))
+                if self.trackers:
+                    self.trackers.step((epoch - 1) * (last + 1) + step + 1, batch_loss, len(batch.y),
+                                       max(g["lr"] for g in self.optimizer.param_groups))
             if (step % 20 == 0 or step == last) and not self.check_each_step:
                 self._check_finite(loss_sum, epoch, step)
             progress.step(step, seen - seen_before, lambda: (float(loss_sum) / max(seen, 1),

@@ -196,5 +196,5 @@ def read_ids(run_dir: Path) -> dict:
 
 
 def experiment_name(cfg: Config) -> str:
-    """The dataset: a named one's name, or the image folder's name (as the run directory's name begins)."""
+    """The dataset: a named one's name, or the image folder's name (how a run directory's name begins)."""
     return Path(cfg.data.source.rstrip("/")).name or "data"

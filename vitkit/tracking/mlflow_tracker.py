@@ -41,8 +41,7 @@ def _check_reachable(uri: str) -> None:
     if not uri.startswith(("http://", "https://")):
         return
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5):
-            pass
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
         raise UserError(f"the MLflow tracking server {uri} cannot be reached ({reason}): start it, fix --mlflow-uri, "
