@@ -6,6 +6,7 @@ import io
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -51,13 +52,16 @@ def free_port() -> int:
 
 
 class Server:
-    """A server process on 127.0.0.1, started from a command, stopped with SIGTERM."""
+    """A server process on 127.0.0.1, started from a command, stopped with SIGTERM. `tls`: an SSL context that
+    trusts its certificate (the server speaks HTTPS); `token`: sent with every request but `raw`."""
 
-    def __init__(self, command: list[str], log: Path, timeout: float = 90):
+    def __init__(self, command: list[str], log: Path, timeout: float = 90, env: dict | None = None,
+                 tls: ssl.SSLContext | None = None, token: str | None = None):
         self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.tls, self.token = tls, token
+        self.base = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.log = log
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         with open(log, "wb") as out:
             self.proc = subprocess.Popen([*command, "--port", str(self.port)], stdout=out, stderr=subprocess.STDOUT,
                                          env=env)
@@ -73,26 +77,35 @@ class Server:
         self.stop()
         raise RuntimeError(f"server did not start:\n{log.read_text()}")
 
-    def get(self, path: str) -> tuple[int, dict | str]:
+    def auth(self, headers: dict | None = None) -> dict:
+        return {**({"Authorization": f"Bearer {self.token}"} if self.token else {}), **(headers or {})}
+
+    def get(self, path: str, headers: dict | None = None) -> tuple[int, dict | str]:
         try:
-            with urllib.request.urlopen(self.base + path, timeout=30) as r:
+            request = urllib.request.Request(self.base + path, headers=self.auth(headers))
+            with urllib.request.urlopen(request, timeout=30, context=self.tls) as r:
                 return r.status, _decode(r.read(), r.headers.get("content-type", ""))
         except urllib.error.HTTPError as err:
             return err.code, _decode(err.read(), err.headers.get("content-type", ""))
 
     def request(self, method: str, path: str, body: bytes = b"", headers: dict | None = None, timeout: float = 30):
         """(status, headers, parsed body) over a fresh connection."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        if self.tls:
+            conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout, context=self.tls)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
-            conn.request(method, path, body=body, headers=headers or {})
+            conn.request(method, path, body=body, headers=self.auth(headers))
             r = conn.getresponse()
             return r.status, dict(r.getheaders()), _decode(r.read(), r.getheader("content-type", ""))
         finally:
             conn.close()
 
-    def post_files(self, files: list[tuple[str, bytes]], query: str = "", field: str = "file", timeout: float = 30):
+    def post_files(self, files: list[tuple[str, bytes]], query: str = "", field: str = "file", timeout: float = 30,
+                   headers: dict | None = None):
         body, content_type = multipart(files, field)
-        return self.request("POST", "/predict" + query, body, {"Content-Type": content_type}, timeout)
+        return self.request("POST", "/predict" + query, body, {"Content-Type": content_type, **(headers or {})},
+                            timeout)
 
     def raw(self, head: bytes, body: bytes = b"", wait: float = 10) -> bytes:
         """Send bytes as they are (headers may lie about the body) and read what comes back."""

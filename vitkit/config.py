@@ -225,7 +225,7 @@ class Config:
 @dataclass
 class ServeSettings:
     """`vitkit serve`'s settings (not part of a run's config)."""
-    host: str = option("127.0.0.1", "address to bind (default: loopback only; there is no authentication)",
+    host: str = option("127.0.0.1", "address to bind (default: loopback only; any other address needs a token)",
                        flag="--host")
     port: int = option(8000, "TCP port to listen on", check=Range(0, 65535), flag="--port")
     top_k: int = option(5, "classes returned per image", check=AT_LEAST_1, flag="--top-k")
@@ -241,11 +241,30 @@ class ServeSettings:
     decode_threads: int = option(2, "threads that decode uploaded images", check=AT_LEAST_1)
     max_connections: int = option(64, "concurrent connections; beyond, 503", check=AT_LEAST_1,
                                   flag="--max-connections")
+    token: str | None = option(None, "access token the API asks for (Authorization: Bearer TOKEN); also "
+                               "$VITKIT_TOKEN; default: none on loopback, else a new one, printed at start",
+                               flag="--token", metavar="TOKEN")
+    no_token: bool = option(False, "serve beyond loopback without a token: anyone who reaches the port may use it",
+                            flag="--no-token")
+    allowed_hosts: list[str] = option([], "host names the server answers to (its Host header), '*' for any; "
+                                      "default: loopback names when bound to loopback, else any", flag="--allowed-hosts",
+                                      metavar="NAME,NAME")
+    no_explain: bool = option(False, "refuse attention overlays (?explain=1), which cost a second forward pass",
+                              flag="--no-explain")
+    docs: bool = option(False, "interactive API docs at /docs (Swagger UI, loaded by the browser from a CDN)",
+                        flag="--docs")
+    ssl_certfile: str | None = option(None, "serve HTTPS with this certificate (PEM); with --ssl-keyfile",
+                                      flag="--ssl-certfile", metavar="PEM")
+    ssl_keyfile: str | None = option(None, "the certificate's private key (PEM)", flag="--ssl-keyfile", metavar="PEM")
 
     def __post_init__(self) -> None:
         validate_fields(self)
         if self.max_queue < self.max_images:
             raise UserError("--max-queue must hold at least --max-images images, or large requests could never fit")
+        if self.token is not None and self.no_token:
+            raise UserError("--token and --no-token contradict each other: give one")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise UserError("HTTPS needs both --ssl-certfile and --ssl-keyfile")
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "output": OutputConfig}

@@ -5,14 +5,13 @@
     GET  /health    liveness and queue length
     GET  /model     classes, input size, runtime, limits
     GET  /          the web page: drop images, see top-k bars and where the model looked
-    GET  /docs      OpenAPI documentation
+    GET  /docs      interactive API documentation (with `--docs`; /openapi.json always)
 
-Every error is JSON `{"error": reason}` with a status that says whose fault it is: 400 undecodable image or malformed
+Who may ask is checked first (`guard.py`: token, Host, Origin), then the size and time limits (`limits.py`). Every error is JSON `{"error": reason}` with a status that says whose fault it is: 400 undecodable image or malformed
 request, 413 too large (body, image count, pixels), 415 not an image, 408/503 timeouts, 503 full queue (with
 `Retry-After`), 500 without internals. The model runs on one thread; images are decoded on a few others.
 """
 
-import asyncio
 import base64
 import io
 import logging
@@ -30,12 +29,17 @@ from ..config import ServeSettings
 from ..data.images import BadImage, allow_pixels, decode
 from ..data.loader import Normalize
 from ..engine.predict import Classifier, Prediction
+from ..errors import UserError
 from ..version import __version__
-from .batcher import Batcher, QueueFull
-from .limits import Limits
+from .batcher import Batcher, DecodePool, QueueFull
+from .guard import Guard, access_token, allowed_hosts, is_loopback
+from .limits import Limits, header_deadline
 
 log = logging.getLogger(__name__)
 OVERLAY_SIZE = 224  # pixels per side of the attention overlay shown on the page
+LIMITS = ("top_k", "max_batch", "max_wait_ms", "max_queue", "max_body_mb", "max_images", "max_image_pixels",
+          "timeout_s", "decode_threads", "max_connections")  # the settings /model shows (never the token)
+SWAGGER = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5.31.0/"  # pinned: the browser loads /docs' scripts here
 
 
 class UploadError(Exception):
@@ -94,24 +98,29 @@ def error_response(status: int, reason: str, headers: dict | None = None, **extr
     return JSONResponse({"error": reason, **extra}, status_code=status, headers=headers)
 
 
-def create_app(clf: Classifier, settings: ServeSettings | None = None, name: str = "model"):
-    """The ASGI application (FastAPI inside the size and time limits) serving `clf`."""
+def create_app(clf: Classifier, settings: ServeSettings | None = None, name: str = "model", token: str | None = None):
+    """The ASGI application serving `clf`: FastAPI inside the size and time limits, behind the token, Host and
+    Origin checks. `token`: the access token to ask for (None: no token)."""
     from fastapi import FastAPI
 
     s = settings or ServeSettings()
     batcher = Batcher(make_infer(clf, s.top_k), s.max_batch, s.max_wait_ms / 1000, s.max_queue)
+    decoders = DecodePool(s.decode_threads, s.max_queue)
 
     async def lifespan(app):
         await batcher.start()
         yield
         await batcher.stop()
+        decoders.shutdown()
 
-    app = FastAPI(title="vitkit", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="vitkit", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description=f"Image classification with the Vision Transformer `{name}`.")
     _add_error_handlers(app)
     _add_info_routes(app, clf, s, name, batcher)
-    _add_predict_route(app, clf, s, name, batcher)
-    return Limits(app, int(s.max_body_mb * 1024 * 1024), s.timeout_s)
+    _add_predict_route(app, clf, s, name, batcher, decoders)
+    if s.docs:
+        _add_docs_route(app)
+    return Guard(Limits(app, int(s.max_body_mb * 1024 * 1024), s.timeout_s), token, allowed_hosts(s))
 
 
 def _add_error_handlers(app) -> None:
@@ -147,34 +156,48 @@ def _add_info_routes(app, clf: Classifier, s: ServeSettings, name: str, batcher:
     async def model_info() -> dict:
         """What the server runs: model, classes, input size, runtime and the request limits."""
         return {"name": name, "model": clf.meta.get("model"), "classes": clf.classes, "img_size": clf.img_size,
-                "in_chans": clf.in_chans, "runtime": clf.runtime, "explain": clf.model is not None,
-                "vitkit_version": __version__, "limits": {k: v for k, v in asdict(s).items()
-                                                          if k not in ("host", "port")}}
+                "in_chans": clf.in_chans, "runtime": clf.runtime, "explain": explainable(clf, s),
+                "vitkit_version": __version__, "limits": {k: v for k, v in asdict(s).items() if k in LIMITS}}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse(resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8"))
 
 
-def _add_predict_route(app, clf: Classifier, s: ServeSettings, name: str, batcher: Batcher) -> None:
-    from fastapi import Request
+def explainable(clf: Classifier, s: ServeSettings) -> bool:
+    """Whether `?explain=1` is answered: the model runs in torch (not ONNX) and `--no-explain` was not given."""
+    return clf.model is not None and not s.no_explain
 
-    decode_slots = asyncio.Semaphore(s.decode_threads)
+
+def _add_docs_route(app) -> None:
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(openapi_url="openapi.json", title="vitkit API", swagger_js_url=SWAGGER +
+                                   "swagger-ui-bundle.js", swagger_css_url=SWAGGER + "swagger-ui.css")
+
+
+def _add_predict_route(app, clf: Classifier, s: ServeSettings, name: str, batcher: Batcher,
+                       decoders: DecodePool) -> None:
+    from fastapi import Request
 
     async def decode(upload) -> np.ndarray:
         data = await upload.read()
-        async with decode_slots:
-            try:
-                return await asyncio.to_thread(decode_upload, data, clf.img_size, clf.in_chans, s.max_image_pixels)
-            except UploadError as err:
-                err.file = upload.filename
-                raise
+        try:
+            return await decoders.run(decode_upload, data, clf.img_size, clf.in_chans, s.max_image_pixels)
+        except UploadError as err:
+            err.file = upload.filename
+            raise
 
     @app.post("/predict", openapi_extra=UPLOAD_SCHEMA)
     async def predict(request: Request, explain: bool = False):
         """Top-k classes (with probabilities) of each uploaded image, in upload order."""
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             return error_response(415, "send the images as multipart/form-data, one or more fields named 'file'")
+        if explain and not explainable(clf, s):
+            return error_response(403, "attention overlays are turned off on this server: ask without ?explain"
+                                  if s.no_explain else "attention overlays need the torch runtime: ask without ?explain")
         form = await request.form()
         uploads = [v for _, v in form.multi_items() if hasattr(v, "filename") and hasattr(v, "read")]
         try:
@@ -217,15 +240,25 @@ def serve(checkpoint: str | Path, settings: ServeSettings, device: str = "auto",
     require("fastapi", "serve")
     require("multipart", "serve")
     uvicorn = require("uvicorn", "serve")
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol  # h11, or httptools where installed
+    for path in (settings.ssl_certfile, settings.ssl_keyfile):
+        if path is not None and not Path(path).is_file():
+            raise UserError(f"{path}: no such file (--ssl-certfile/--ssl-keyfile take PEM files)")
+    token, made_up = access_token(settings)
     quiet_server_logs(settings.max_image_pixels)
     clf = Classifier(checkpoint, device=device, precision=precision, compile=compile)
     clf.warm_up(settings.max_batch)
-    app = create_app(clf, settings, Path(checkpoint).name)
-    if settings.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("serving on %s: reachable from other machines, with no authentication", settings.host)
-    log.info("serving %s (%s, %d classes) at http://%s:%d", checkpoint, clf.meta["model"], len(clf.classes),
+    app = create_app(clf, settings, Path(checkpoint).name, token)
+    scheme = "https" if settings.ssl_certfile else "http"
+    if made_up:
+        log.warning("serving on %s, reachable from other machines: clients must send 'Authorization: Bearer %s' "
+                    "(choose the token with --token or $VITKIT_TOKEN)", settings.host, token)
+    elif token is None and not is_loopback(settings.host):
+        log.warning("serving on %s with --no-token: anyone who reaches this port may use the model", settings.host)
+    log.info("serving %s (%s, %d classes) at %s://%s:%d", checkpoint, clf.meta["model"], len(clf.classes), scheme,
              settings.host, settings.port)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", access_log=access_log,
                             limit_concurrency=settings.max_connections, timeout_keep_alive=5, server_header=False,
-                            lifespan="on")
+                            lifespan="on", ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile,
+                            http=header_deadline(AutoHTTPProtocol, settings.timeout_s))
     uvicorn.Server(config).run()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -109,3 +110,41 @@ class Batcher:
             for job, result in zip(jobs, results):
                 if not job.future.done():
                     job.future.set_result(result)
+
+
+class DecodePool:
+    """Image decoding on a fixed number of threads, with a bounded number of decodes waiting for one.
+
+    A request that times out stops waiting, but its thread goes on decoding until the image is done: a slot is given
+    back only when the work really ends, so abandoned decodes can neither pile up threads nor memory. Beyond
+    `max_pending` decodes (running or waiting), `QueueFull`."""
+
+    def __init__(self, threads: int, max_pending: int):
+        self.max_pending = max_pending
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="vitkit-decode")
+        self._pending = 0
+        self._lock = threading.Lock()
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    async def run(self, fn: Callable, *args):
+        with self._lock:
+            if self._pending >= self.max_pending:
+                raise QueueFull(f"{self._pending} images are being decoded or waiting for a decoder")
+            self._pending += 1
+        try:
+            future = self._executor.submit(fn, *args)
+        except BaseException:
+            self._release(None)
+            raise
+        future.add_done_callback(self._release)  # runs when the work ends (or is cancelled before it began)
+        return await asyncio.wrap_future(future)
+
+    def _release(self, _future) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -102,3 +102,35 @@ def _replay(body: bytes, receive):
             return {"type": "http.request", "body": body, "more_body": False}
         return await receive()  # after the body: wait for the disconnect, as the server would
     return inner
+
+
+def header_deadline(protocol_class, timeout_s: float):
+    """uvicorn's HTTP protocol class with a deadline from connect.
+
+    uvicorn arms no timer before a request's headers are complete, and counts every open connection against its
+    connection limit: sockets that send half a request line and then nothing would lock every other client out.
+    Here a connection that has no request in progress and started none within `timeout_s` (since it opened, or since
+    the last check) is closed; once the headers are in, `Limits` times the rest of the request."""
+
+    class DeadlineProtocol(protocol_class):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._seen_cycle = None
+            self._deadline = asyncio.get_running_loop().call_later(timeout_s, self._check_deadline)
+
+        def _check_deadline(self) -> None:
+            cycle = getattr(self, "cycle", None)
+            busy = cycle is not None and not cycle.response_complete
+            if busy or cycle is not self._seen_cycle:  # a request in progress, or one started since: progress
+                self._seen_cycle = cycle
+                self._deadline = asyncio.get_running_loop().call_later(timeout_s, self._check_deadline)
+                return
+            log.debug("closing a connection that sent no complete request headers within %g s", timeout_s)
+            self.transport.close()
+
+        def connection_lost(self, exc) -> None:
+            self._deadline.cancel()
+            super().connection_lost(exc)
+
+    DeadlineProtocol.__name__ = DeadlineProtocol.__qualname__ = f"Deadline{protocol_class.__name__}"
+    return DeadlineProtocol
