@@ -1,5 +1,6 @@
 """Data sources: image folders, named datasets from their standard files, downloads, decoding, splits."""
 import http.server
+import os
 import pickle
 import threading
 from functools import partial
@@ -107,6 +108,47 @@ def test_download_checks_the_md5_and_never_leaves_a_bad_file(file_server, tmp_pa
     with pytest.raises(DataError, match="checksum mismatch"):
         named.download_file(url + "a.bin", tmp_path / "b.bin", "0" * 32)
     assert not list(tmp_path.glob("b.bin*"))
+
+
+def test_download_has_a_size_cap_and_a_partial_file_of_its_own(file_server, tmp_path, monkeypatch):
+    served, url = file_server
+    (served / "big.bin").write_bytes(b"x" * 5000)
+    with pytest.raises(DataError, match="larger than 4,096 bytes"):
+        named.download_file(url + "big.bin", tmp_path / "big.bin", "0" * 32, max_bytes=4096)
+    assert not list(tmp_path.glob("big.bin*"))
+    seen = []
+    real_open = open
+
+    def spying_open(path, *args, **kwargs):
+        seen.append(Path(path).name)
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr("builtins.open", spying_open)
+    named.download_file(url + "big.bin", tmp_path / "big.bin", named.md5sum(served / "big.bin"))
+    assert f"big.bin.{os.getpid()}.part" in seen  # two ranks downloading at once never share one
+
+
+def test_an_archive_already_there_is_extracted_only_with_the_right_md5(file_server, tmp_path, monkeypatch):
+    import io
+    import tarfile
+
+    served, url = file_server
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"hello"))
+    (served / "data.tar.gz").write_bytes(buffer.getvalue())
+    spec = named.DATASETS["cifar10"]
+    monkeypatch.setitem(named.DATASETS, "cifar10", spec.__class__(**{
+        **spec.__dict__, "base_url": url, "files": {"data.tar.gz": named.md5sum(served / "data.tar.gz")}}))
+    target = tmp_path / "cifar10"
+    target.mkdir()
+    with tarfile.open(target / "data.tar.gz", "w:gz") as tar:  # an archive someone left there: not the official one
+        info = tarfile.TarInfo("planted.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"bad"))
+    named.fetch("cifar10", target)
+    assert (target / "hello.txt").read_text() == "hello" and not (target / "planted.txt").exists()
 
 
 def test_named_dataset_is_downloaded_when_missing(file_server, fake_mnist, tmp_path, monkeypatch):
@@ -229,6 +271,30 @@ def test_decoded_folders_are_cached_by_content(tmp_path, monkeypatch, caplog):
     other_size = load_data(str(root), img_size=8, seed=0)
     assert other_size.splits["train"].images.shape[-1] == 8
     assert load_data(str(root), img_size=16, seed=0, use_cache=False).splits["val"].images.shape[0] > 0
+
+
+def test_a_damaged_cache_entry_is_removed_and_decoded_again(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from tests.conftest import write_folder
+
+    monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / "cache"))
+    root = write_folder(tmp_path / "photos", per_class=12)
+    first = load_data(str(root), img_size=16, seed=0)
+    entries = sorted((tmp_path / "cache").iterdir(), key=lambda p: p.stat().st_size)
+    assert len(entries) == 2 and not list((tmp_path / "cache").glob(".*"))  # no temporary folder left
+    arrays = [e / "images.npy" for e in entries]
+    arrays[0].write_bytes(arrays[0].read_bytes()[:-100])  # cut short (a crash before the data reached the disk)
+    (entries[1] / "meta.json").write_text("{")
+    with caplog.at_level(logging.WARNING, logger="vitkit"):
+        second = load_data(str(root), img_size=16, seed=0)
+    assert caplog.text.count("is damaged") == 2 and "decoded again" in caplog.text
+    for split in first.splits:
+        assert torch.equal(first.splits[split].images, second.splits[split].images)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vitkit"):
+        load_data(str(root), img_size=16, seed=0)
+    assert caplog.text.count("decoded images from the cache") == 2  # healed: written anew
 
 
 def test_decoding_shows_no_progress_bar_off_a_terminal(tmp_path, capsys):

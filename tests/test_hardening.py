@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -201,3 +202,51 @@ def test_a_jpeg_with_damaged_exif_is_a_bad_file_in_training_data_check_and_predi
     assert predicted.returncode == 0, predicted.stderr
     answers = json.loads(predicted.stdout)
     assert "malformed EXIF" in answers[0]["error"] and answers[1]["top"]
+
+
+def test_a_checkpoint_whose_metadata_claims_a_huge_model_is_refused_before_it_is_built(tmp_path):
+    import time
+
+    from safetensors.torch import save_file
+
+    from tests.serving import make_checkpoint
+    from vitkit.engine.checkpoint import read_meta
+
+    real = make_checkpoint(tmp_path / "real.safetensors")
+    meta = read_meta(real)
+    image = tmp_path / "a.png"
+    Image.new("RGB", (20, 20), (90, 40, 10)).save(image)
+    for name, change in (("deep", {"depth": 10_000}), ("wide", {"embed_dim": 65_536, "num_heads": 1}),
+                         ("huge-input", {"img_size": 1_000_000})):
+        lying = {**meta, "model_kwargs": {**meta["model_kwargs"], **change}}
+        path = tmp_path / f"{name}.safetensors"
+        save_file({"cls_token": torch.zeros(1, 1, 32)}, path, metadata={"vitkit": json.dumps(lying)})
+        if name == "deep":
+            assert path.stat().st_size < 1024
+        started = time.monotonic()
+        result = run_cli("predict", path, image)
+        assert result.returncode == 2 and "metadata describes another model" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and time.monotonic() - started < 30
+    stretched = tmp_path / "stretched.safetensors"  # every tensor there, but the metadata says another width
+    from safetensors.torch import load_file
+    save_file(load_file(real), stretched, metadata={"vitkit": json.dumps(
+        {**meta, "model_kwargs": {**meta["model_kwargs"], "embed_dim": 64}})})
+    result = run_cli("predict", stretched, image)
+    assert result.returncode == 2 and "first difference" in result.stderr
+    assert run_cli("predict", real, image).returncode == 0
+
+
+def test_dependency_floors_leave_out_the_versions_with_known_holes():
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    requirements = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["serve"]]
+    floors = {r.name.lower(): min(Version(s.version) for s in r.specifier if s.operator == ">=") for r in requirements}
+    fixed = {"pillow": "10.3.0",  # libwebp heap overflow CVE-2023-4863 (10.0.1), CVE-2024-28219 (10.3.0)
+             "python-multipart": "0.0.18",  # CVE-2024-24762 (0.0.7), CVE-2024-53981 (0.0.18)
+             "fastapi": "0.115.3"}  # pulls starlette >= 0.40: multipart form DoS CVE-2024-47874
+    for name, version in fixed.items():
+        assert floors[name] >= Version(version), (name, floors[name])

@@ -46,10 +46,10 @@ def test_shard_loader_gives_every_process_the_same_number_of_batches_from_disjoi
     folder = write_folder(tmp_path / "photos", per_class=20)
     assert run_cli("data", "shard", folder, tmp_path / "shards", "--shard-size", "10").returncode == 0
     info = read_index(tmp_path / "shards")["splits"]["train"]
-    data = ShardSet(tmp_path / "shards", info["shards"], info["count"], info["class_counts"], 16, 3)
+    data = ShardSet(tmp_path / "shards", info["shards"], info["count"], info["class_counts"], 16, 3, 3)
     shard_of = {}  # each image's pixels -> the shard that holds it
     for name in info["shards"]:
-        one = ShardSet(tmp_path / "shards", [name], 0, info["class_counts"], 16, 3).decode()
+        one = ShardSet(tmp_path / "shards", [name], 0, info["class_counts"], 16, 3, 3).decode()
         shard_of.update({bytes(image.numpy()): name for image in one.images})
     assert len(shard_of) == info["count"] == 54  # every training image distinct, so it can be traced to its shard
     read_by = []
@@ -67,3 +67,32 @@ def test_shard_loader_gives_every_process_the_same_number_of_batches_from_disjoi
         torch.testing.assert_close(torch.cat([b.x for b in resumed]), torch.cat([b.x for b in batches[3:]]))
     assert not read_by[0] & read_by[1]  # each shard is read by one process
     assert read_by[0] | read_by[1] <= set(info["shards"]) and len(read_by[0] | read_by[1]) >= 5  # 48 of 54 images
+
+
+def test_a_shard_sample_with_a_label_out_of_range_is_skipped_with_a_warning(tmp_path):
+    import io
+
+    folder = write_folder(tmp_path / "photos", per_class=4)
+    assert run_cli("data", "shard", folder, tmp_path / "shards", "--val-fraction", "0.25").returncode == 0
+    index = read_index(tmp_path / "shards")
+    name = index["splits"]["val"]["shards"][0]
+    with tarfile.open(tmp_path / "shards" / name) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(tmp_path / "shards" / name, "w") as tar:  # the first sample now claims class 7 of 3
+        for k, (member, data) in enumerate(members):
+            data = b"7" if k == 1 else data
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    decoded = ShardSet(tmp_path / "shards", [name], 0, index["splits"]["val"]["class_counts"], 16, 3, 3).decode()
+    assert len(decoded) == index["splits"]["val"]["count"] - 1 and int(decoded.labels.max()) < 3
+    model = tmp_path / "m.safetensors"
+    from tests.serving import make_checkpoint
+    make_checkpoint(model)  # classes ankle, bag, coat, like the folder's
+    ev = run_cli("evaluate", model, tmp_path / "shards", "--format", "json")
+    assert ev.returncode == 0 and "label 7 is not one of the index's 3 classes" in ev.stderr, ev.stderr
+    index_file = tmp_path / "shards" / "dataset.json"
+    damaged = json.loads(index_file.read_text())
+    damaged["classes"] = damaged["classes"][:2]
+    index_file.write_text(json.dumps(damaged))
+    bad = run_cli("evaluate", model, tmp_path / "shards")
+    assert bad.returncode == 2 and "classes and class counts do not agree" in bad.stderr

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..fileio import atomic_write, fsync_dir
+
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 
@@ -46,25 +48,45 @@ def content_key(root: Path, paths: list[str], size: int, channels: int, max_pixe
 
 
 def load_entry(key: str) -> tuple[np.ndarray, list[int], list[tuple[str, str]]] | None:
-    """(images memory-mapped (K, C, H, W), indices of the decoded files, bad files) or None when not cached."""
+    """(images memory-mapped (K, C, H, W), indices of the decoded files, bad files) or None when not cached. An entry
+    that does not hold together (a truncated array, a damaged meta.json, a shape that is not the recorded one) is
+    removed, so the next run writes it anew."""
     folder = cache_root() / key
+    if not folder.is_dir():
+        return None
     try:
         meta = json.loads((folder / "meta.json").read_text())
         images = np.load(folder / "images.npy", mmap_mode="c")  # copy-on-write: writable, the file never changes
-    except (OSError, ValueError):
+        keep, bad = meta["keep"], [tuple(b) for b in meta["bad"]]
+        if list(images.shape) != meta["shape"] or images.dtype != np.uint8 or len(keep) != images.shape[0]:
+            raise ValueError(f"shape {images.shape} {images.dtype}, recorded {meta['shape']} for {len(keep)} files")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("the decode cache entry %s is damaged (%s): removing it; the images will be decoded again",
+                    folder, err)
+        shutil.rmtree(folder, ignore_errors=True)
         return None
-    return images, meta["keep"], [tuple(b) for b in meta["bad"]]
+    return images, keep, bad
 
 
 def save_entry(key: str, images: np.ndarray, keep: list[int], bad: list[tuple[str, str]]) -> None:
-    """Write an entry atomically (temporary folder, then rename); a full disk only costs the cache."""
+    """Write an entry atomically and durably (files synced in a temporary folder, then renamed); a full disk only
+    costs the cache, and an entry another process wrote meanwhile is kept."""
     root, tmp = cache_root(), None
     try:
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key[:16]}."))
-        np.save(tmp / "images.npy", images)
-        (tmp / "meta.json").write_text(json.dumps({"keep": keep, "bad": bad, "shape": list(images.shape)}))
-        os.replace(tmp, root / key)
+        with open(tmp / "images.npy", "wb") as f:
+            np.save(f, images)
+            f.flush()
+            os.fsync(f.fileno())
+        atomic_write(tmp / "meta.json", json.dumps({"keep": keep, "bad": bad, "shape": list(images.shape)}))
+        try:
+            os.replace(tmp, root / key)
+        except OSError:
+            if not (root / key).is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # the same entry, written by another run at the same time
+        fsync_dir(root)
     except OSError as err:
         log.warning("could not write the decode cache in %s (%s); decoding will happen again next run", root, err)
         if tmp is not None:

@@ -167,7 +167,8 @@ def _load_shards(root: Path, img_size, channels, wanted) -> DataBundle:
     for split, info in index["splits"].items():
         if wanted and split not in wanted:
             continue
-        shard_set = ShardSet(root, info["shards"], info["count"], info["class_counts"], img_size, channels)
+        shard_set = ShardSet(root, info["shards"], info["count"], info["class_counts"], img_size, channels,
+                             len(index["classes"]))
         out[split] = shard_set if split == "train" else shard_set.decode()
         log.info("%s: %d images in %d shard(s)%s", split, info["count"], len(info["shards"]),
                  ", streamed from disk" if split == "train" else "")

@@ -6,6 +6,7 @@ checked against their published MD5; offline, one message says where to put whic
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -135,34 +136,59 @@ def md5sum(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download_file(url: str, dest: Path, md5: str, timeout: float = 30.0) -> None:
-    """Download `url` to `dest` with a progress bar; the file appears under its name only once its MD5 matches."""
+MAX_DOWNLOAD = 1 << 30  # bytes: the largest file a dataset download may be (CIFAR-100's archive is 161 MB)
+
+
+def download_file(url: str, dest: Path, md5: str, timeout: float = 30.0, max_bytes: int = MAX_DOWNLOAD) -> None:
+    """Download `url` to `dest` with a progress bar; the file appears under its name only once its MD5 matches. The
+    partial file is this process's own (`NAME.PID.part`), and a download larger than `max_bytes` stops there."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
-        total = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
-            for chunk in iter(lambda: response.read(1 << 16), b""):
-                out.write(chunk)
-                bar.update(len(chunk))
-    got = md5sum(tmp)
-    if got != md5:
-        tmp.unlink()
-        raise DataError(f"checksum mismatch for {url} (MD5 {got}, expected {md5}): the download was corrupted or "
-                        "the source changed; try again or put the official file in place by hand")
-    os.replace(tmp, dest)
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.part")
+    too_large = DataError(f"{url} is larger than {max_bytes:,} bytes, far more than the dataset's file: refusing it")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            if total is not None and total > max_bytes:
+                raise too_large
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
+                for chunk in iter(lambda: response.read(1 << 16), b""):
+                    if out.tell() + len(chunk) > max_bytes:
+                        raise too_large
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        got = md5sum(tmp)
+        if got != md5:
+            raise DataError(f"checksum mismatch for {url} (MD5 {got}, expected {md5}): the download was corrupted "
+                            "or the source changed; try again or put the official file in place by hand")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def fetch(name: str, target: Path) -> None:
+    """Download `name`'s files into `target`. Processes that fetch at once (the ranks of a torchrun job) take turns
+    on a lock in `target`, so the first downloads and the others find the files. An archive already there is
+    extracted only when its MD5 is the expected one, else downloaded again."""
+    import fcntl
+
     spec = DATASETS[name]
-    log.info("downloading %s into %s", name, target)
-    for filename, md5 in spec.files.items():
-        dest = target / filename
-        if not dest.exists():
-            download_file(spec.base_url + filename, dest, md5)
-        if filename.endswith(".tar.gz"):
-            with tarfile.open(dest) as tar:
-                tar.extractall(target, filter="data")
+    target.mkdir(parents=True, exist_ok=True)
+    with open(target / ".download.lock", "a") as lock:
+        with contextlib.suppress(OSError):  # a file system without locks: each process downloads its own copy
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if _present(target, name):
+            return
+        log.info("downloading %s into %s", name, target)
+        for filename, md5 in spec.files.items():
+            dest = target / filename
+            if dest.exists() and filename.endswith(".tar.gz") and md5sum(dest) != md5:
+                log.warning("%s is not the expected file (MD5 differs): downloading it again", dest)
+                dest.unlink()
+            if not dest.exists():
+                download_file(spec.base_url + filename, dest, md5)
+            if filename.endswith(".tar.gz"):
+                with tarfile.open(dest) as tar:
+                    tar.extractall(target, filter="data")
 
 
 # -------------------------------------------------------------------------------------------------- readers

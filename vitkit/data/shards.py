@@ -112,17 +112,25 @@ def read_index(root: str | Path) -> dict:
         index = json.loads((root / INDEX).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise DataError(f"cannot read {root / INDEX} ({err}): write the shards again with 'vitkit data shard'") from None
-    if index.get("format") != FORMAT:
-        raise DataError(f"{root / INDEX} is not a vitkit shard index (format {index.get('format')!r})")
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise DataError(f"{root / INDEX} is not a vitkit shard index (format "
+                        f"{index.get('format') if isinstance(index, dict) else None!r})")
+    classes, splits = index.get("classes"), index.get("splits")
+    if (not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes)
+            or not isinstance(splits, dict)
+            or any(len(info.get("class_counts", ())) != len(classes) for info in splits.values())):
+        raise DataError(f"{root / INDEX} is damaged (its classes and class counts do not agree): write the shards "
+                        "again with 'vitkit data shard'")
     missing = [s for split in index["splits"].values() for s in split["shards"] if not (root / s).is_file()]
     if missing:
         raise DataError(f"{len(missing)} shard file(s) listed in {root / INDEX} are missing (first: {missing[0]})")
     return index
 
 
-def samples(root: Path, shards: list[str], size: int, channels: int) -> Iterator[tuple[np.ndarray, int, str]]:
+def samples(root: Path, shards: list[str], size: int, channels: int, num_classes: int
+            ) -> Iterator[tuple[np.ndarray, int, str]]:
     """(image (C, size, size) uint8, label, id) of every readable sample of `shards`, in order; a sample that does
-    not decode is logged and skipped."""
+    not decode, or whose label is not one of the `num_classes` classes, is logged and skipped."""
     for name in shards:
         with tarfile.open(root / name, mode="r|") as tar:  # a stream: one pass, no seeking
             parts: dict[str, bytes] = {}
@@ -130,21 +138,24 @@ def samples(root: Path, shards: list[str], size: int, channels: int) -> Iterator
             for member in tar:
                 stem, _, ext = member.name.partition(".")
                 if stem != current and current is not None:
-                    yield from _sample(parts, size, channels, name)
+                    yield from _sample(parts, size, channels, name, num_classes)
                     parts = {}
                 current = stem
                 parts[ext] = tar.extractfile(member).read() if member.isfile() else b""
             if parts:
-                yield from _sample(parts, size, channels, name)
+                yield from _sample(parts, size, channels, name, num_classes)
 
 
-def _sample(parts: dict[str, bytes], size: int, channels: int, shard: str):
+def _sample(parts: dict[str, bytes], size: int, channels: int, shard: str, num_classes: int):
     image = next((v for k, v in parts.items() if k not in ("cls", "id")), None)
     sample_id = parts.get("id", b"?").decode(errors="replace")
     try:
         if image is None or "cls" not in parts:
             raise BadImage("no image or no .cls member")
-        yield decode(image, size, channels), int(parts["cls"]), sample_id
+        label = int(parts["cls"])
+        if not 0 <= label < num_classes:
+            raise ValueError(f"label {label} is not one of the index's {num_classes} classes")
+        yield decode(image, size, channels), label, sample_id
     except (BadImage, ValueError) as err:
         log.warning("skipped %s in %s: %s", sample_id, shard, err)
 
@@ -182,6 +193,7 @@ class ShardSet:
     counts: list[int]
     img_size: int
     channels: int
+    num_classes: int
 
     streamed = True
 
@@ -194,7 +206,8 @@ class ShardSet:
     def decode(self, limit: int | None = None) -> ImageSet:
         """Decode the split (or its first `limit` samples) into memory."""
         images, labels, ids = [], [], []
-        for image, label, sample_id in samples(self.root, self.shards, self.img_size, self.channels):
+        for image, label, sample_id in samples(self.root, self.shards, self.img_size, self.channels,
+                                                     self.num_classes):
             images.append(image)
             labels.append(label)
             ids.append(sample_id)
@@ -217,7 +230,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         rng = random.Random(self.seed * 1009 + worker)
         pool: list = []
         for image, label, _ in samples(self.data.root, self.shards[worker::workers], self.data.img_size,
-                                       self.data.channels):
+                                       self.data.channels, self.data.num_classes):
             pool.append((torch.from_numpy(np.array(image)), label))  # a writable copy
             if len(pool) >= self.buffer:
                 yield pool.pop(rng.randrange(len(pool)))

@@ -47,7 +47,9 @@ def save_model(paths: str | os.PathLike | list, model: torch.nn.Module, meta: di
         atomic_write(path, payload)
 
 
-def read_meta(path: str | os.PathLike) -> dict:
+def read_header(path: str | os.PathLike) -> dict:
+    """The safetensors header: {tensor name: {"dtype", "shape", "data_offsets"}, "__metadata__": {...}}, read without
+    the tensors."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found: give the .safetensors file written by 'vitkit train' "
@@ -58,25 +60,59 @@ def read_meta(path: str | os.PathLike) -> dict:
             if not 0 < header_len < 100_000_000:
                 raise ValueError
             header = json.loads(f.read(header_len))
-        meta = json.loads(header["__metadata__"]["vitkit"])
+        if not isinstance(header, dict):
+            raise ValueError
+        return header
+    except (ValueError, json.JSONDecodeError):
+        raise UserError(f"{path} is not a safetensors file: give a checkpoint written by 'vitkit train'") from None
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    try:
+        meta = json.loads(read_header(path)["__metadata__"]["vitkit"])
     except (ValueError, KeyError, TypeError, json.JSONDecodeError):
         raise UserError(f"{path} is not a vitkit model file (safetensors with vitkit metadata): "
                         "give a checkpoint written by 'vitkit train'") from None
-    if not str(meta.get("format", "")).startswith("vitkit-model/"):
-        raise UserError(f"{path} has unknown format {meta.get('format')!r}: upgrade vitkit")
+    if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith("vitkit-model/"):
+        raise UserError(f"{path} has unknown format {meta.get('format') if isinstance(meta, dict) else meta!r}: "
+                        "upgrade vitkit")
     return meta
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[VisionTransformer, dict]:
-    """Build the model a checkpoint describes and load its weights: (model in eval mode, metadata)."""
+    """Build the model a checkpoint describes and load its weights: (model in eval mode, metadata). The metadata is
+    checked against the tensors the file holds before any memory is spent on the model it describes."""
     meta = read_meta(path)
-    model = VisionTransformer(**model_kwargs(meta["model"], **meta["model_kwargs"]))
+    if not isinstance(meta.get("model"), str) or not isinstance(meta.get("model_kwargs"), dict):
+        raise UserError(f"{path} is damaged: its metadata names no model; use another checkpoint")
+    kwargs = model_kwargs(meta["model"], **meta["model_kwargs"])
+    check_architecture(path, kwargs, read_header(path))
+    model = VisionTransformer(**kwargs)
     try:
         state = st_load(Path(path).read_bytes())
     except SafetensorError as err:
         raise UserError(f"{path} is damaged ({err}): use another checkpoint, e.g. last.safetensors") from None
     model.load_state_dict(state)
     return model.to(device).eval(), meta
+
+
+def check_architecture(path, kwargs: dict, header: dict) -> None:
+    """The model `kwargs` describe has exactly the tensors (names and shapes) of the file's header. Its blocks are
+    counted from the header first, and the model is then built on the meta device (no memory), so metadata that
+    claims a larger model than the file holds is refused cheaply."""
+    damaged = f"{path} is damaged: its metadata describes another model than its weights"
+    tensors = {k: tuple(v.get("shape", ())) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+    blocks = {k.split(".")[1] for k in tensors if k.startswith("blocks.")}
+    if not isinstance(kwargs.get("depth"), int) or kwargs["depth"] != len(blocks):
+        raise UserError(f"{damaged} ({kwargs.get('depth')} blocks described, {len(blocks)} stored)")
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in VisionTransformer(**kwargs).state_dict().items()}
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise UserError(f"{damaged} ({err})") from None
+    if expected != tensors:
+        wrong = sorted(set(expected) ^ set(tensors)) or [k for k in expected if expected[k] != tensors[k]]
+        raise UserError(f"{damaged} (first difference: {wrong[0]})")
 
 
 def save_state(path: str | os.PathLike, state: dict) -> None:
