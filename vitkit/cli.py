@@ -113,11 +113,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> int:
     from .console import out, print_json
-    from .export import export_onnx
+    from .export import export_folder, export_onnx
 
     if args.samples < 2:
         raise UserError("--samples must be at least 2 (batch sizes 1 and more are both checked)")
-    result = export_onnx(args.checkpoint, args.out, opset=args.opset, samples=args.samples, atol=args.atol)
+    if args.format != "onnx":
+        folder = export_folder(args.checkpoint, args.format, args.out, samples=args.samples,
+                               atol=args.atol if args.atol is not None else 1e-4)
+        if args.json:
+            print_json(folder.to_dict())
+            return 0
+        out.print(f"wrote {folder.path}/ for {args.format}", markup=False)
+        out.print(f"loaded back with {args.format} on {folder.samples} images: largest logit difference "
+                  f"{folder.max_abs_diff:.2e}, top-1 agreement {folder.top1_agreement:.1%}", markup=False)
+        return 0
+    result = export_onnx(args.checkpoint, args.out, opset=args.opset, samples=args.samples,
+                         atol=args.atol if args.atol is not None else 1e-3)
     if args.json:
         print_json(result.to_dict())
         return 0
@@ -391,13 +402,17 @@ def _predict_parser(sub) -> None:
 
 
 def _export_parser(sub) -> None:
-    x = sub.add_parser("export", help="export a checkpoint to ONNX, checked against PyTorch with ONNX Runtime")
+    x = sub.add_parser("export", help="export a checkpoint to ONNX, or to a folder timm or transformers loads; "
+                                      "each checked against PyTorch")
     x.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT_HELP)
-    x.add_argument("--format", choices=["onnx"], default="onnx", help="the file format (ONNX)")
-    x.add_argument("--out", metavar="FILE", help="default: the checkpoint's path with .onnx")
+    x.add_argument("--format", choices=["onnx", "timm", "transformers"], default="onnx",
+                   help="onnx: MODEL.onnx for ONNX Runtime; timm, transformers: a folder (config.json, "
+                        "model.safetensors) that library loads")
+    x.add_argument("--out", metavar="PATH", help="default: beside the checkpoint, MODEL.onnx or MODEL-FORMAT/")
     x.add_argument("--opset", type=int, default=18, help="ONNX opset version")
     x.add_argument("--samples", type=int, default=32, help="seeded test images compared after export")
-    x.add_argument("--atol", type=float, default=1e-3, help="largest accepted logit difference from PyTorch")
+    x.add_argument("--atol", type=float, help="largest accepted logit difference from PyTorch (default 1e-3 for "
+                                              "ONNX, 1e-4 for the folders)")
     x.add_argument("--json", action="store_true", help="print the result as JSON")
     x.set_defaults(func=cmd_export)
 

@@ -247,8 +247,8 @@ class ServeSettings:
     no_token: bool = option(False, "serve beyond loopback without a token: anyone who reaches the port may use it",
                             flag="--no-token")
     allowed_hosts: list[str] = option([], "host names the server answers to (its Host header), '*' for any; "
-                                      "default: loopback names when bound to loopback, else any", flag="--allowed-hosts",
-                                      metavar="NAME,NAME")
+                                      "default: loopback names when bound to loopback, else any",
+                                      flag="--allowed-hosts", metavar="NAME,NAME")
     no_explain: bool = option(False, "refuse attention overlays (?explain=1), which cost a second forward pass",
                               flag="--no-explain")
     docs: bool = option(False, "interactive API docs at /docs (Swagger UI, loaded by the browser from a CDN)",

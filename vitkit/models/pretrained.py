@@ -242,6 +242,36 @@ def from_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
+def to_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm's names to transformers' ViTForImageClassification (the inverse of `from_transformers`): qkv split into
+    query, key and value."""
+    embeddings = {"cls_token": "vit.embeddings.cls_token", "pos_embed": "vit.embeddings.position_embeddings",
+                  "patch_embed.proj.weight": "vit.embeddings.patch_embeddings.projection.weight",
+                  "patch_embed.proj.bias": "vit.embeddings.patch_embeddings.projection.bias"}
+    block = {timm: hf for hf, timm in _HF_BLOCK.items()}
+    out = {}
+    for key, value in state.items():
+        if key in embeddings:
+            out[embeddings[key]] = value
+        elif m := re.fullmatch(r"blocks\.(\d+)\.(.+)\.(weight|bias)", key):
+            i, part, kind = m.groups()
+            layer = f"vit.encoder.layer.{i}"
+            if part == "attn.qkv":
+                for name, piece in zip(("query", "key", "value"), value.chunk(3)):
+                    out[f"{layer}.attention.attention.{name}.{kind}"] = piece.contiguous()
+            elif part in block:
+                out[f"{layer}.{block[part]}.{kind}"] = value
+            else:
+                raise UserError(f"{key} has no counterpart in transformers' ViT")
+        elif key.startswith("norm."):
+            out["vit.layernorm." + key.split(".", 1)[1]] = value
+        elif key.startswith("head."):
+            out["classifier." + key.split(".", 1)[1]] = value
+        else:
+            raise UserError(f"{key} has no counterpart in transformers' ViT")
+    return out
+
+
 def from_jax(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """Google's ViT .npz (original `vision_transformer` or big_vision names) to timm's layout."""
     a = {k.removeprefix("params/").removeprefix("opt/target/"): v for k, v in arrays.items()}

@@ -7,8 +7,10 @@
     GET  /          the web page: drop images, see top-k bars and where the model looked
     GET  /docs      interactive API documentation (with `--docs`; /openapi.json always)
 
-Who may ask is checked first (`guard.py`: token, Host, Origin), then the size and time limits (`limits.py`). Every error is JSON `{"error": reason}` with a status that says whose fault it is: 400 undecodable image or malformed
-request, 413 too large (body, image count, pixels), 415 not an image, 408/503 timeouts, 503 full queue (with
+Who may ask is checked first (`guard.py`: token, Host, Origin), then the size and time limits (`limits.py`).
+Every error is JSON `{"error": reason}` with a status that says whose fault it is: 400 undecodable image or malformed
+request, 401 no token, 403 cross-site or refused overlay, 413 too large (body, image count, pixels), 415 not an image,
+421 unknown host, 408/503 timeouts, 503 full queue (with
 `Retry-After`), 500 without internals. The model runs on one thread; images are decoded on a few others.
 """
 
@@ -196,8 +198,8 @@ def _add_predict_route(app, clf: Classifier, s: ServeSettings, name: str, batche
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             return error_response(415, "send the images as multipart/form-data, one or more fields named 'file'")
         if explain and not explainable(clf, s):
-            return error_response(403, "attention overlays are turned off on this server: ask without ?explain"
-                                  if s.no_explain else "attention overlays need the torch runtime: ask without ?explain")
+            why = "are turned off on this server" if s.no_explain else "need the torch runtime"
+            return error_response(403, f"attention overlays {why}: ask without ?explain")
         form = await request.form()
         uploads = [v for _, v in form.multi_items() if hasattr(v, "filename") and hasattr(v, "read")]
         try:
