@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    serve_app.Classifier = SlowClassifier  # what serve() builds
+    serve_app.load_classifier = lambda path, runtime, **kw: SlowClassifier(path, **kw)  # what serve() builds
     settings = ServeSettings(port=args.port, max_batch=1, max_queue=2, max_images=2, timeout_s=1.0)
     serve_app.serve(args.checkpoint, settings, device="cpu", precision="fp32")
 

@@ -93,7 +93,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     clf = load_classifier(args.checkpoint, args.runtime, device=args.device, precision=args.precision,
                           compile=args.compile)
     if args.explain and clf.model is None:
-        raise UserError("--explain needs the PyTorch checkpoint (.safetensors): attention maps are not in the ONNX graph")
+        raise UserError("--explain needs the PyTorch checkpoint (.safetensors): attention maps are not in an exported "
+                        "graph")
     files = collect_images(args.paths)
     if not files:
         raise UserError("no image files found in the given paths: give image files or folders of images")
@@ -113,28 +114,60 @@ def cmd_predict(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> int:
     from .console import out, print_json
-    from .export import export_folder, export_onnx
 
     if args.samples < 2:
         raise UserError("--samples must be at least 2 (batch sizes 1 and more are both checked)")
-    if args.format != "onnx":
-        folder = export_folder(args.checkpoint, args.format, args.out, samples=args.samples,
-                               atol=args.atol if args.atol is not None else 1e-4)
-        if args.json:
-            print_json(folder.to_dict())
-            return 0
-        out.print(f"wrote {folder.path}/ for {args.format}", markup=False)
-        out.print(f"loaded back with {args.format} on {folder.samples} images: largest logit difference "
-                  f"{folder.max_abs_diff:.2e}, top-1 agreement {folder.top1_agreement:.1%}", markup=False)
-        return 0
-    result = export_onnx(args.checkpoint, args.out, opset=args.opset, samples=args.samples,
+    if args.format in ("timm", "transformers"):
+        if args.quantize != "none":
+            raise UserError(f"--quantize is for the onnx and openvino formats, not {args.format}")
+        return _export_folder(args)
+    from .export import export_onnx
+
+    onnx_out = args.out if args.format == "onnx" else None
+    result = export_onnx(args.checkpoint, onnx_out, opset=args.opset, samples=args.samples,
                          atol=args.atol if args.atol is not None else 1e-3)
+    lines = [f"wrote {result.path} (opset {result.opset}) and {result.sidecar}",
+             f"checked with ONNX Runtime on {result.samples} images: largest logit difference "
+             f"{result.max_abs_diff:.2e}, top-1 agreement {result.top1_agreement:.1%}"]
+    report, graph = {"onnx": result.to_dict()}, result.path
+    if args.quantize == "int8":
+        from .export.quantize import quantize_int8
+
+        q = quantize_int8(args.checkpoint, result.path, args.calibrate, args.data_root, args.calibration_images,
+                          args.check_images, args.max_drop)
+        report["int8"], graph = q.to_dict(), q.path
+        lines += [f"wrote {q.path} ({q.mb_int8:.1f} MB, fp32 {q.mb_fp32:.1f} MB), calibrated on "
+                  f"{q.calibration_images} training images",
+                  f"checked on {q.check_images} {q.split} images: top-1 {q.top1_int8:.2%} int8, {q.top1_fp32:.2%} "
+                  f"fp32, the same top-1 on {q.top1_agreement:.1%}"]
+    if args.format == "openvino":
+        from .export.openvino import export_openvino
+
+        ov = export_openvino(graph, args.out, samples=args.samples)
+        report["openvino"] = ov.to_dict()
+        lines += [f"wrote {ov.path} (+ .bin) and {ov.sidecar}",
+                  f"checked with OpenVINO against ONNX Runtime on {ov.samples} images: largest logit difference "
+                  f"{ov.max_abs_diff:.2e}, top-1 agreement {ov.top1_agreement:.1%}"]
     if args.json:
-        print_json(result.to_dict())
+        print_json(report if len(report) > 1 else report["onnx"])
         return 0
-    out.print(f"wrote {result.path} (opset {result.opset}) and {result.sidecar}", markup=False)
-    out.print(f"checked with ONNX Runtime on {result.samples} images: largest logit difference "
-              f"{result.max_abs_diff:.2e}, top-1 agreement {result.top1_agreement:.1%}", markup=False)
+    for line in lines:
+        out.print(line, markup=False)
+    return 0
+
+
+def _export_folder(args: argparse.Namespace) -> int:
+    from .console import out, print_json
+    from .export import export_folder
+
+    folder = export_folder(args.checkpoint, args.format, args.out, samples=args.samples,
+                           atol=args.atol if args.atol is not None else 1e-4)
+    if args.json:
+        print_json(folder.to_dict())
+        return 0
+    out.print(f"wrote {folder.path}/ for {args.format}", markup=False)
+    out.print(f"loaded back with {args.format} on {folder.samples} images: largest logit difference "
+              f"{folder.max_abs_diff:.2e}, top-1 agreement {folder.top1_agreement:.1%}", markup=False)
     return 0
 
 
@@ -164,7 +197,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve  # torch, once the settings are known to be valid
 
     serve(args.checkpoint, settings, device=args.device, precision=args.precision, access_log=args.access_log,
-          compile=args.compile)
+          compile=args.compile, runtime=args.runtime)
     return 0
 
 
@@ -396,19 +429,36 @@ def _predict_parser(sub) -> None:
     r.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     _runtime_flags(r, COMPILE_HELP)
     r.add_argument("--explain", metavar="DIR", help="write an attention overlay beside the top-k of each image")
-    r.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
-                   help="onnx: run an exported MODEL.onnx with ONNX Runtime (auto: by the file's suffix)")
+    _runtime_choice(r)
     r.set_defaults(func=cmd_predict)
+
+
+def _runtime_choice(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", choices=["auto", "torch", "onnx", "openvino"], default="auto",
+                   help="torch: a .safetensors checkpoint; onnx: an exported MODEL.onnx (or MODEL.int8.onnx) run by "
+                        "ONNX Runtime; openvino: MODEL.xml run by OpenVINO (auto: by the file's suffix)")
 
 
 def _export_parser(sub) -> None:
     x = sub.add_parser("export", help="export a checkpoint to ONNX, or to a folder timm or transformers loads; "
                                       "each checked against PyTorch")
     x.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT_HELP)
-    x.add_argument("--format", choices=["onnx", "timm", "transformers"], default="onnx",
-                   help="onnx: MODEL.onnx for ONNX Runtime; timm, transformers: a folder (config.json, "
-                        "model.safetensors) that library loads")
-    x.add_argument("--out", metavar="PATH", help="default: beside the checkpoint, MODEL.onnx or MODEL-FORMAT/")
+    x.add_argument("--format", choices=["onnx", "openvino", "timm", "transformers"], default="onnx",
+                   help="onnx: MODEL.onnx for ONNX Runtime; openvino: MODEL.xml + .bin (OpenVINO IR, converted from "
+                        "the ONNX export); timm, transformers: a folder (config.json, model.safetensors) that "
+                        "library loads")
+    x.add_argument("--out", metavar="PATH", help="default: beside the checkpoint, MODEL.onnx, MODEL.xml or "
+                                                 "MODEL-FORMAT/")
+    x.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8: also MODEL.int8.onnx (static quantization calibrated on training images, checked on "
+                        "the evaluation split); with --format openvino, an int8 IR")
+    x.add_argument("--calibrate", metavar="DATA", help="int8: the data to calibrate and check on (default: the data "
+                                                       "the checkpoint was trained on, its own split)")
+    x.add_argument("--data-root", metavar="DIR", help="where named datasets' files are")
+    x.add_argument("--calibration-images", type=int, default=256, help="int8: training images that set the ranges")
+    x.add_argument("--check-images", type=int, default=2000, help="int8: evaluation images compared in fp32 and int8")
+    x.add_argument("--max-drop", type=float, default=1.0,
+                   help="int8: largest accepted top-1 drop from fp32, in points; beyond, nothing is kept")
     x.add_argument("--opset", type=int, default=18, help="ONNX opset version")
     x.add_argument("--samples", type=int, default=32, help="seeded test images compared after export")
     x.add_argument("--atol", type=float, help="largest accepted logit difference from PyTorch (default 1e-3 for "
@@ -444,6 +494,7 @@ def _serve_parser(sub) -> None:
     _runtime_flags(v, "compile the model with frozen weights for each power-of-two batch size up to --max-batch "
                       "before serving: a slower start, then faster batches")
     v.add_argument("--access-log", action="store_true", help="log every request")
+    _runtime_choice(v)
     v.set_defaults(func=cmd_serve)
 
 

@@ -129,6 +129,45 @@ class OnnxBackend:
         """Nothing to compile: ONNX Runtime optimizes its graph when it loads it."""
 
 
+class OpenVinoBackend:
+    """Logits from an OpenVINO IR (`MODEL.xml` + `.bin`, written by `vitkit export --format openvino`) and its
+    `MODEL.xml.json` sidecar, on the CPU. `precision`: 'fp32', 'bf16', or 'auto' (OpenVINO's choice: bf16 where the
+    CPU has bf16 units). An int8 IR runs its quantized layers in int8 whatever the precision."""
+
+    runtime = "openvino"
+    model = None
+
+    def __init__(self, path: str | os.PathLike, device: str = "auto", precision: str = "auto"):
+        from ..optional import require
+
+        ov = require("openvino", "openvino")
+        path, side = Path(path), sidecar_path(path)
+        if not path.is_file() or not path.with_suffix(".bin").is_file():
+            raise UserError(f"OpenVINO model {path} (with its .bin) not found: write one with 'vitkit export "
+                            "CHECKPOINT --format openvino'")
+        try:
+            self.meta = json.loads(side.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise UserError(f"{side} is missing or unreadable: export again with 'vitkit export --format openvino'"
+                            ) from None
+        if device not in ("auto", "cpu"):
+            raise UserError("the OpenVINO runtime runs on the CPU here: use --device cpu (or auto)")
+        hints = {"fp32": {"INFERENCE_PRECISION_HINT": "f32"}, "bf16": {"INFERENCE_PRECISION_HINT": "bf16"}}
+        try:
+            self.compiled = ov.Core().compile_model(str(path), "CPU", hints.get(precision, {}))
+        except Exception as err:  # OpenVINO raises RuntimeError for damaged files and unsupported hints alike
+            raise UserError(f"OpenVINO cannot load {path} ({str(err).splitlines()[0]}): export it again") from None
+        self.device = torch.device("cpu")
+
+    def logits(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        out = [np.asarray(self.compiled(images[i:i + batch_size].numpy())[0])
+               for i in range(0, len(images), batch_size)]
+        return torch.from_numpy(np.concatenate(out)) if out else torch.empty(0, len(self.meta["classes"]))
+
+    def warm_up(self, max_batch: int) -> None:
+        """Nothing to compile: OpenVINO compiled the model when it loaded it."""
+
+
 class Classifier:
     """`vitkit.load(path)`: predicts classes of images with the preprocessing stored in the model file, over a
     backend that computes logits (`TorchBackend` for a checkpoint, `OnnxBackend` for an exported model)."""
@@ -195,17 +234,23 @@ class Classifier:
 
 def load_classifier(path: str | os.PathLike, runtime: str = "auto", device: str = "auto",
                     precision: str = "auto", compile: bool = False) -> Classifier:
-    """A checkpoint (.safetensors, PyTorch) or an exported model (.onnx, ONNX Runtime); `runtime` auto picks by suffix."""
-    is_onnx = Path(path).suffix.lower() == ".onnx"
+    """A checkpoint (.safetensors, PyTorch), an exported model (.onnx, ONNX Runtime) or an OpenVINO IR (.xml);
+    `runtime` auto picks by suffix."""
+    suffix = Path(path).suffix.lower()
+    by_suffix = {".onnx": "onnx", ".xml": "openvino"}.get(suffix, "torch")
     if runtime == "auto":
-        runtime = "onnx" if is_onnx else "torch"
+        runtime = by_suffix
+    if runtime != by_suffix:
+        needs = {"onnx": f"an exported .onnx file: run 'vitkit export {path}'",
+                 "openvino": f"an OpenVINO .xml: run 'vitkit export {path} --format openvino'",
+                 "torch": "a .safetensors checkpoint"}[runtime]
+        raise UserError(f"--runtime {runtime} needs {needs} and give the file it writes; {path} is for "
+                        f"--runtime {by_suffix} (or auto)")
+    if runtime != "torch" and compile:
+        raise UserError(f"--compile is for PyTorch checkpoints: {'ONNX Runtime' if runtime == 'onnx' else 'OpenVINO'} "
+                        "optimizes its graph itself")
     if runtime == "onnx":
-        if not is_onnx:
-            raise UserError(f"--runtime onnx needs an exported .onnx file, not {path}: "
-                            f"run 'vitkit export {path}' first and give the .onnx it writes")
-        if compile:
-            raise UserError("--compile is for PyTorch checkpoints: ONNX Runtime optimizes its graph itself")
         return Classifier(backend=OnnxBackend(path, device))
-    if is_onnx:
-        raise UserError(f"{path} is an ONNX model: use --runtime onnx (or auto)")
+    if runtime == "openvino":
+        return Classifier(backend=OpenVinoBackend(path, device, precision))
     return Classifier(path, device, precision, compile)

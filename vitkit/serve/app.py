@@ -30,7 +30,7 @@ from PIL import Image
 from ..config import ServeSettings
 from ..data.images import BadImage, allow_pixels, decode
 from ..data.loader import Normalize
-from ..engine.predict import Classifier, Prediction
+from ..engine.predict import Classifier, Prediction, load_classifier
 from ..errors import UserError
 from ..version import __version__
 from .batcher import Batcher, DecodePool, QueueFull
@@ -234,7 +234,7 @@ UPLOAD_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-d
 
 
 def serve(checkpoint: str | Path, settings: ServeSettings, device: str = "auto", precision: str = "auto",
-          access_log: bool = False, compile: bool = False) -> None:
+          access_log: bool = False, compile: bool = False, runtime: str = "auto") -> None:
     """Load the checkpoint and serve it with uvicorn until SIGINT/SIGTERM. `compile`: compile the model with frozen
     weights for every padded batch size up to `settings.max_batch` before answering (see `FrozenCompiled`)."""
     from ..optional import require
@@ -248,7 +248,7 @@ def serve(checkpoint: str | Path, settings: ServeSettings, device: str = "auto",
             raise UserError(f"{path}: no such file (--ssl-certfile/--ssl-keyfile take PEM files)")
     token, made_up = access_token(settings)
     quiet_server_logs(settings.max_image_pixels)
-    clf = Classifier(checkpoint, device=device, precision=precision, compile=compile)
+    clf = load_classifier(checkpoint, runtime, device=device, precision=precision, compile=compile)
     clf.warm_up(settings.max_batch)
     app = create_app(clf, settings, Path(checkpoint).name, token)
     scheme = "https" if settings.ssl_certfile else "http"
