@@ -64,7 +64,8 @@ def read_header(path: str | os.PathLike) -> dict:
             raise ValueError
         return header
     except (ValueError, json.JSONDecodeError):
-        raise UserError(f"{path} is not a safetensors file: give a checkpoint written by 'vitkit train'") from None
+        raise UserError(f"{path} is not a vitkit model file (safetensors with vitkit metadata): "
+                        "give a checkpoint written by 'vitkit train'") from None
 
 
 def read_meta(path: str | os.PathLike) -> dict:
