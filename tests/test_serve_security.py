@@ -77,7 +77,8 @@ def test_no_explain_refuses_overlays_and_docs_are_pinned_and_off_by_default(guar
     assert code == 403 and "turned off" in body["error"]
     assert guarded.get("/model")[1]["explain"] is False
     code, page = guarded.get("/docs")
-    assert code == 200 and "swagger-ui-dist@5.31.0/swagger-ui-bundle.js" in page
+    assert code == 200 and "swagger-ui-dist@5.35.0/swagger-ui-bundle.js" in page
+    assert page.count('integrity="sha384-') == 2  # a changed file on the CDN is refused by the browser
 
 
 def test_the_page_asks_for_the_token_once_and_classifies(guarded, tmp_path):

@@ -41,7 +41,11 @@ log = logging.getLogger(__name__)
 OVERLAY_SIZE = 224  # pixels per side of the attention overlay shown on the page
 LIMITS = ("top_k", "max_batch", "max_wait_ms", "max_queue", "max_body_mb", "max_images", "max_image_pixels",
           "timeout_s", "decode_threads", "max_connections")  # the settings /model shows (never the token)
-SWAGGER = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5.31.0/"  # pinned: the browser loads /docs' scripts here
+# /docs: Swagger UI from a CDN, pinned to one version and checked by the browser against these hashes (Subresource
+# Integrity), so a changed file on the CDN is refused rather than run; the hashes are npm's swagger-ui-dist 5.35.0
+SWAGGER = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5.35.0/"
+SWAGGER_JS = ("swagger-ui-bundle.js", "sha384-gjRm0bEPMeTmMh5jT2cHccIwCUZSTd8YC+j0d0sXw0MdGEfScduGpSyF3ZSSLkX9")
+SWAGGER_CSS = ("swagger-ui.css", "sha384-WlYgdmXYOOBWL5apwjDEZwN+U3HmXSSu5R6V5aGxEcf7z+KuRNwBhoxKVN1i3D5I")
 
 
 class UploadError(Exception):
@@ -172,12 +176,19 @@ def explainable(clf: Classifier, s: ServeSettings) -> bool:
 
 
 def _add_docs_route(app) -> None:
-    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>vitkit API</title>
+<link rel="stylesheet" href="{SWAGGER}{SWAGGER_CSS[0]}" integrity="{SWAGGER_CSS[1]}" crossorigin="anonymous">
+</head><body><div id="swagger-ui"></div>
+<script src="{SWAGGER}{SWAGGER_JS[0]}" integrity="{SWAGGER_JS[1]}" crossorigin="anonymous"></script>
+<script>SwaggerUIBundle({{url: "openapi.json", dom_id: "#swagger-ui"}});</script>
+</body></html>"""
 
     @app.get("/docs", include_in_schema=False)
-    async def docs():
-        return get_swagger_ui_html(openapi_url="openapi.json", title="vitkit API", swagger_js_url=SWAGGER +
-                                   "swagger-ui-bundle.js", swagger_css_url=SWAGGER + "swagger-ui.css")
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(page)
 
 
 def _add_predict_route(app, clf: Classifier, s: ServeSettings, name: str, batcher: Batcher,
