@@ -109,3 +109,32 @@ def test_transformers_names_are_the_inverse_of_the_names_we_read():
     assert "vit.encoder.layer.0.attention.attention.query.weight" in there and "classifier.weight" in there
     back = from_transformers(there)
     assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
+
+
+def test_registers_layerscale_and_mean_pooling_export_to_timm_and_onnx_and_train(tmp_path, fake_mnist):
+    name = "vit_tiny_patch16_224"
+    kwargs = model_kwargs(name, img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=3,
+                          init_values=1e-5, reg_tokens=4, no_embed_class=True, class_token=False, global_pool="avg")
+    torch.manual_seed(2)
+    model = vitkit.create_model(name, **kwargs)
+    for block in model.blocks:
+        torch.nn.init.uniform_(block.ls1.gamma, 0.5, 1.5)
+        torch.nn.init.uniform_(block.ls2.gamma, 0.5, 1.5)
+    checkpoint = tmp_path / "dinov2ish.safetensors"
+    save_model(checkpoint, model, model_meta(name, kwargs, CLASSES, [0.5] * 3, [0.25] * 3))
+    folder = _export(checkpoint, "timm", tmp_path / "dinov2ish-timm")
+    assert json.loads((folder / "config.json").read_text())["model_args"]["reg_tokens"] == 4
+    refused = run_cli("export", checkpoint, "--format", "transformers")
+    assert refused.returncode == 2 and "mean of its tokens" in refused.stderr
+    onnx = run_cli("export", checkpoint, "--json")
+    assert onnx.returncode == 0 and json.loads(onnx.stdout)["max_abs_diff"] < 1e-4, onnx.stderr
+    trained = run_cli("train", "fashion-mnist", "--data-root", fake_mnist, "--model", "vit_micro_patch7_28",
+                      "--img-size", "16", "--set", "model.patch_size=4", "--set", "model.embed_dim=32",
+                      "--set", "model.depth=2", "--set", "model.num_heads=2", "--set", "model.reg_tokens=2",
+                      "--set", "model.init_values=1e-4", "--set", "model.pre_norm=true", "--set",
+                      "model.act_layer=quick_gelu", "--epochs", "1", "--out", tmp_path / "runs", "--name", "modern",
+                      "--no-progress")
+    assert trained.returncode == 0, trained.stderr
+    meta_kwargs = load_model(tmp_path / "runs" / "modern" / "best.safetensors")[1]["model_kwargs"]
+    assert meta_kwargs["reg_tokens"] == 2 and meta_kwargs["act_layer"] == "quick_gelu"
+    assert (tmp_path / "runs" / "modern" / "report.html").is_file()  # attention maps of a model with registers

@@ -168,3 +168,52 @@ def test_deeper_conv_stem_adds_stride_1_convs_and_keeps_the_single_stem_names(tm
         create_model("vit_micro_patch7_28", stem="conv", stem_depth=0)
     with pytest.raises(UserError, match="stem_depth 2 needs stem 'conv'"):
         create_model("vit_micro_patch7_28", stem_depth=2)
+
+
+MODERN_OPTIONS = {  # the options of the newer ViT families, alone and as those families combine them
+    "layerscale": dict(init_values=1e-2),
+    "registers": dict(reg_tokens=4),
+    "no-class-token": dict(class_token=False, global_pool="avg"),
+    "no-embed-class": dict(no_embed_class=True),
+    "clip": dict(pre_norm=True, act_layer="quick_gelu"),
+    "deit3": dict(init_values=1e-2, no_embed_class=True),
+    "dinov2-reg": dict(init_values=1e-2, reg_tokens=4, no_embed_class=True),
+    "siglip-gap": dict(class_token=False, global_pool="avg", no_embed_class=True),
+    "registers-gap": dict(reg_tokens=4, global_pool="avg", class_token=False, no_embed_class=True),
+}
+
+
+@pytest.mark.parametrize("family", list(MODERN_OPTIONS))
+def test_modern_options_interchange_with_timm_and_work_everywhere(family, tmp_path):
+    from vitkit.report import explain
+
+    cfg = dict(img_size=32, patch_size=8, in_chans=3, num_classes=5, embed_dim=64, depth=3, num_heads=4,
+               **MODERN_OPTIONS[family])
+    torch.manual_seed(0)
+    theirs = TimmViT(**cfg).eval()
+    for module in theirs.modules():  # LayerScale starts at 1e-2; a random scale makes its mistakes visible
+        if hasattr(module, "gamma"):
+            torch.nn.init.uniform_(module.gamma, 0.5, 1.5)
+    ours = create_model("vit_tiny_patch16_224", **cfg).eval()
+    assert set(ours.state_dict()) == set(theirs.state_dict()) and num_params(ours) == num_params(theirs)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-5)
+        torch.testing.assert_close(ours.forward_features(x), theirs.forward_features(x), rtol=0, atol=1e-5)
+        torch.testing.assert_close(ours.forward_head(ours.forward_features(x), pre_logits=True),
+                                   theirs.forward_head(theirs.forward_features(x), pre_logits=True), rtol=0, atol=1e-5)
+    torch.manual_seed(1)
+    back = create_model("vit_tiny_patch16_224", **cfg).eval()
+    theirs.load_state_dict(back.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), back(x), rtol=0, atol=1e-5)
+    logits, rollout, heads = explain(ours, x)  # attention maps for reports and --explain
+    assert rollout.shape == (4, 4, 4) and heads.shape == (4, 4, 4, 4) and torch.isfinite(rollout).all()
+    assert float(rollout.amax()) > 0
+    path = tmp_path / "m.safetensors"
+    save_model(path, ours, model_meta("vit_tiny_patch16_224", model_kwargs("vit_tiny_patch16_224", **cfg),
+                                      list("abcde"), [0.5] * 3, [0.25] * 3))
+    loaded, _ = load_model(path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), ours(x), rtol=0, atol=0)

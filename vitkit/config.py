@@ -86,6 +86,18 @@ class ModelConfig:
                               "model's", choices=(None, "patch", "conv"))
     stem_depth: int | None = option(None, "3x3 convs per resolution in a conv stem (the first strided); null: the "
                                     "model's (1)", check=AT_LEAST_1)
+    class_token: bool | None = option(None, "a class token before the patches; false needs global_pool 'avg'; "
+                                      "null: the model's (true)")
+    reg_tokens: int | None = option(None, "register tokens after the class token (DINOv2's reg4: 4); null: the "
+                                    "model's (0)", check=NOT_NEGATIVE)
+    no_embed_class: bool | None = option(None, "position embeddings for the patches only, not the prefix tokens "
+                                         "(DeiT-III, DINOv2); null: the model's (false)")
+    pre_norm: bool | None = option(None, "a LayerNorm before the blocks and no bias in the patch conv (CLIP); "
+                                   "null: the model's (false)")
+    init_values: float | None = option(None, "LayerScale's starting value for each residual branch (DeiT-III: "
+                                       "1e-6, DINOv2: 1e-5); null: the model's (none)", check=POSITIVE)
+    act_layer: str | None = option(None, "the MLP's activation: 'gelu' or 'quick_gelu' (OpenAI CLIP); null: the "
+                                   "model's (gelu)", choices=(None, "gelu", "quick_gelu"))
     drop_rate: float = option(0.0, "dropout after attention projection, in the MLP and before the head",
                               check=FRACTION)
     attn_drop_rate: float = option(0.0, "dropout on attention probabilities", check=FRACTION)

@@ -8,11 +8,12 @@ from torch import nn
 
 from ..config import TrainConfig
 
-NO_DECAY = ("pos_embed", "cls_token")
+NO_DECAY = ("pos_embed", "cls_token", "reg_token")
 
 
 def decays(name: str, p: nn.Parameter) -> bool:
-    """Weight decay on matrices only: not on norms, biases, the position embedding or the class token."""
+    """Weight decay on matrices only: not on norms, biases, LayerScale, the position embedding or the prefix
+    tokens."""
     return p.ndim > 1 and name.split(".")[-1] not in NO_DECAY
 
 
@@ -26,7 +27,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def layer_id(name: str, depth: int) -> int:
     """0 for the embeddings, i + 1 for block i, depth + 1 for the final norm and the head."""
-    if name.startswith(("cls_token", "pos_embed", "patch_embed")):
+    if name.startswith(("cls_token", "reg_token", "pos_embed", "patch_embed", "norm_pre")):
         return 0
     if name.startswith("blocks."):
         return int(name.split(".")[1]) + 1

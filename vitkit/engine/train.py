@@ -87,7 +87,9 @@ def build_model_for(cfg: Config, data: DataBundle) -> tuple[VisionTransformer, d
                           patch_size=m.patch_size, embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
                           mlp_ratio=m.mlp_ratio, global_pool=m.global_pool, drop_rate=m.drop_rate,
                           attn_drop_rate=m.attn_drop_rate, drop_path_rate=m.drop_path_rate, attn_impl=m.attn_impl,
-                          stem=m.stem, stem_depth=m.stem_depth)
+                          stem=m.stem, stem_depth=m.stem_depth, class_token=m.class_token, reg_tokens=m.reg_tokens,
+                          no_embed_class=m.no_embed_class, pre_norm=m.pre_norm, init_values=m.init_values,
+                          act_layer=m.act_layer)
     torch.manual_seed(cfg.train.seed)
     return VisionTransformer(**kwargs), kwargs
 

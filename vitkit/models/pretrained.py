@@ -415,9 +415,10 @@ def adapt(state: dict[str, torch.Tensor], model, other_classes: bool = False
     pos = state.get("pos_embed")
     if pos is not None and pos.shape != target["pos_embed"].shape and pos.shape[-1] == target["pos_embed"].shape[-1]:
         grid = model.patch_embed.grid_size
-        prefix = 1 if math.isqrt(pos.shape[1] - 1) ** 2 == pos.shape[1] - 1 else 0
-        if prefix != model.num_prefix_tokens:
-            raise UserError("the source's position embeddings have no class token row; this ViT needs one")
+        prefix = 0 if model.no_embed_class else model.num_prefix_tokens  # rows of the class token and registers
+        if math.isqrt(pos.shape[1] - prefix) ** 2 != pos.shape[1] - prefix:
+            raise UserError(f"the source's {pos.shape[1]} position embeddings are not {prefix} prefix rows and a "
+                            "square grid, as this ViT's are: the weights are of another model family")
         state["pos_embed"] = resample_pos_embed(pos, grid, prefix)
         old = math.isqrt(pos.shape[1] - prefix)
         notes.append(f"position embeddings resampled from a {old}x{old} to a {grid[0]}x{grid[1]} patch grid (bicubic)")

@@ -22,7 +22,8 @@ _REGISTRY: dict[str, ModelSpec] = {}
 # The arguments a user may override on any registered model.
 MODEL_ARGS = ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads", "mlp_ratio",
               "qkv_bias", "global_pool", "drop_rate", "pos_drop_rate", "attn_drop_rate", "drop_path_rate",
-              "attn_impl", "norm_eps", "stem", "stem_depth")
+              "attn_impl", "norm_eps", "stem", "stem_depth", "class_token", "reg_tokens", "no_embed_class", "pre_norm",
+              "init_values", "act_layer")
 
 
 def register(name: str, description: str, **kwargs) -> None:

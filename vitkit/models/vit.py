@@ -60,7 +60,8 @@ class DropPath(nn.Module):
 class PatchEmbed(nn.Module):
     """Image to patch tokens: a conv with kernel = stride = patch size is a linear map of each flattened patch."""
 
-    def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int):
+    def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int,
+                 bias: bool = True):
         super().__init__()
         self.img_size = _to_pair(img_size)
         self.patch_size = _to_pair(patch_size)
@@ -72,7 +73,7 @@ class PatchEmbed(nn.Module):
                 )
         self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
         self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_size(x, self.img_size)
@@ -173,13 +174,23 @@ class Attention(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------------- MLP
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the GELU approximation OpenAI's CLIP was trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"gelu": nn.GELU, "quick_gelu": QuickGELU}  # timm's names (act_layer)
+
+
 class Mlp(nn.Module):
     """Position-wise feed-forward network: Linear, GELU, Linear."""
 
-    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0):
+    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0, act_layer: str = "gelu"):
         super().__init__()
         self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = nn.GELU()
+        self.act = ACTIVATIONS[act_layer]()
         self.drop1 = nn.Dropout(drop)
         self.fc2 = nn.Linear(hidden_features, in_features)
         self.drop2 = nn.Dropout(drop)
@@ -189,36 +200,69 @@ class Mlp(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------- block
+class LayerScale(nn.Module):
+    """A learned per-channel scale of a residual branch, starting small (CaiT, DeiT-III, DINOv2): deep models train
+    stably because each block starts close to the identity."""
+
+    def __init__(self, dim: int, init_values: float):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
 class Block(nn.Module):
-    """Pre-norm Transformer encoder block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+    """Pre-norm Transformer encoder block: x + Attn(LN(x)), then x + MLP(LN(x)); with `init_values`, each branch
+    is scaled by a LayerScale."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  proj_drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
-                 attn_impl: AttnImpl = "sdpa", norm_eps: float = 1e-6):
+                 attn_impl: AttnImpl = "sdpa", norm_eps: float = 1e-6, init_values: float | None = None,
+                 act_layer: str = "gelu"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, proj_drop, impl=attn_impl)
+        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop, act_layer=act_layer)
+        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor, return_attn: bool = False):
         if return_attn:
             y, attn = self.attn(self.norm1(x), return_attn=True)
-            x = x + self.drop_path1(y)
-            return x + self.drop_path2(self.mlp(self.norm2(x))), attn
-        x = x + self.drop_path1(self.attn(self.norm1(x)))
-        return x + self.drop_path2(self.mlp(self.norm2(x)))
+            x = x + self.drop_path1(self.ls1(y))
+            return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x)))), attn
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
     def forward_prefix(self, x: torch.Tensor, n: int) -> torch.Tensor:
         """`self(x)[:, :n]` for less work: every token gives keys and values, but only the first n attend and go
         through the MLP, which like the norms and residuals acts on each token's own row."""
-        x = x[:, :n] + self.drop_path1(self.attn(self.norm1(x), num_queries=n))
-        return x + self.drop_path2(self.mlp(self.norm2(x)))
+        x = x[:, :n] + self.drop_path1(self.ls1(self.attn(self.norm1(x), num_queries=n)))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
 # ---------------------------------------------------------------------------------------- vision transformer
+def _check_options(args: dict) -> None:
+    """One-line errors for constructor arguments that cannot build a ViT."""
+    if args["stem"] not in ("patch", "conv"):
+        raise UserError(f"stem must be 'patch' or 'conv', not {args['stem']!r}")
+    if args["global_pool"] not in ("token", "avg"):
+        raise UserError(f"global_pool must be 'token' or 'avg', not {args['global_pool']!r}")
+    if args["global_pool"] == "token" and not args["class_token"]:
+        raise UserError("global_pool 'token' needs the class token: use global_pool 'avg' with class_token false")
+    if args["act_layer"] not in ACTIVATIONS:
+        raise UserError(f"act_layer must be one of {', '.join(ACTIVATIONS)}, not {args['act_layer']!r}")
+    if args["stem"] == "patch" and args["stem_depth"] != 1:
+        raise UserError(f"stem_depth {args['stem_depth']} needs stem 'conv': the patchify stem is one conv")
+    for name in ("num_classes", "embed_dim", "depth", "num_heads", "in_chans", "patch_size", "reg_tokens"):
+        if int(args[name]) < (0 if name in ("num_classes", "reg_tokens") else 1):
+            raise UserError(f"{name} must be a positive integer, not {args[name]}")
+
+
 class VisionTransformer(nn.Module):
     """ViT classifier. `forward` = `forward_features` -> `pool` -> `forward_head`, so callers can stop early."""
 
@@ -227,31 +271,29 @@ class VisionTransformer(nn.Module):
                  qkv_bias: bool = True, global_pool: Literal["token", "avg"] = "token", drop_rate: float = 0.0,
                  pos_drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  attn_impl: AttnImpl = "auto", norm_eps: float = 1e-6, stem: Literal["patch", "conv"] = "patch",
-                 stem_depth: int = 1):
+                 stem_depth: int = 1, class_token: bool = True, reg_tokens: int = 0, no_embed_class: bool = False,
+                 pre_norm: bool = False, init_values: float | None = None, act_layer: str = "gelu"):
         super().__init__()
-        if stem not in ("patch", "conv"):
-            raise UserError(f"stem must be 'patch' or 'conv', not {stem!r}")
-        if global_pool not in ("token", "avg"):
-            raise UserError(f"global_pool must be 'token' or 'avg', not {global_pool!r}")
-        for name, value in (("num_classes", num_classes), ("embed_dim", embed_dim), ("depth", depth),
-                            ("num_heads", num_heads), ("in_chans", in_chans), ("patch_size", patch_size)):
-            if int(value) < (0 if name == "num_classes" else 1):
-                raise UserError(f"{name} must be a positive integer, not {value}")
+        _check_options(locals())
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.embed_dim = embed_dim
-        self.num_prefix_tokens = 1
+        self.no_embed_class = no_embed_class
+        self.num_prefix_tokens = int(class_token) + reg_tokens  # class token, then the registers, then the patches
 
-        if stem == "patch" and stem_depth != 1:
-            raise UserError(f"stem_depth {stem_depth} needs stem 'conv': the patchify stem is one conv")
-        self.patch_embed = (PatchEmbed(img_size, patch_size, in_chans, embed_dim) if stem == "patch" else
-                            ConvStem(img_size, patch_size, in_chans, embed_dim, stem_depth))
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
+        # Patches to tokens (a patch conv has no bias before a pre-norm, as in CLIP), prefix tokens, positions
+        self.patch_embed = (PatchEmbed(img_size, patch_size, in_chans, embed_dim, bias=not pre_norm)
+                            if stem == "patch" else ConvStem(img_size, patch_size, in_chans, embed_dim, stem_depth))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
+        positions = self.patch_embed.num_patches + (0 if no_embed_class else self.num_prefix_tokens)
+        self.pos_embed = nn.Parameter(torch.zeros(1, positions, embed_dim))
         self.pos_drop = nn.Dropout(pos_drop_rate)
+        self.norm_pre = nn.LayerNorm(embed_dim, eps=norm_eps) if pre_norm else nn.Identity()
         rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # stochastic depth grows with depth
         self.blocks = nn.Sequential(*[
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rates[i], attn_impl, norm_eps)
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rates[i], attn_impl, norm_eps,
+                  init_values, act_layer)
             for i in range(depth)
         ])
         # timm's layout: the final norm sits before pooling for the class token, after it for mean pooling.
@@ -266,7 +308,9 @@ class VisionTransformer(nn.Module):
         if self.pos_embed.is_meta:  # a copy without weights, for counting (`model_size`): nothing to draw
             return
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.normal_(self.cls_token, std=1e-6)
+        for token in (self.cls_token, self.reg_token):
+            if token is not None:
+                nn.init.normal_(token, std=1e-6)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -288,17 +332,22 @@ class VisionTransformer(nn.Module):
                 m.eps = eps
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images to the tokens the blocks take (B, P+N, D): the P prefix tokens (class token, registers) before
+        the N patch tokens, with position embeddings added to all (or, with `no_embed_class`, to the patches)."""
         x = self.patch_embed(x)  # (B, N, D)
-        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
-        x = torch.cat([cls, x], dim=1) + self.pos_embed  # (B, N+1, D)
-        return self.pos_drop(x)
+        prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+        if self.no_embed_class:
+            x = torch.cat([*prefix, x + self.pos_embed], dim=1)
+        else:
+            x = torch.cat([*prefix, x], dim=1) + self.pos_embed  # (B, P+N, D)
+        return self.norm_pre(self.pos_drop(x))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) to normalized tokens (B, N+1, D)."""
+        """Images (B, C, H, W) to normalized tokens (B, P+N, D)."""
         return self.norm(self.blocks(self._embed(x)))
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, N+1, D) to one vector per image (B, D)."""
+        """Tokens (B, P+N, D) to one vector per image (B, D): the class token, or the mean of the patch tokens."""
         if self.global_pool == "avg":
             return x[:, self.num_prefix_tokens:].mean(dim=1)
         return x[:, 0]
@@ -313,12 +362,12 @@ class VisionTransformer(nn.Module):
         # The head reads only the class token, and the last block's output for it is all the head needs: its other
         # rows are not computed (the same logits for ~12% fewer FLOPs at depth 6, ~6% at depth 12).
         x = self.blocks[:-1](self._embed(x))
-        x = self.blocks[-1].forward_prefix(x, self.num_prefix_tokens)  # (B, 1, D)
+        x = self.blocks[-1].forward_prefix(x, 1)  # (B, 1, D): the class token alone
         return self.forward_head(self.norm(x))
 
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Every layer's attention probabilities, each (B, heads, N+1, N+1), through the explicit path."""
+        """Every layer's attention probabilities, each (B, heads, P+N, P+N), through the explicit path."""
         x = self._embed(x)
         maps = []
         for block in self.blocks:
@@ -365,7 +414,7 @@ def count_flops(model: VisionTransformer, every_token: bool = False) -> int:
     shortcut = not every_token and model.global_pool == "token"
     for i, block in enumerate(model.blocks):
         hidden = block.mlp.fc1.out_features
-        Q = model.num_prefix_tokens if shortcut and i == last else T  # tokens that attend and go on
+        Q = 1 if shortcut and i == last else T  # tokens that attend and go on (the class token alone)
         flops += 2 * T * D * 3 * D  # qkv: every token gives keys and values
         flops += 2 * 2 * Q * T * D  # QK^T and attn @ V
         flops += 2 * Q * D * D  # output projection

@@ -5,7 +5,8 @@ so training and inference keep the fused kernel.
 
 Rollout (Abnar & Zuidema, 2020): average each layer's attention over heads, add the residual connection as the
 identity, renormalize rows, multiply the layers together; the class token's row, over the patches, says how much
-each patch flowed into the class token.
+each patch flowed into the class token. A model without a class token (mean pooling) reads the mean of the patch
+tokens' rows instead: how much each patch flowed into what is pooled.
 """
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 
-def attention_rollout(maps: list[torch.Tensor], num_prefix_tokens: int = 1, residual: float = 0.5) -> torch.Tensor:
-    """Layers' attention (B, heads, T, T) to rollout maps (B, grid, grid) of the first token's attention to patches.
+def attention_rollout(maps: list[torch.Tensor], num_prefix_tokens: int = 1, residual: float = 0.5,
+                      class_token: bool = True) -> torch.Tensor:
+    """Layers' attention (B, heads, T, T) to rollout maps (B, grid, grid) of the class token's attention to the
+    patches (without one: the patch tokens' mean attention).
 
     Not normalized: a model whose attention is the identity gives zeros (nothing flows between tokens).
     """
@@ -27,13 +30,18 @@ def attention_rollout(maps: list[torch.Tensor], num_prefix_tokens: int = 1, resi
         a = residual * eye + (1 - residual) * a
         a = a / a.sum(dim=-1, keepdim=True)
         result = a if result is None else a @ result
-    row = result[:, 0, num_prefix_tokens:]  # (B, N)
-    return _to_grid(row)
+    return _to_grid(_query_row(result, num_prefix_tokens, class_token))  # (B, N) to (B, g, g)
 
 
-def cls_attention(maps: list[torch.Tensor], num_prefix_tokens: int = 1) -> torch.Tensor:
+def cls_attention(maps: list[torch.Tensor], num_prefix_tokens: int = 1, class_token: bool = True) -> torch.Tensor:
     """The last layer's class-token attention to the patches, per head: (B, heads, grid, grid)."""
-    return _to_grid(maps[-1].float()[:, :, 0, num_prefix_tokens:])  # (B, heads, N) to (B, heads, g, g)
+    return _to_grid(_query_row(maps[-1].float(), num_prefix_tokens, class_token))  # (B, heads, N) to (.., g, g)
+
+
+def _query_row(attn: torch.Tensor, num_prefix_tokens: int, class_token: bool) -> torch.Tensor:
+    """(..., T, T) to the attention (..., N) to the patches of the class token, or of the patch tokens on average."""
+    rows = attn[..., :1, :] if class_token else attn[..., num_prefix_tokens:, :]
+    return rows.mean(dim=-2)[..., num_prefix_tokens:]
 
 
 def _to_grid(row: torch.Tensor) -> torch.Tensor:
@@ -49,8 +57,8 @@ def explain(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torc
     """(logits (B, K), rollout (B, g, g), last-layer CLS attention (B, heads, g, g)) for normalized images x."""
     model.eval()
     maps = model.attention_maps(x)
-    prefix = model.num_prefix_tokens
-    return model(x).float(), attention_rollout(maps, prefix), cls_attention(maps, prefix)
+    prefix, cls = model.num_prefix_tokens, model.cls_token is not None
+    return model(x).float(), attention_rollout(maps, prefix, class_token=cls), cls_attention(maps, prefix, cls)
 
 
 def normalize_map(m: torch.Tensor) -> np.ndarray:
