@@ -10,8 +10,9 @@ from vitkit.models import count_flops, create_model, get_spec, list_models, mode
 
 
 # ViT-L is ViT-B's code at another size (its parameter count is checked against timm below); building it takes
-# 25 s of the suite's time for nothing new.
-@pytest.mark.parametrize("name", [n for n in list_models() if "large" not in n])
+# 25 s of the suite's time for nothing new. The newer families are timm's models (test_registered_families_...).
+@pytest.mark.parametrize("name", [n for n in list_models() if "large" not in n and not n.startswith("deit")
+                                  and "dinov2" not in n and "clip" not in n])
 def test_every_registered_model_trains_a_step_and_round_trips(name, tmp_path):
     torch.manual_seed(0)
     # 224 px models run on a 2x2 patch grid: the same layers and weights but the position embedding, in seconds.
@@ -217,3 +218,32 @@ def test_modern_options_interchange_with_timm_and_work_everywhere(family, tmp_pa
     loaded, _ = load_model(path)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), ours(x), rtol=0, atol=0)
+
+
+FAMILIES = ["deit_tiny_patch16_224", "deit3_small_patch16_224", "vit_small_patch14_dinov2",
+            "vit_small_patch14_reg4_dinov2", "vit_base_patch16_clip_224", "vit_base_patch16_clip_quickgelu_224"]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_registered_families_are_timms_models(name):
+    """The same tensors, names and shapes as timm's model of that name, and (at a small size, 2 blocks) the same
+    logits and features with timm's weights, and timm's with ours."""
+    with torch.device("meta"):
+        theirs = timm.create_model(name, pretrained=False)
+        ours = create_model(name)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    small = dict(img_size=112, depth=2, num_classes=7)  # a multiple of both patch sizes, 14 and 16
+    torch.manual_seed(0)
+    theirs = timm.create_model(name, pretrained=False, **small).eval()
+    for module in theirs.modules():
+        if hasattr(module, "gamma"):
+            torch.nn.init.uniform_(module.gamma, 0.5, 1.5)
+    ours = create_model(name, **small).eval()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-5)
+        torch.testing.assert_close(ours.forward_features(x), theirs.forward_features(x), rtol=0, atol=1e-5)
+        theirs.load_state_dict(create_model(name, **small).state_dict())
+        ours.load_state_dict(theirs.state_dict())
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-5)

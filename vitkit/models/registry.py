@@ -52,6 +52,33 @@ register("vit_micro_patch7_28", "dim 128, depth 4, 4 heads, 28 px grayscale: the
          img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0)
 
 
+# The newer families under timm's names and sizes (their weights load with --init timm:NAME.TAG): DeiT is the
+# paper's ViT trained on ImageNet-1k alone; DeiT-III adds LayerScale and position embeddings for the patches only;
+# DINOv2 (self-supervised) trains at 518 px on 14-px patches with LayerScale, its reg4 models with 4 registers;
+# CLIP's image towers put a LayerNorm before the blocks (LayerNorm epsilon 1e-5), OpenAI's with QuickGELU.
+for _size in ("tiny", "small", "base"):
+    _dim, _depth, _heads = _SIZES[_size]
+    register(f"deit_{_size}_patch16_224", f"DeiT-{_size[0].upper()}/16 (the ViT, ImageNet-1k training recipe)",
+             img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=_dim, depth=_depth,
+             num_heads=_heads)
+for _size in ("small", "base", "large"):
+    _dim, _depth, _heads = _SIZES[_size]
+    _cut = _size[0].upper()
+    register(f"deit3_{_size}_patch16_224", f"DeiT-III {_cut}/16: LayerScale 1e-6, patch-only position embeddings",
+             img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=_dim, depth=_depth,
+             num_heads=_heads, init_values=1e-6, no_embed_class=True)
+    register(f"vit_{_size}_patch14_dinov2", f"DINOv2 ViT-{_cut}/14 at 518 px, LayerScale 1e-5 (features: "
+             "num_classes 0)", img_size=518, patch_size=14, in_chans=3, num_classes=0, embed_dim=_dim,
+             depth=_depth, num_heads=_heads, init_values=1e-5)
+    register(f"vit_{_size}_patch14_reg4_dinov2", f"DINOv2 ViT-{_cut}/14 with 4 registers, 518 px (features)",
+             img_size=518, patch_size=14, in_chans=3, num_classes=0, embed_dim=_dim, depth=_depth,
+             num_heads=_heads, init_values=1e-5, reg_tokens=4, no_embed_class=True)
+for _quick, _act, _classes in (("", "gelu", 1000), ("_quickgelu", "quick_gelu", 512)):
+    register(f"vit_base_patch16_clip{_quick}_224", f"CLIP ViT-B/16 image tower, pre-norm{', QuickGELU' * bool(_quick)}",
+             img_size=224, patch_size=16, in_chans=3, num_classes=_classes, embed_dim=768, depth=12, num_heads=12,
+             pre_norm=True, norm_eps=1e-5, act_layer=_act)
+
+
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
