@@ -245,3 +245,24 @@ def test_a_patchify_checkpoint_initializes_a_conv_stem_model_only_when_not_stric
     assert any("the source has a patchify stem, this model a conv stem" in n for n in result.notes)
     assert all(k.startswith("patch_embed.") for k in result.missing)
     assert torch.equal(target.blocks[1].attn.qkv.weight, source.blocks[1].attn.qkv.weight)
+
+
+@pytest.mark.parametrize("name", ["vit_small_patch14_reg4_dinov2", "deit3_small_patch16_224", "vit_small_patch14_dinov2"])
+def test_newer_families_init_from_timm_weights_at_another_size(name, tmp_path):
+    """Position embeddings without prefix rows (DeiT-III, registers) and with the class token's row (DINOv2) are
+    resampled to the new grid; the features head of DINOv2 (none) leaves ours new."""
+    import timm
+    from safetensors.torch import save_file
+
+    from vitkit.models import create_model
+
+    torch.manual_seed(0)
+    theirs = timm.create_model(name, pretrained=False, img_size=224, depth=2)
+    source = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in theirs.state_dict().items()}, source)
+    ours = create_model(name, img_size=112, depth=2, num_classes=3, init=str(source))
+    assert ours.pos_embed.shape[1] == (112 // ours.patch_embed.patch_size[0]) ** 2 + (
+        0 if ours.no_embed_class else ours.num_prefix_tokens)
+    torch.testing.assert_close(ours.blocks[1].ls2.gamma, theirs.blocks[1].ls2.gamma)
+    if ours.reg_token is not None:
+        torch.testing.assert_close(ours.reg_token, theirs.reg_token)
