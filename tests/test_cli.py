@@ -115,6 +115,12 @@ def test_models_and_info_list_sizes():
     assert "vit_base_patch16_224" in models.stdout and "86.57M" in models.stdout
     info = run_cli("info", "vit_small_patch16_224", "--set", "img_size=384")
     assert "tokens: 577" in info.stdout and "parameters:" in info.stdout
+    dinov2 = run_cli("models", "--family", "dinov2")
+    assert dinov2.returncode == 0 and "vit_small_patch14_reg4_dinov2" in dinov2.stdout
+    assert "deit" not in dinov2.stdout and "vit_base_patch16_224 " not in dinov2.stdout
+    assert "timm:vit_small_patch14_dinov2.lvd142m" in dinov2.stdout  # timm's default weights, for --init
+    small = run_cli("models", "--family", "small")
+    assert "vit_micro_patch7_28" in small.stdout and "vit_small_patch16_224" not in small.stdout
 
 
 def test_module_entry_point_and_help_config():

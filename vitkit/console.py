@@ -152,11 +152,11 @@ def print_runs(runs: list, skipped: list[str], folder) -> None:
 
 
 def print_models(rows: list) -> None:
-    """`vitkit models`: (name, parameters, FLOPs, spec) per registered model."""
-    table = Table("model", "params", "GFLOPs", "image", "patch", "description")
-    for name, params, flops, spec in rows:
-        table.add_row(name, f"{params / 1e6:.2f}M", f"{flops / 1e9:.3f}", f"{spec.kwargs['img_size']}",
-                      str(spec.kwargs["patch_size"]), spec.description)
+    """`vitkit models`: (name, parameters, FLOPs, spec, timm's default pretrained weights or None) per model."""
+    table = Table("model", "family", "params", "GFLOPs", "image", "patch", "pretrained (--init)", "description")
+    for name, params, flops, spec, weights in rows:
+        table.add_row(name, spec.family, f"{params / 1e6:.2f}M", f"{flops / 1e9:.3f}", f"{spec.kwargs['img_size']}",
+                      str(spec.kwargs["patch_size"]), weights or "-", spec.description)
     out.print(table)
 
 

@@ -16,6 +16,32 @@ class ModelSpec:
     kwargs: dict = field(default_factory=dict)
     description: str = ""
 
+    @property
+    def family(self) -> str:
+        """'vit' (the paper's sizes), 'deit', 'deit3', 'dinov2', 'clip', or 'small' (presets for small images)."""
+        for family, test in (("deit3", self.name.startswith("deit3_")), ("deit", self.name.startswith("deit_")),
+                             ("dinov2", self.name.endswith("_dinov2")), ("clip", "_clip" in self.name),
+                             ("vit", self.name.endswith("_224"))):
+            if test:
+                return family
+        return "small"
+
+
+FAMILIES = ("vit", "deit", "deit3", "dinov2", "clip", "small")
+
+
+def pretrained_tag(name: str) -> str | None:
+    """timm's default pretrained weights for a registered name (`--init timm:NAME.TAG`), or None (no weights, or
+    timm is not installed): read from timm's own table, no download."""
+    try:
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name)
+    except Exception:  # timm missing, or the name unknown to it
+        return None
+    hub = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    return f"timm:{hub.split('/', 1)[1]}" if hub and "/" in hub else None
+
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
