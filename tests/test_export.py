@@ -86,3 +86,22 @@ def test_runtime_mistakes_are_one_line_errors(exported, golden, tmp_path, args, 
     names = {"ckpt": checkpoint, "onnx": checkpoint.with_suffix(".onnx"), "img": golden / "wide.png", "tmp": tmp_path}
     r = run_cli(*[a.format(**names) for a in args])
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.mark.parametrize("options", [dict(class_token=False, global_pool="map", reg_tokens=2),
+                                     dict(dist_token=True), dict(mlp_layer="swiglu_packed", act_layer="silu",
+                                                                 init_values=0.1, dynamic_img_size=True)],
+                         ids=["siglip-map", "deit-distilled", "dinov2-giant-like"])
+def test_the_newer_families_export_to_onnx_with_the_parity_check(tmp_path, options):
+    from vitkit.engine.checkpoint import model_meta, save_model
+    from vitkit.export.onnx import export_onnx
+    from vitkit.models import create_model, model_kwargs
+
+    kwargs = model_kwargs("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4,
+                          num_classes=3, **options)
+    torch.manual_seed(0)
+    model = create_model("vit_tiny_patch16_224", **kwargs)
+    path = tmp_path / "m.safetensors"
+    save_model(path, model, model_meta("vit_tiny_patch16_224", kwargs, ["a", "b", "c"], [0.5] * 3, [0.25] * 3))
+    result = export_onnx(path, samples=8)
+    assert result.max_abs_diff < 1e-4 and result.top1_agreement == 1.0

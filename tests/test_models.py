@@ -11,8 +11,8 @@ from vitkit.models import count_flops, create_model, get_spec, list_models, mode
 
 # ViT-L is ViT-B's code at another size (its parameter count is checked against timm below); building it takes
 # 25 s of the suite's time for nothing new. The newer families are timm's models (test_registered_families_...).
-@pytest.mark.parametrize("name", [n for n in list_models() if "large" not in n and not n.startswith("deit")
-                                  and "dinov2" not in n and "clip" not in n])
+@pytest.mark.parametrize("name", [n for n in list_models() if "large" not in n
+                                  and get_spec(n).family in ("vit", "small")])
 def test_every_registered_model_trains_a_step_and_round_trips(name, tmp_path):
     torch.manual_seed(0)
     # 224 px models run on a 2x2 patch grid: the same layers and weights but the position embedding, in seconds.
@@ -142,7 +142,7 @@ def test_conv_stem_keeps_the_token_grid_counts_its_flops_and_round_trips(tmp_pat
         conv(torch.randn(1, 3, 224, 224))
     assert counter.get_total_flops() == count_flops(conv)
     _assert_micro_conv_stem_round_trips(tmp_path)
-    with pytest.raises(UserError, match="stem must be 'patch' or 'conv'"):
+    with pytest.raises(UserError, match="stem must be one of patch, conv, not 'convs'"):
         create_model("vit_micro_patch7_28", stem="convs")
     with pytest.raises(UserError, match="conv stem cannot give 3x3 patches on 27x27"):
         create_model("vit_micro_patch7_28", img_size=27, patch_size=3, stem="conv")
@@ -181,6 +181,13 @@ MODERN_OPTIONS = {  # the options of the newer ViT families, alone and as those 
     "dinov2-reg": dict(init_values=1e-2, reg_tokens=4, no_embed_class=True),
     "siglip-gap": dict(class_token=False, global_pool="avg", no_embed_class=True),
     "registers-gap": dict(reg_tokens=4, global_pool="avg", class_token=False, no_embed_class=True),
+    "siglip-gap-norm-first": dict(class_token=False, global_pool="avg", fc_norm=False),
+    "siglip-map": dict(class_token=False, global_pool="map"),
+    "map-registers": dict(class_token=False, global_pool="map", reg_tokens=2, no_embed_class=True),
+    "swiglu-packed": dict(mlp_layer="swiglu_packed", act_layer="silu", init_values=1e-2),
+    "swiglu": dict(mlp_layer="swiglu", act_layer="silu"),
+    "deit-distilled": dict(dist_token=True),
+    "dynamic-size": dict(dynamic_img_size=True, reg_tokens=1),
 }
 
 
@@ -188,10 +195,12 @@ MODERN_OPTIONS = {  # the options of the newer ViT families, alone and as those 
 def test_modern_options_interchange_with_timm_and_work_everywhere(family, tmp_path):
     from vitkit.report import explain
 
+    from vitkit.engine.bench import timm_twin
+
     cfg = dict(img_size=32, patch_size=8, in_chans=3, num_classes=5, embed_dim=64, depth=3, num_heads=4,
                **MODERN_OPTIONS[family])
     torch.manual_seed(0)
-    theirs = TimmViT(**cfg).eval()
+    theirs = timm_twin(cfg).eval()
     for module in theirs.modules():  # LayerScale starts at 1e-2; a random scale makes its mistakes visible
         if hasattr(module, "gamma"):
             torch.nn.init.uniform_(module.gamma, 0.5, 1.5)
@@ -220,8 +229,10 @@ def test_modern_options_interchange_with_timm_and_work_everywhere(family, tmp_pa
         torch.testing.assert_close(loaded(x), ours(x), rtol=0, atol=0)
 
 
-FAMILIES = ["deit_tiny_patch16_224", "deit3_small_patch16_224", "vit_small_patch14_dinov2",
-            "vit_small_patch14_reg4_dinov2", "vit_base_patch16_clip_224", "vit_base_patch16_clip_quickgelu_224"]
+FAMILIES = ["deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "deit3_small_patch16_224",
+            "vit_small_patch14_dinov2", "vit_small_patch14_reg4_dinov2", "vit_giant_patch14_dinov2",
+            "vit_base_patch16_clip_224", "vit_base_patch16_clip_quickgelu_224", "vit_base_patch16_siglip_224",
+            "vit_base_patch16_siglip_gap_224", "vit_medium_patch16_reg4_gap_256"]
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -233,6 +244,8 @@ def test_registered_families_are_timms_models(name):
         ours = create_model(name)
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
     small = dict(img_size=112, depth=2, num_classes=7)  # a multiple of both patch sizes, 14 and 16
+    if "giant" in name:  # the giant's SwiGLU at a tenth of its width: the same code in a second
+        small.update(embed_dim=192, num_heads=3)
     torch.manual_seed(0)
     theirs = timm.create_model(name, pretrained=False, **small).eval()
     for module in theirs.modules():
@@ -247,3 +260,74 @@ def test_registered_families_are_timms_models(name):
         theirs.load_state_dict(create_model(name, **small).state_dict())
         ours.load_state_dict(theirs.state_dict())
         torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-5)
+
+
+def test_every_registered_family_has_timms_tensors_and_shapes():
+    """Every registered name that timm also has: the same tensor names and shapes (built without weights)."""
+    checked = 0
+    for name in list_models():
+        if get_spec(name).family == "small" or name not in timm.list_models(name):
+            continue
+        with torch.device("meta"):
+            theirs = timm.create_model(name, pretrained=False, num_classes=get_spec(name).kwargs["num_classes"])
+            ours = create_model(name)
+        assert {k: v.shape for k, v in ours.state_dict().items()} == \
+            {k: v.shape for k, v in theirs.state_dict().items()}, name
+        assert num_params(ours) == num_params(theirs), name
+        checked += 1
+    assert checked >= 35  # all but vit_tiny_patch32_224, which timm does not register
+
+
+def test_distillation_token_heads_train_apart_and_average_at_inference():
+    torch.manual_seed(0)
+    model = create_model("deit_tiny_distilled_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=4)
+    x = torch.randn(3, 3, 32, 32)
+    tokens = model.forward_features(x)
+    with torch.no_grad():
+        cls, dist = model.head(tokens[:, 0]), model.head_dist(tokens[:, 1])
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), (cls + dist) / 2, rtol=0, atol=1e-6)
+    model.train()
+    model.distilled_training = True
+    out = model(x)
+    assert isinstance(out, tuple) and len(out) == 2
+    torch.testing.assert_close(out[0], cls, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out[1], dist, rtol=0, atol=1e-6)
+    model.distilled_training = False
+    assert model(x).shape == (3, 4)
+    assert count_flops(model) > count_flops(create_model("deit_tiny_patch16_224", img_size=32, patch_size=8, depth=2,
+                                                         num_classes=4))
+    with pytest.raises(UserError, match="dist_token needs the class token"):
+        create_model("deit_tiny_distilled_patch16_224", global_pool="avg")
+
+
+def test_dynamic_image_size_interpolates_positions_like_timm():
+    from vitkit.engine.bench import timm_twin
+
+    cfg = dict(img_size=32, patch_size=8, in_chans=3, num_classes=5, embed_dim=64, depth=2, num_heads=4,
+               dynamic_img_size=True, reg_tokens=4, no_embed_class=True, init_values=1e-2)
+    torch.manual_seed(0)
+    theirs = timm_twin(cfg).eval()
+    ours = create_model("vit_tiny_patch16_224", **cfg).eval()
+    ours.load_state_dict(theirs.state_dict())
+    for size in ((48, 48), (24, 40), (32, 32)):
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-5)
+    with pytest.raises(UserError, match="30x32, which 8x8 patches do not divide"):
+        ours(torch.randn(1, 3, 30, 32))
+    fixed = create_model("vit_tiny_patch16_224", **{**cfg, "dynamic_img_size": False})
+    with pytest.raises(UserError, match="the model expects 32x32"):
+        fixed(torch.randn(1, 3, 48, 48))
+
+
+@pytest.mark.parametrize("options", [dict(dist_token=True), dict(mlp_layer="swiglu_packed", act_layer="silu"),
+                                     dict(mlp_layer="swiglu", act_layer="silu")])
+def test_flops_of_the_newer_options_are_what_forward_computes(options):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = create_model("vit_tiny_patch16_224", img_size=64, attn_impl="math", **options).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    assert counter.get_total_flops() == count_flops(model)

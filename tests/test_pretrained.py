@@ -138,6 +138,29 @@ def test_missing_backbone_tensors_are_an_error_unless_not_strict(tmp_path):
         load_pretrained(tiny(embed_dim=32, num_heads=2), str(tmp_path / "partial.safetensors"))
 
 
+def test_weights_of_another_family_name_it_and_the_model_to_use(tmp_path):
+    """DeiT-III's LayerScale into a plain ViT would be dropped, and a plain ViT into DeiT-III would leave LayerScale
+    random: both are one-line errors that name the family and the --model the weights fit."""
+    torch.manual_seed(0)
+    for source, target, family, fit in (("deit3_small_patch16_224", "vit_small_patch16_224", "deit3", "deit3_small"),
+                                        ("vit_small_patch16_224", "deit3_small_patch16_224", "deit", "deit_small"),
+                                        ("deit_small_distilled_patch16_224", "deit_small_patch16_224", "deit",
+                                         "deit_small_distilled")):
+        path = tmp_path / f"{source}.safetensors"
+        save_file({k: v.contiguous() for k, v in timm.create_model(source).state_dict().items()}, path)
+        with pytest.raises(UserError, match=rf"holds weights of the {family} family .*--model {fit}_patch16_224"):
+            create_model(target, num_classes=3, init=str(path))
+
+
+def test_an_unknown_timm_tag_lists_the_known_ones():
+    from vitkit.models.pretrained import default_timm_weights, read_source
+
+    with pytest.raises(UserError, match=r"no weights 'deit_tiny_patch16_224.in22k'.*are fb_in1k"):
+        read_source("timm:deit_tiny_patch16_224.in22k")
+    assert default_timm_weights("vit_base_patch16_siglip_224") == "vit_base_patch16_siglip_224.v2_webli"
+    assert default_timm_weights("vit_micro_patch7_28") is None
+
+
 def test_pickled_code_in_a_pth_file_is_refused(tmp_path):
     class Evil:
         def __reduce__(self):
@@ -247,10 +270,12 @@ def test_a_patchify_checkpoint_initializes_a_conv_stem_model_only_when_not_stric
     assert torch.equal(target.blocks[1].attn.qkv.weight, source.blocks[1].attn.qkv.weight)
 
 
-@pytest.mark.parametrize("name", ["vit_small_patch14_reg4_dinov2", "deit3_small_patch16_224", "vit_small_patch14_dinov2"])
+@pytest.mark.parametrize("name", ["vit_small_patch14_reg4_dinov2", "deit3_small_patch16_224", "vit_small_patch14_dinov2",
+                                  "deit_tiny_distilled_patch16_224", "vit_base_patch16_siglip_224"])
 def test_newer_families_init_from_timm_weights_at_another_size(name, tmp_path):
     """Position embeddings without prefix rows (DeiT-III, registers) and with the class token's row (DINOv2) are
-    resampled to the new grid; the features head of DINOv2 (none) leaves ours new."""
+    resampled to the new grid, as are those with two prefix rows (distilled DeiT); the features head of DINOv2
+    (none) leaves ours new, and SigLIP's attention pooling loads."""
     import timm
     from safetensors.torch import save_file
 
@@ -263,6 +288,13 @@ def test_newer_families_init_from_timm_weights_at_another_size(name, tmp_path):
     ours = create_model(name, img_size=112, depth=2, num_classes=3, init=str(source))
     assert ours.pos_embed.shape[1] == (112 // ours.patch_embed.patch_size[0]) ** 2 + (
         0 if ours.no_embed_class else ours.num_prefix_tokens)
-    torch.testing.assert_close(ours.blocks[1].ls2.gamma, theirs.blocks[1].ls2.gamma)
+    torch.testing.assert_close(ours.blocks[1].mlp.fc2.weight, theirs.blocks[1].mlp.fc2.weight)
+    if ours.blocks[1].ls2.__class__.__name__ == "LayerScale":
+        torch.testing.assert_close(ours.blocks[1].ls2.gamma, theirs.blocks[1].ls2.gamma)
+    for token in ("reg_token", "dist_token"):
+        if getattr(ours, token) is not None:
+            torch.testing.assert_close(getattr(ours, token), getattr(theirs, token))
+    if ours.attn_pool is not None:
+        torch.testing.assert_close(ours.attn_pool.latent, theirs.attn_pool.latent)
     if ours.reg_token is not None:
         torch.testing.assert_close(ours.reg_token, theirs.reg_token)

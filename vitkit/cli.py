@@ -277,14 +277,18 @@ def cmd_runs_compare(paths: list[str], out: str, as_json: bool) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from .console import print_models
     from .models import get_spec, list_models, model_size
-    from .models.registry import pretrained_tag
+    from .models.pretrained import default_timm_weights
+    from .models.registry import FAMILIES
 
+    if args.family and args.family not in FAMILIES:
+        raise UserError(f"unknown family {args.family!r}: choose one of {', '.join(FAMILIES)}")
     rows = []
     for name in list_models():
         if args.family and get_spec(name).family != args.family:
             continue
         params, flops, _ = model_size(name, **({"num_classes": args.num_classes} if args.num_classes else {}))
-        rows.append((name, params, flops, get_spec(name), pretrained_tag(name)))
+        weights = default_timm_weights(name)
+        rows.append((name, params, flops, get_spec(name), f"timm:{weights}" if weights else None))
     print_models(rows)
     return 0
 
@@ -541,8 +545,8 @@ def _runs_parser(sub) -> None:
 def _model_parsers(sub) -> None:
     m = sub.add_parser("models", help="list the registered models")
     m.add_argument("--num-classes", type=int, help="count parameters for this many classes")
-    m.add_argument("--family", choices=["vit", "deit", "deit3", "dinov2", "clip", "small"],
-                   help="only this family's models")
+    m.add_argument("--family", metavar="FAMILY", help="only this family's models: vit, deit, deit3, dinov2, clip, "
+                   "siglip, reg-gap or small")
     m.set_defaults(func=cmd_models)
     i = sub.add_parser("info", help="a model's configuration, parameters and FLOPs")
     i.add_argument("model", metavar="MODEL", help="registered model name (vitkit models)")

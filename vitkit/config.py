@@ -80,8 +80,8 @@ class ModelConfig:
     depth: int | None = option(None, "override the number of blocks", check=POSITIVE)
     num_heads: int | None = option(None, "override the number of attention heads", check=POSITIVE)
     mlp_ratio: float | None = option(None, "override the MLP hidden size / width", check=POSITIVE)
-    global_pool: str | None = option(None, "'token' (class token) or 'avg' (mean of patch tokens); null: the model's",
-                                     choices=(None, "token", "avg"))
+    global_pool: str | None = option(None, "'token' (class token), 'avg' (mean of patch tokens) or 'map' (attention "
+                                     "pooling, SigLIP); null: the model's", choices=(None, "token", "avg", "map"))
     stem: str | None = option(None, "'patch' (one strided conv, timm's ViT) or 'conv' (3x3 conv stack); null: the "
                               "model's", choices=(None, "patch", "conv"))
     stem_depth: int | None = option(None, "3x3 convs per resolution in a conv stem (the first strided); null: the "
@@ -96,8 +96,16 @@ class ModelConfig:
                                    "null: the model's (false)")
     init_values: float | None = option(None, "LayerScale's starting value for each residual branch (DeiT-III: "
                                        "1e-6, DINOv2: 1e-5); null: the model's (none)", check=POSITIVE)
-    act_layer: str | None = option(None, "the MLP's activation: 'gelu' or 'quick_gelu' (OpenAI CLIP); null: the "
-                                   "model's (gelu)", choices=(None, "gelu", "quick_gelu"))
+    act_layer: str | None = option(None, "the MLP's activation: 'gelu', 'quick_gelu' (OpenAI CLIP) or 'silu' "
+                                   "(SwiGLU); null: the model's (gelu)", choices=(None, "gelu", "quick_gelu", "silu"))
+    mlp_layer: str | None = option(None, "'mlp', or a gated MLP: 'swiglu_packed' (DINOv2 giant) or 'swiglu'; null: "
+                                   "the model's (mlp)", choices=(None, "mlp", "swiglu_packed", "swiglu"))
+    fc_norm: bool | None = option(None, "the final LayerNorm after pooling (true) or before it (false); null: after "
+                                  "for 'avg', else before")
+    dist_token: bool | None = option(None, "DeiT's distillation token and second head (averaged at inference); "
+                                     "null: the model's (false)")
+    dynamic_img_size: bool | None = option(None, "take any input size the patch divides, position embeddings "
+                                           "interpolated on the fly; null: the model's (false)")
     drop_rate: float = option(0.0, "dropout after attention projection, in the MLP and before the head",
                               check=FRACTION)
     attn_drop_rate: float = option(0.0, "dropout on attention probabilities", check=FRACTION)

@@ -100,14 +100,21 @@ def _mm_seconds(device: torch.device, dtype: torch.dtype, n: int) -> float:
 
 
 def timm_twin(kwargs: dict) -> nn.Module:
-    """timm's VisionTransformer with our model's configuration."""
+    """timm's VisionTransformer (or its distilled DeiT) with our model's configuration."""
     try:
+        from timm.layers import SwiGLU, SwiGLUPacked
+        from timm.models.deit import VisionTransformerDistilled
         from timm.models.vision_transformer import VisionTransformer as TimmViT
     except ImportError:
         raise UserError("--compare timm needs timm: pip install timm") from None
     keys = ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads", "mlp_ratio",
-            "qkv_bias", "global_pool", "drop_rate", "attn_drop_rate", "drop_path_rate")
-    return TimmViT(**{k: kwargs[k] for k in keys if k in kwargs})
+            "qkv_bias", "global_pool", "drop_rate", "attn_drop_rate", "drop_path_rate", "class_token", "reg_tokens",
+            "no_embed_class", "pre_norm", "init_values", "act_layer", "fc_norm", "dynamic_img_size")
+    args = {k: kwargs[k] for k in keys if k in kwargs}
+    mlp = kwargs.get("mlp_layer", "mlp")
+    if mlp != "mlp":
+        args["mlp_layer"] = {"swiglu": SwiGLU, "swiglu_packed": SwiGLUPacked}[mlp]
+    return (VisionTransformerDistilled if kwargs.get("dist_token") else TimmViT)(**args)
 
 
 def cpu_peak_mib(s: BenchSettings, implementation: str, mode: str) -> float:

@@ -89,7 +89,8 @@ def build_model_for(cfg: Config, data: DataBundle) -> tuple[VisionTransformer, d
                           attn_drop_rate=m.attn_drop_rate, drop_path_rate=m.drop_path_rate, attn_impl=m.attn_impl,
                           stem=m.stem, stem_depth=m.stem_depth, class_token=m.class_token, reg_tokens=m.reg_tokens,
                           no_embed_class=m.no_embed_class, pre_norm=m.pre_norm, init_values=m.init_values,
-                          act_layer=m.act_layer)
+                          act_layer=m.act_layer, mlp_layer=m.mlp_layer, fc_norm=m.fc_norm, dist_token=m.dist_token,
+                          dynamic_img_size=m.dynamic_img_size)
     torch.manual_seed(cfg.train.seed)
     return VisionTransformer(**kwargs), kwargs
 

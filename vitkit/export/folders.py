@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 TIMM_ARCHITECTURE = "vit_base_patch16_224"  # a timm VisionTransformer; config.json's model_args set every size
 # Options of our ViT (timm's names and defaults) that transformers' ViT lacks; timm takes them as they are
 PLAIN_VIT = {"class_token": True, "reg_tokens": 0, "no_embed_class": False, "pre_norm": False, "init_values": None,
-             "act_layer": "gelu"}
+             "act_layer": "gelu", "fc_norm": None, "dist_token": False, "dynamic_img_size": False}
+TIMM_DISTILLED = "deit_base_distilled_patch16_224"  # timm's class with the distillation token
 FOLDER_FORMATS = ("timm", "transformers")
 
 
@@ -102,7 +103,10 @@ def _check_exportable(kwargs: dict, fmt: str) -> None:
     if fmt == "transformers" and kwargs.get("global_pool", "token") != "token":
         raise UserError("transformers' ViTForImageClassification classifies from the class token; this model pools "
                         "the mean of its tokens: export it with --format timm or onnx")
-    extras = [k for k, plain in PLAIN_VIT.items() if kwargs.get(k, plain) != plain]
+    if fmt == "timm" and kwargs.get("mlp_layer", "mlp") != "mlp":
+        raise UserError(f"timm's config.json cannot name the {kwargs['mlp_layer']} MLP layer: export this model "
+                        "with --format onnx, or load its model.safetensors in timm's model of the same name")
+    extras = [k for k, plain in {**PLAIN_VIT, "mlp_layer": "mlp"}.items() if kwargs.get(k, plain) != plain]
     if fmt == "transformers" and extras:
         raise UserError(f"transformers' ViT has no {', '.join(extras)}: export this model with --format timm or onnx")
 
@@ -114,7 +118,8 @@ def _write_timm(folder: Path, model, meta: dict) -> None:
                   "num_heads": k["num_heads"], "mlp_ratio": k.get("mlp_ratio", 4.0),
                   "qkv_bias": k.get("qkv_bias", True), "global_pool": k.get("global_pool", "token"),
                   **{key: k[key] for key, plain in PLAIN_VIT.items() if k.get(key, plain) != plain}}
-    config = {"architecture": TIMM_ARCHITECTURE, "num_classes": len(meta["classes"]), "num_features": k["embed_dim"],
+    architecture = TIMM_DISTILLED if model_args.pop("dist_token", False) else TIMM_ARCHITECTURE
+    config = {"architecture": architecture, "num_classes": len(meta["classes"]), "num_features": k["embed_dim"],
               "global_pool": model_args["global_pool"], "model_args": model_args, "label_names": meta["classes"],
               "pretrained_cfg": {"input_size": [k["in_chans"], k["img_size"], k["img_size"]], "fixed_input_size": True,
                                  "interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": "center",

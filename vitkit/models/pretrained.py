@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
+from .vit import resample_pos_embed  # noqa: F401  (also this module's API: tests and callers import it here)
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,12 @@ def _hub_download(repo: str, filename: str, how: str) -> Path:
 
 def _read_timm_hub(name: str) -> Pretrained:
     if "." not in name:
-        name = _default_timm_tag(name)
+        default = default_timm_weights(name)
+        if default is None:
+            raise UserError(f"timm:{name} needs a pretrained tag, e.g. timm:{name}.augreg_in21k_ft_in1k "
+                            "(the tags are listed on https://huggingface.co/timm)")
+        name = default
+    _check_timm_tag(name)
     repo = f"timm/{name}"
     how = f"pass --init path/to/model.safetensors (from https://huggingface.co/{repo})"
     weights = _hub_download(repo, "model.safetensors", how)
@@ -146,16 +152,31 @@ def _read_timm_hub(name: str) -> Pretrained:
     return pretrained
 
 
-def _default_timm_tag(name: str) -> str:
+def default_timm_weights(name: str) -> str | None:
+    """timm's default pretrained weights for a model name, as NAME.TAG (`--init timm:NAME.TAG`), or None (no
+    weights, or timm is not installed): read from timm's own table, no download."""
     try:
         from timm.models import get_pretrained_cfg
+
         cfg = get_pretrained_cfg(name)
-    except Exception:  # timm missing or the name unknown to it
-        cfg = None
-    if cfg is None or not getattr(cfg, "hf_hub_id", None):
-        raise UserError(f"timm:{name} needs a pretrained tag, e.g. timm:{name}.augreg_in21k_ft_in1k "
-                        "(the tags are listed on https://huggingface.co/timm)")
-    return cfg.hf_hub_id.split("/", 1)[1]
+    except Exception:  # timm missing, or the name unknown to it
+        return None
+    hub = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    return hub.split("/", 1)[1] if hub and "/" in hub else None
+
+
+def _check_timm_tag(name: str) -> None:
+    """A tag that timm does not know for a model it knows is a one-line error that lists the known tags (where
+    timm is installed; without it the Hub's answer is the check)."""
+    try:
+        import timm
+
+        known = timm.list_pretrained(name.split(".", 1)[0] + ".*")
+    except Exception:  # timm missing
+        return
+    if known and name not in known:
+        tags = ", ".join(k.split(".", 1)[1] for k in known)
+        raise UserError(f"timm has no weights {name!r}: the tags of {name.split('.', 1)[0]} are {tags}")
 
 
 def _read_transformers_dir(path: Path, source: str) -> Pretrained:
@@ -341,20 +362,6 @@ def to_jax(state: dict[str, torch.Tensor], num_heads: int) -> dict[str, np.ndarr
 
 
 # ------------------------------------------------------------------------------------------------ adaptation
-def resample_pos_embed(pos: torch.Tensor, new_grid: tuple[int, int], num_prefix: int = 1) -> torch.Tensor:
-    """Position embeddings (1, prefix + h*w, D) to another patch grid: 2D bicubic; the class token's row is kept."""
-    prefix, grid = pos[:, :num_prefix], pos[:, num_prefix:]
-    side = math.isqrt(grid.shape[1])
-    if side * side != grid.shape[1]:
-        raise UserError(f"position embeddings of {grid.shape[1]} patches are not a square grid: cannot resample")
-    if (side, side) == tuple(new_grid):
-        return pos
-    grid = grid.reshape(1, side, side, -1).permute(0, 3, 1, 2)  # (1, D, h, w)
-    grid = F.interpolate(grid.float(), size=tuple(new_grid), mode="bicubic", antialias=True, align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1)  # (1, h'*w', D)
-    return torch.cat([prefix, grid.to(pos.dtype)], dim=1)
-
-
 def resample_patch_kernel(weight: torch.Tensor, new_size: tuple[int, int]) -> torch.Tensor:
     """Patch-embedding kernels (D, C, p, p) to another patch size with FlexiViT's pseudo-inverse resize.
 
@@ -390,6 +397,9 @@ def adapt(state: dict[str, torch.Tensor], model, other_classes: bool = False
         state.pop("head.bias", None)
         new = target["head.weight"].shape[0] if "head.weight" in target else 0
         notes.append(f"head replaced: {old} classes in the source, {new} here (new head, random initial weights)")
+    if "head.weight" not in state:  # the distillation head goes with the class head
+        state.pop("head_dist.weight", None)
+        state.pop("head_dist.bias", None)
     source_conv_stem = any(k.startswith("patch_embed.stem.") for k in state)
     target_conv_stem = any(k.startswith("patch_embed.stem.") for k in target)
     if "patch_embed.proj.weight" in state and source_conv_stem != target_conv_stem:
@@ -425,6 +435,65 @@ def adapt(state: dict[str, torch.Tensor], model, other_classes: bool = False
     return state, notes
 
 
+VIT_PARTS = ("cls_token", "dist_token", "reg_token", "pos_embed", "patch_embed", "norm_pre", "blocks", "norm",
+             "fc_norm", "attn_pool")  # the top-level names of our ViT (timm's)
+
+
+def _is_head(key: str) -> bool:
+    return key.startswith(("head.", "head_dist."))
+
+
+def _layout(state: dict) -> dict[str, tuple]:
+    """What fixes a model's family and size: every tensor's shape but the heads' and what `adapt` resamples."""
+    return {k: tuple(v.shape) for k, v in state.items()
+            if not _is_head(k) and k not in ("pos_embed", "patch_embed.proj.weight")}
+
+
+def matching_models(state: dict[str, torch.Tensor]) -> list[str]:
+    """The registered models whose tensors (heads and resampled ones aside) are those of a state dict, counted on
+    copies without weights; only those of the state's width and depth are built."""
+    from .registry import get_spec, list_models
+    from .vit import VisionTransformer
+
+    want = _layout(state)
+    width = want.get("blocks.0.norm1.weight", (None,))[0]
+    depth = len({k.split(".")[1] for k in want if k.startswith("blocks.")})
+    found = []
+    for name in list_models():
+        kwargs = {**get_spec(name).kwargs, "num_classes": 0}
+        if (kwargs["embed_dim"], kwargs["depth"]) != (width, depth):
+            continue
+        with torch.device("meta"):
+            model = VisionTransformer(**kwargs)
+        if _layout(model.state_dict()) == want:
+            found.append(name)
+    return found
+
+
+def _check_family(source: str, state: dict, target: dict) -> None:
+    """Weights of another family (tensors of our ViT's parts that this model lacks, or needs and the source lacks)
+    are a one-line error that names the registered models they fit, rather than weights silently left out or left
+    random. The heads and the patch embedding (which `adapt` reconciles) aside."""
+    def parts(keys):
+        return {k for k in keys if not _is_head(k) and k.split(".")[0] in VIT_PARTS and k.split(".")[0] != "patch_embed"}
+
+    unexpected, missing = sorted(parts(state) - set(target)), sorted(parts(target) - set(state))
+    if not unexpected and not missing:
+        return
+    from .registry import get_spec
+
+    fits = matching_models(state)
+    differ = ", ".join((unexpected or missing)[:3]) + (", ..." if len(unexpected or missing) > 3 else "")
+    has = f"has {differ}, which this model lacks" if unexpected else f"lacks {differ}, which this model needs"
+    if fits:
+        also = f" (or {', '.join(fits[1:3])})" if len(fits) > 1 else ""
+        raise UserError(f"{source} holds weights of the {get_spec(fits[0]).family} family ({fits[0]}'s layout: it "
+                        f"{has}): use --model {fits[0]}{also}")
+    if unexpected:
+        raise UserError(f"{source} {has}: the weights are of another model family; choose the matching --model "
+                        "(`vitkit models --family`), or --init-strict false to leave them out")
+
+
 def load_pretrained(model, source: str | Pretrained, strict: bool = True, classes: list[str] | None = None
                     ) -> InitResult:
     """Load `source` (or what `read_source` read from it) into `model` in place, adapting what differs.
@@ -434,6 +503,8 @@ def load_pretrained(model, source: str | Pretrained, strict: bool = True, classe
     pretrained = source if isinstance(source, Pretrained) else read_source(source)
     source = pretrained.source
     other = bool(classes and pretrained.classes and list(pretrained.classes) != list(classes))
+    if strict:
+        _check_family(source, pretrained.state, model.state_dict())
     state, notes = adapt(pretrained.state, model, other)
     target = model.state_dict()
     wrong = [f"{k} is {tuple(v.shape)} there, {tuple(target[k].shape)} here" for k, v in state.items()
@@ -443,7 +514,7 @@ def load_pretrained(model, source: str | Pretrained, strict: bool = True, classe
                         "--model (same width, depth and heads)")
     missing = sorted(set(target) - set(state))
     unexpected = sorted(set(state) - set(target))
-    not_head = [k for k in missing if not k.startswith("head.")]
+    not_head = [k for k in missing if not _is_head(k)]
     if not_head and strict:
         raise UserError(f"{source} lacks {len(not_head)} tensor(s) this model needs ({', '.join(not_head[:4])}"
                         f"{', ...' if len(not_head) > 4 else ''}): choose the matching --model, or "

@@ -18,29 +18,18 @@ class ModelSpec:
 
     @property
     def family(self) -> str:
-        """'vit' (the paper's sizes), 'deit', 'deit3', 'dinov2', 'clip', or 'small' (presets for small images)."""
+        """'vit' (the paper's sizes), 'deit', 'deit3', 'dinov2', 'clip', 'siglip', 'reg-gap' (registers and mean
+        pooling) or 'small' (presets for small images)."""
         for family, test in (("deit3", self.name.startswith("deit3_")), ("deit", self.name.startswith("deit_")),
                              ("dinov2", self.name.endswith("_dinov2")), ("clip", "_clip" in self.name),
+                             ("siglip", "_siglip" in self.name), ("reg-gap", "_gap_" in self.name),
                              ("vit", self.name.endswith("_224"))):
             if test:
                 return family
         return "small"
 
 
-FAMILIES = ("vit", "deit", "deit3", "dinov2", "clip", "small")
-
-
-def pretrained_tag(name: str) -> str | None:
-    """timm's default pretrained weights for a registered name (`--init timm:NAME.TAG`), or None (no weights, or
-    timm is not installed): read from timm's own table, no download."""
-    try:
-        from timm.models import get_pretrained_cfg
-
-        cfg = get_pretrained_cfg(name)
-    except Exception:  # timm missing, or the name unknown to it
-        return None
-    hub = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-    return f"timm:{hub.split('/', 1)[1]}" if hub and "/" in hub else None
+FAMILIES = ("vit", "deit", "deit3", "dinov2", "clip", "siglip", "reg-gap", "small")
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -49,20 +38,22 @@ _REGISTRY: dict[str, ModelSpec] = {}
 MODEL_ARGS = ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads", "mlp_ratio",
               "qkv_bias", "global_pool", "drop_rate", "pos_drop_rate", "attn_drop_rate", "drop_path_rate",
               "attn_impl", "norm_eps", "stem", "stem_depth", "class_token", "reg_tokens", "no_embed_class", "pre_norm",
-              "init_values", "act_layer")
+              "init_values", "act_layer", "mlp_layer", "fc_norm", "dist_token", "dynamic_img_size")
 
 
 def register(name: str, description: str, **kwargs) -> None:
     _REGISTRY[name] = ModelSpec(name, kwargs, description)
 
 
-_SIZES = {  # (embed_dim, depth, num_heads) from the ViT and DeiT papers
+_SIZES = {  # (embed_dim, depth, num_heads) from the ViT and DeiT papers, and timm's medium
     "tiny": (192, 12, 3),
     "small": (384, 12, 6),
+    "medium": (512, 12, 8),
     "base": (768, 12, 12),
     "large": (1024, 24, 16),
 }
-for _size, (_dim, _depth, _heads) in _SIZES.items():
+for _size in ("tiny", "small", "base", "large"):
+    _dim, _depth, _heads = _SIZES[_size]
     for _patch in (16, 32):
         register(f"vit_{_size}_patch{_patch}_224", f"ViT-{_size[0].upper()}/{_patch}, 224 px, RGB",
                  img_size=224, patch_size=_patch, in_chans=3, num_classes=1000, embed_dim=_dim, depth=_depth,
@@ -79,14 +70,20 @@ register("vit_micro_patch7_28", "dim 128, depth 4, 4 heads, 28 px grayscale: the
 
 
 # The newer families under timm's names and sizes (their weights load with --init timm:NAME.TAG): DeiT is the
-# paper's ViT trained on ImageNet-1k alone; DeiT-III adds LayerScale and position embeddings for the patches only;
-# DINOv2 (self-supervised) trains at 518 px on 14-px patches with LayerScale, its reg4 models with 4 registers;
-# CLIP's image towers put a LayerNorm before the blocks (LayerNorm epsilon 1e-5), OpenAI's with QuickGELU.
+# paper's ViT trained on ImageNet-1k alone, its distilled models with a distillation token and a second head;
+# DeiT-III adds LayerScale and position embeddings for the patches only; DINOv2 (self-supervised) trains at 518 px on
+# 14-px patches with LayerScale, its reg4 models with 4 registers, its giant with a SwiGLU MLP; CLIP's image towers
+# put a LayerNorm before the blocks (LayerNorm epsilon 1e-5), OpenAI's with QuickGELU; SigLIP's have no class token
+# and pool by attention (MAP) or by the mean (gap); timm's reg-gap models pool the mean, with registers.
 for _size in ("tiny", "small", "base"):
     _dim, _depth, _heads = _SIZES[_size]
-    register(f"deit_{_size}_patch16_224", f"DeiT-{_size[0].upper()}/16 (the ViT, ImageNet-1k training recipe)",
+    _cut = _size[0].upper()
+    register(f"deit_{_size}_patch16_224", f"DeiT-{_cut}/16 (the ViT, ImageNet-1k training recipe)",
              img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=_dim, depth=_depth,
              num_heads=_heads)
+    register(f"deit_{_size}_distilled_patch16_224", f"DeiT-{_cut}/16 distilled: distillation token, two heads",
+             img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=_dim, depth=_depth,
+             num_heads=_heads, dist_token=True)
 for _size in ("small", "base", "large"):
     _dim, _depth, _heads = _SIZES[_size]
     _cut = _size[0].upper()
@@ -99,10 +96,31 @@ for _size in ("small", "base", "large"):
     register(f"vit_{_size}_patch14_reg4_dinov2", f"DINOv2 ViT-{_cut}/14 with 4 registers, 518 px (features)",
              img_size=518, patch_size=14, in_chans=3, num_classes=0, embed_dim=_dim, depth=_depth,
              num_heads=_heads, init_values=1e-5, reg_tokens=4, no_embed_class=True)
-for _quick, _act, _classes in (("", "gelu", 1000), ("_quickgelu", "quick_gelu", 512)):
-    register(f"vit_base_patch16_clip{_quick}_224", f"CLIP ViT-B/16 image tower, pre-norm{', QuickGELU' * bool(_quick)}",
-             img_size=224, patch_size=16, in_chans=3, num_classes=_classes, embed_dim=768, depth=12, num_heads=12,
-             pre_norm=True, norm_eps=1e-5, act_layer=_act)
+for _reg in ("", "_reg4"):
+    register(f"vit_giant_patch14{_reg}_dinov2", f"DINOv2 ViT-g/14{' with 4 registers' * bool(_reg)}, SwiGLU MLP, "
+             "518 px (features)", img_size=518, patch_size=14, in_chans=3, num_classes=0, embed_dim=1536, depth=40,
+             num_heads=24, init_values=1e-5, mlp_ratio=2.66667 * 2, mlp_layer="swiglu_packed", act_layer="silu",
+             **({"reg_tokens": 4, "no_embed_class": True} if _reg else {}))
+_CLIP = {"base_patch16": (768, 12, 12, 16), "base_patch32": (768, 12, 12, 32), "large_patch14": (1024, 24, 16, 14)}
+for _name, (_dim, _depth, _heads, _patch) in _CLIP.items():
+    _cut = f"{_name[0].upper()}/{_patch}"
+    for _quick, _act, _classes in (("", "gelu", 1000), ("_quickgelu", "quick_gelu", {768: 512, 1024: 768}[_dim])):
+        register(f"vit_{_name}_clip{_quick}_224", f"CLIP ViT-{_cut} image tower, pre-norm"
+                 f"{', QuickGELU (OpenAI)' * bool(_quick)}", img_size=224, patch_size=_patch, in_chans=3,
+                 num_classes=_classes, embed_dim=_dim, depth=_depth, num_heads=_heads, pre_norm=True,
+                 norm_eps=1e-5, act_layer=_act)
+_SIGLIP = {"base_patch16": (768, 12, 12, 16, 4.0, 224), "so400m_patch14": (1152, 27, 16, 14, 3.7362, 224),
+           "large_patch16": (1024, 24, 16, 16, 4.0, 256)}
+for _name, (_dim, _depth, _heads, _patch, _ratio, _img) in _SIGLIP.items():
+    for _gap, _pool in (("", "map"), ("_gap", "avg")):
+        register(f"vit_{_name}_siglip{_gap}_{_img}", f"SigLIP {_name.split('_')[0]}/{_patch} image tower, "
+                 f"{'attention (MAP)' if _pool == 'map' else 'mean'} pooling, {_img} px (features)",
+                 img_size=_img, patch_size=_patch, in_chans=3, num_classes=0, embed_dim=_dim, depth=_depth,
+                 num_heads=_heads, mlp_ratio=_ratio, class_token=False, global_pool=_pool,
+                 **({"fc_norm": False} if _pool == "avg" else {}))
+register("vit_medium_patch16_reg4_gap_256", "ViT-M/16 with 4 registers, LayerScale, mean pooling, 256 px",
+         img_size=256, patch_size=16, in_chans=3, num_classes=1000, embed_dim=512, depth=12, num_heads=8,
+         init_values=1e-5, class_token=False, no_embed_class=True, reg_tokens=4, global_pool="avg")
 
 
 def list_models() -> list[str]:

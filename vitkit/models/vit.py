@@ -8,10 +8,17 @@ would never reach the head.
 
 Parameter names are those of timm's `VisionTransformer`, so state dicts load in both directions by a plain copy.
 `stem="conv"` swaps the patchify conv for a small stack of 3x3 convs (Xiao et al. 2021), which timm's ViT lacks.
+
+The newer families are options of the same model, under timm's names: LayerScale (CaiT, DeiT-III, DINOv2), register
+tokens (Darcet et al. 2024), DeiT's distillation token and second head, a LayerNorm before the blocks (CLIP), gated
+SwiGLU MLPs, mean or attention pooling instead of the class token (SigLIP's MAP head), and any input size the patch
+divides with the position embeddings interpolated on the fly (DINOv2).
 """
 from __future__ import annotations
 
 from typing import Literal
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +51,24 @@ def _check_size(x: torch.Tensor, img_size: tuple[int, int]) -> None:
         )
 
 
+def resample_pos_embed(pos: torch.Tensor, new_grid: tuple[int, int], num_prefix: int = 1,
+                       old_grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """Position embeddings (1, prefix + h*w, D) to another patch grid: 2D bicubic (antialiased, as timm), the
+    prefix tokens' rows kept. `old_grid` defaults to a square grid."""
+    prefix, grid = pos[:, :num_prefix], pos[:, num_prefix:]
+    if old_grid is None:
+        side = math.isqrt(grid.shape[1])
+        if side * side != grid.shape[1]:
+            raise UserError(f"position embeddings of {grid.shape[1]} patches are not a square grid: cannot resample")
+        old_grid = (side, side)
+    if tuple(old_grid) == tuple(new_grid):
+        return pos
+    grid = grid.reshape(1, old_grid[0], old_grid[1], -1).permute(0, 3, 1, 2)  # (1, D, h, w)
+    grid = F.interpolate(grid.float(), size=tuple(new_grid), mode="bicubic", antialias=True, align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1)  # (1, h'*w', D)
+    return torch.cat([prefix, grid.to(pos.dtype)], dim=1)
+
+
 class DropPath(nn.Module):
     def __init__(self, drop_prob: float = 0.0):
         super().__init__()
@@ -58,11 +83,13 @@ class DropPath(nn.Module):
 
 # ----------------------------------------------------------------------------------------------- patch embed
 class PatchEmbed(nn.Module):
-    """Image to patch tokens: a conv with kernel = stride = patch size is a linear map of each flattened patch."""
+    """Image to patch tokens: a conv with kernel = stride = patch size is a linear map of each flattened patch.
+    `dynamic`: any image size the patch divides is taken, not only `img_size`."""
 
     def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int,
-                 bias: bool = True):
+                 bias: bool = True, dynamic: bool = False):
         super().__init__()
+        self.dynamic = dynamic
         self.img_size = _to_pair(img_size)
         self.patch_size = _to_pair(patch_size)
         for side, patch in zip(self.img_size, self.patch_size):
@@ -76,7 +103,11 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_size(x, self.img_size)
+        if not self.dynamic:
+            _check_size(x, self.img_size)
+        elif x.shape[-2] % self.patch_size[0] or x.shape[-1] % self.patch_size[1]:
+            raise UserError(f"input images are {x.shape[-2]}x{x.shape[-1]}, which {self.patch_size[0]}x"
+                            f"{self.patch_size[1]} patches do not divide: resize them to a multiple of the patch size")
         x = self.proj(x)  # (B, D, H/p, W/p)
         return x.flatten(2).transpose(1, 2)  # (B, N, D)
 
@@ -98,6 +129,7 @@ class ConvStem(nn.Module):
             raise UserError(f"stem_depth must be a positive integer, not {depth}")
         self.img_size = _to_pair(img_size)
         self.patch_size = _to_pair(patch_size)
+        self.dynamic = False  # the grid of strided convs is fixed by img_size
         k = max(1, (max(self.patch_size) - 1).bit_length())  # stride-2 convs: 2**k >= patch size
         self.grid_size = tuple(-(-side // 2 ** k) for side in self.img_size)  # each conv halves, rounding up
         if any(g * p != side for g, p, side in zip(self.grid_size, self.patch_size, self.img_size)):
@@ -181,7 +213,7 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
-ACTIVATIONS = {"gelu": nn.GELU, "quick_gelu": QuickGELU}  # timm's names (act_layer)
+ACTIVATIONS = {"gelu": nn.GELU, "quick_gelu": QuickGELU, "silu": nn.SiLU}  # timm's names (act_layer)
 
 
 class Mlp(nn.Module):
@@ -197,6 +229,42 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class SwiGLUPacked(nn.Module):
+    """Gated MLP (Shazeer 2020) with the value and gate in one matrix, as DINOv2's giant model and timm's
+    `SwiGLUPacked` store them: fc1 gives 2h features, act(first half) * second half, then fc2 from h."""
+
+    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0, act_layer: str = "silu"):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = ACTIVATIONS[act_layer]()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_features // 2, in_features)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, value = self.fc1(x).chunk(2, dim=-1)
+        return self.drop2(self.fc2(self.drop1(self.act(gate) * value)))
+
+
+class SwiGLU(nn.Module):
+    """Gated MLP with separate gate and value matrices (timm's `SwiGLU`: fc1_g, fc1_x), h hidden features."""
+
+    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0, act_layer: str = "silu"):
+        super().__init__()
+        self.fc1_g = nn.Linear(in_features, hidden_features)
+        self.fc1_x = nn.Linear(in_features, hidden_features)
+        self.act = ACTIVATIONS[act_layer]()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1_g(x)) * self.fc1_x(x))))
+
+
+MLP_LAYERS = {"mlp": Mlp, "swiglu_packed": SwiGLUPacked, "swiglu": SwiGLU}
 
 
 # ----------------------------------------------------------------------------------------------------- block
@@ -219,14 +287,14 @@ class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  proj_drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
                  attn_impl: AttnImpl = "sdpa", norm_eps: float = 1e-6, init_values: float | None = None,
-                 act_layer: str = "gelu"):
+                 act_layer: str = "gelu", mlp_layer: str = "mlp"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, proj_drop, impl=attn_impl)
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop, act_layer=act_layer)
+        self.mlp = MLP_LAYERS[mlp_layer](dim, int(dim * mlp_ratio), drop=proj_drop, act_layer=act_layer)
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path)
 
@@ -245,19 +313,48 @@ class Block(nn.Module):
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
+# ------------------------------------------------------------------------------------------ attention pooling
+class AttentionPoolLatent(nn.Module):
+    """Multihead attention pooling (MAP, as in SigLIP and big_vision): one learned query (`latent`) attends over
+    the patch tokens, then a pre-norm MLP with a residual refines the pooled vector. timm's parameter names."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, norm_eps: float = 1e-6,
+                 act_layer: str = "gelu"):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.latent = nn.Parameter(torch.zeros(1, 1, dim))
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, dim * 2)
+        self.proj = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        q = self.q(self.latent).reshape(1, self.num_heads, 1, self.head_dim).expand(B, -1, -1, -1)
+        k, v = self.kv(x).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        x = self.proj(F.scaled_dot_product_attention(q, k, v).reshape(B, D))  # (B, D)
+        return x + self.mlp(self.norm(x))
+
+
 # ---------------------------------------------------------------------------------------- vision transformer
 def _check_options(args: dict) -> None:
     """One-line errors for constructor arguments that cannot build a ViT."""
-    if args["stem"] not in ("patch", "conv"):
-        raise UserError(f"stem must be 'patch' or 'conv', not {args['stem']!r}")
-    if args["global_pool"] not in ("token", "avg"):
-        raise UserError(f"global_pool must be 'token' or 'avg', not {args['global_pool']!r}")
+    choices = {"stem": ("patch", "conv"), "global_pool": ("token", "avg", "map"), "act_layer": tuple(ACTIVATIONS),
+               "mlp_layer": tuple(MLP_LAYERS)}
+    for name, allowed in choices.items():
+        if args[name] not in allowed:
+            raise UserError(f"{name} must be one of {', '.join(allowed)}, not {args[name]!r}")
     if args["global_pool"] == "token" and not args["class_token"]:
-        raise UserError("global_pool 'token' needs the class token: use global_pool 'avg' with class_token false")
-    if args["act_layer"] not in ACTIVATIONS:
-        raise UserError(f"act_layer must be one of {', '.join(ACTIVATIONS)}, not {args['act_layer']!r}")
+        raise UserError("global_pool 'token' needs the class token: use global_pool 'avg' or 'map' with class_token "
+                        "false")
+    if args["dist_token"] and (args["global_pool"] != "token" or not args["class_token"]):
+        raise UserError("dist_token needs the class token and global_pool 'token': the two heads read those two tokens")
     if args["stem"] == "patch" and args["stem_depth"] != 1:
         raise UserError(f"stem_depth {args['stem_depth']} needs stem 'conv': the patchify stem is one conv")
+    if args["dynamic_img_size"] and args["stem"] != "patch":
+        raise UserError("dynamic_img_size needs stem 'patch': a conv stem's grid is fixed by img_size")
     for name in ("num_classes", "embed_dim", "depth", "num_heads", "in_chans", "patch_size", "reg_tokens"):
         if int(args[name]) < (0 if name in ("num_classes", "reg_tokens") else 1):
             raise UserError(f"{name} must be a positive integer, not {args[name]}")
@@ -272,19 +369,24 @@ class VisionTransformer(nn.Module):
                  pos_drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  attn_impl: AttnImpl = "auto", norm_eps: float = 1e-6, stem: Literal["patch", "conv"] = "patch",
                  stem_depth: int = 1, class_token: bool = True, reg_tokens: int = 0, no_embed_class: bool = False,
-                 pre_norm: bool = False, init_values: float | None = None, act_layer: str = "gelu"):
+                 pre_norm: bool = False, init_values: float | None = None, act_layer: str = "gelu",
+                 mlp_layer: str = "mlp", fc_norm: bool | None = None, dist_token: bool = False,
+                 dynamic_img_size: bool = False):
         super().__init__()
         _check_options(locals())
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.embed_dim = embed_dim
         self.no_embed_class = no_embed_class
-        self.num_prefix_tokens = int(class_token) + reg_tokens  # class token, then the registers, then the patches
+        # class token, distillation token, registers, then the patches
+        self.num_prefix_tokens = int(class_token) + int(dist_token) + reg_tokens
+        self.distilled_training = False  # with a distillation token, training returns both heads' logits
 
         # Patches to tokens (a patch conv has no bias before a pre-norm, as in CLIP), prefix tokens, positions
-        self.patch_embed = (PatchEmbed(img_size, patch_size, in_chans, embed_dim, bias=not pre_norm)
+        self.patch_embed = (PatchEmbed(img_size, patch_size, in_chans, embed_dim, not pre_norm, dynamic_img_size)
                             if stem == "patch" else ConvStem(img_size, patch_size, in_chans, embed_dim, stem_depth))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if dist_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
         positions = self.patch_embed.num_patches + (0 if no_embed_class else self.num_prefix_tokens)
         self.pos_embed = nn.Parameter(torch.zeros(1, positions, embed_dim))
@@ -293,15 +395,20 @@ class VisionTransformer(nn.Module):
         rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # stochastic depth grows with depth
         self.blocks = nn.Sequential(*[
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rates[i], attn_impl, norm_eps,
-                  init_values, act_layer)
+                  init_values, act_layer, mlp_layer)
             for i in range(depth)
         ])
-        # timm's layout: the final norm sits before pooling for the class token, after it for mean pooling.
-        # norm_eps: 1e-6 as in timm and big_vision; transformers' ViT checkpoints use 1e-12.
-        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps) if global_pool == "token" else nn.Identity()
-        self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if global_pool == "avg" else nn.Identity()
+        # timm's layout: the final norm sits before pooling for the class token and attention pooling, after it for
+        # mean pooling (`fc_norm` chooses). norm_eps: 1e-6 as in timm and big_vision; transformers' ViT uses 1e-12.
+        after_pool = global_pool == "avg" if fc_norm is None else fc_norm
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps) if not after_pool else nn.Identity()
+        self.attn_pool = (AttentionPoolLatent(embed_dim, num_heads, mlp_ratio, norm_eps, act_layer)
+                          if global_pool == "map" else None)
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if after_pool else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        # DeiT: a second head on the distillation token learns from a teacher; at inference the two are averaged
+        self.head_dist = (nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()) if dist_token else None
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -311,6 +418,10 @@ class VisionTransformer(nn.Module):
         for token in (self.cls_token, self.reg_token):
             if token is not None:
                 nn.init.normal_(token, std=1e-6)
+        if self.dist_token is not None:
+            nn.init.trunc_normal_(self.dist_token, std=0.02)
+        if self.attn_pool is not None:
+            nn.init.trunc_normal_(self.attn_pool.latent, std=self.embed_dim ** -0.5)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -332,14 +443,22 @@ class VisionTransformer(nn.Module):
                 m.eps = eps
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Images to the tokens the blocks take (B, P+N, D): the P prefix tokens (class token, registers) before
-        the N patch tokens, with position embeddings added to all (or, with `no_embed_class`, to the patches)."""
+        """Images to the tokens the blocks take (B, P+N, D): the P prefix tokens (class token, distillation token,
+        registers) before the N patch tokens, with position embeddings added to all (or, with `no_embed_class`, to
+        the patches). An image of another size than `img_size` (with `dynamic_img_size`) gets the embeddings
+        interpolated to its patch grid."""
+        grid = (x.shape[-2] // self.patch_embed.patch_size[0], x.shape[-1] // self.patch_embed.patch_size[1])
         x = self.patch_embed(x)  # (B, N, D)
-        prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+        pos = self.pos_embed
+        if self.patch_embed.dynamic and grid != self.patch_embed.grid_size:
+            pos = resample_pos_embed(pos, grid, 0 if self.no_embed_class else self.num_prefix_tokens,
+                                     self.patch_embed.grid_size)
+        tokens = (self.cls_token, self.dist_token, self.reg_token)
+        prefix = [t.expand(x.shape[0], -1, -1) for t in tokens if t is not None]
         if self.no_embed_class:
-            x = torch.cat([*prefix, x + self.pos_embed], dim=1)
+            x = torch.cat([*prefix, x + pos], dim=1)
         else:
-            x = torch.cat([*prefix, x], dim=1) + self.pos_embed  # (B, P+N, D)
+            x = torch.cat([*prefix, x], dim=1) + pos  # (B, P+N, D)
         return self.norm_pre(self.pos_drop(x))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -347,22 +466,39 @@ class VisionTransformer(nn.Module):
         return self.norm(self.blocks(self._embed(x)))
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, P+N, D) to one vector per image (B, D): the class token, or the mean of the patch tokens."""
+        """Tokens (B, P+N, D) to one vector per image (B, D): the class token, the mean of the patch tokens, or
+        the patch tokens pooled by attention (MAP)."""
         if self.global_pool == "avg":
             return x[:, self.num_prefix_tokens:].mean(dim=1)
+        if self.global_pool == "map":
+            return self.attn_pool(x[:, self.num_prefix_tokens:])
         return x[:, 0]
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
+        if self.dist_token is not None:
+            return self._forward_distilled_head(x, pre_logits)
         x = self.head_drop(self.fc_norm(self.pool(x)))
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.global_pool == "avg":
+    def _forward_distilled_head(self, x: torch.Tensor, pre_logits: bool):
+        """DeiT's two heads: the class token's and the distillation token's. Training with `distilled_training`
+        gives both logits (the second learns from the teacher); otherwise their mean."""
+        x, x_dist = self.head_drop(x[:, 0]), self.head_drop(x[:, 1])
+        if pre_logits:
+            return (x + x_dist) / 2
+        x, x_dist = self.head(x), self.head_dist(x_dist)
+        if self.distilled_training and self.training:
+            return x, x_dist
+        return (x + x_dist) / 2
+
+    def forward(self, x: torch.Tensor):
+        if self.global_pool != "token":
             return self.forward_head(self.forward_features(x))
-        # The head reads only the class token, and the last block's output for it is all the head needs: its other
-        # rows are not computed (the same logits for ~12% fewer FLOPs at depth 6, ~6% at depth 12).
+        # The head reads only the class (and distillation) token, and the last block's output for it is all the head
+        # needs: the other rows are not computed (the same logits for ~12% fewer FLOPs at depth 6, ~6% at depth 12).
+        read = 1 + int(self.dist_token is not None)
         x = self.blocks[:-1](self._embed(x))
-        x = self.blocks[-1].forward_prefix(x, 1)  # (B, 1, D): the class token alone
+        x = self.blocks[-1].forward_prefix(x, read)  # (B, read, D): the tokens the heads read
         return self.forward_head(self.norm(x))
 
     @torch.no_grad()
@@ -412,15 +548,20 @@ def count_flops(model: VisionTransformer, every_token: bool = False) -> int:
         flops += 2 * N * model.patch_embed.proj.in_channels * ph * pw * D  # patch embedding
     last = len(model.blocks) - 1
     shortcut = not every_token and model.global_pool == "token"
+    read = 1 + int(model.dist_token is not None)
     for i, block in enumerate(model.blocks):
-        hidden = block.mlp.fc1.out_features
-        Q = 1 if shortcut and i == last else T  # tokens that attend and go on (the class token alone)
+        Q = read if shortcut and i == last else T  # tokens that attend and go on (those the heads read)
         flops += 2 * T * D * 3 * D  # qkv: every token gives keys and values
         flops += 2 * 2 * Q * T * D  # QK^T and attn @ V
         flops += 2 * Q * D * D  # output projection
-        flops += 2 * 2 * Q * D * hidden  # MLP
-    if isinstance(model.head, nn.Linear):
-        flops += 2 * D * model.head.out_features
+        flops += sum(2 * Q * m.in_features * m.out_features for m in block.mlp.modules() if isinstance(m, nn.Linear))
+    if model.attn_pool is not None:  # one query over the N patch tokens, then its MLP
+        pool = model.attn_pool
+        flops += 2 * N * D * 2 * D + 2 * D * D * 2 + 2 * 2 * N * D
+        flops += sum(2 * m.in_features * m.out_features for m in pool.mlp.modules() if isinstance(m, nn.Linear))
+    for head in (model.head, model.head_dist):
+        if isinstance(head, nn.Linear):
+            flops += 2 * D * head.out_features
     return int(flops)
 
 
