@@ -141,6 +141,8 @@ class DataConfig:
                                  "else 0", check=PROBABILITY)
     repeats: int = option(1, "repeated augmentation: each drawn image appears this many times per batch, augmented "
                           "apart", check=AT_LEAST_1)
+    probe_views: int = option(1, "frozen-feature training: views per training image whose features are cached; the "
+                              "first is the image as is, the others augmented", check=AT_LEAST_1, resume=REFUSE)
     max_bad_fraction: float = option(0.1, "stop when more than this share of image files cannot be decoded",
                                      check=PROBABILITY, flag="--max-bad-fraction", resume=FREE)
     allow_empty_classes: bool = option(False, "keep empty class folders as classes (warning) instead of an error",
@@ -197,6 +199,9 @@ class TrainConfig:
                                       "first", check=NOT_NEGATIVE, resume=FREE)
     freeze: str = option("none", "'backbone': train the head only (linear probe), 'none': train everything",
                          choices=("none", "backbone"), flag="--freeze", resume=REFUSE)
+    feature_cache: bool = option(True, "with --freeze backbone: compute the backbone's features once (cached on disk) "
+                                 "and train the head on them; false runs the backbone every step, augmenting anew",
+                                 resume=REFUSE)
     layer_decay: float = option(1.0, "layer-wise lr decay: block i of L gets lr * layer_decay^(L+1-i); 1 turns it "
                                 "off", check=Range(0, 1, low_open=True), flag="--layer-decay", resume=REFUSE)
     backbone_lr_scale: float = option(1.0, "lr multiplier for everything but the head (e.g. 0.1 when fine-tuning)",

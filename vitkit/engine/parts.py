@@ -35,14 +35,18 @@ class TrainParts:
     loss_fn: torch.nn.Module  # summed cross-entropy on hard labels (label smoothing, class weights)
     soft_loss_fn: torch.nn.Module  # the same on mixed (MixUp/CutMix) targets
     ema: ModelEma | None
+    val_features: torch.Tensor | None = None  # frozen-feature training: the validation split's head inputs
+    feature_seconds: float | None = None  # the time computing the frozen features took (0: read from the cache)
 
 
 def build_parts(cfg: Config, data: DataBundle, model: torch.nn.Module, device: torch.device,
-                bf16_weights: bool = False) -> TrainParts:
+                bf16_weights: bool = False, amp_dtype: torch.dtype | None = None) -> TrainParts:
     t = cfg.train
     if t.batch_size < dist.world_size() * t.accum_steps:
         raise UserError(f"train.batch_size {t.batch_size} is the global batch: it must hold at least one image per "
                         f"process and pass ({dist.world_size()} x {t.accum_steps})")
+    if t.freeze == "backbone" and t.feature_cache:
+        return _frozen_feature_parts(cfg, data, model.to(device), device, amp_dtype)
     model = model.to(device)
     if bf16_weights:
         dist.broadcast_module(model)  # DDP below makes the copies agree; the masters must agree too
@@ -62,3 +66,36 @@ def build_parts(cfg: Config, data: DataBundle, model: torch.nn.Module, device: t
         loss_fn=torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=t.label_smoothing, reduction="sum"),
         soft_loss_fn=torch.nn.CrossEntropyLoss(weight=weights, reduction="sum"),
         ema=ModelEma(model, t.ema) if t.ema > 0 else None)
+
+
+def _frozen_feature_parts(cfg: Config, data: DataBundle, model: torch.nn.Module, device: torch.device,
+                          amp_dtype: torch.dtype | None) -> TrainParts:
+    """`--freeze backbone` on cached features: the backbone runs once per image and view, the steps run the heads
+    alone (`model.heads`) on its features, and the whole model is what is saved and evaluated as before."""
+    from .features import FeatureLoader, frozen_features
+
+    t, d = cfg.train, cfg.data
+    if dist.world_size() > 1:
+        raise UserError("frozen-feature training runs in one process (the head trains in seconds): drop --nproc, or "
+                        "--set train.feature_cache=false")
+    recipe = build_recipe(cfg, data)
+    if recipe.mix is not None or d.repeats > 1:
+        log.warning("train.mixup/cutmix and data.repeats do not apply to cached features; data.probe_views adds "
+                    "augmented views, train.feature_cache=false augments every epoch")
+    splits = {name: data.splits[name] for name in ("train", "val") if name in data.splits and len(data.splits[name])}
+    features = frozen_features(model, splits, data.mean, data.std, device, amp_dtype, t.eval_batch_size,
+                               d.probe_views, recipe.augment, t.seed, d.cache)
+    train = data.splits["train"]
+    loader = FeatureLoader(features.train, train.labels, t.batch_size, device,
+                           drop_last=len(train) >= 2 * t.batch_size, num_classes=len(data.classes),
+                           class_weights=recipe.class_weights if t.balance == "sampler" else None)
+    optimizer = build_optimizer(model, t)
+    weights = recipe.class_weights.to(device) if t.balance == "loss" else None
+    val = features.others.get("val")
+    return TrainParts(
+        model=model, work=None, ddp=None, forward=model.heads, loader=loader, val=data.splits.get("val"),
+        optimizer=optimizer, scheduler=build_scheduler(optimizer, t, len(loader)),
+        loss_fn=torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=t.label_smoothing, reduction="sum"),
+        soft_loss_fn=torch.nn.CrossEntropyLoss(weight=weights, reduction="sum"),
+        ema=ModelEma(model, t.ema) if t.ema > 0 else None,
+        val_features=val.to(device) if val is not None else None, feature_seconds=features.seconds)

@@ -192,13 +192,15 @@ def _run(cfg: Config, device: torch.device, precision: tuple, resume: str | Path
         split_seed=cfg.train.seed, config=cfg.to_dict(), **({"init": init} if init else {}))
     writer = RunWriter(run_dir, meta)
     _report_bad_files(data, writer, cfg.data.max_bad_fraction)
-    trainer = Trainer(cfg, data, build_parts(cfg, data, model, device, bf16_weights), writer, device, amp_dtype,
+    trainer = Trainer(cfg, data, build_parts(cfg, data, model, device, bf16_weights, amp_dtype), writer, device, amp_dtype,
                       show_progress, trackers)
     if resume:
         _restore(trainer, run_dir, cfg)
     else:
         writer.start(cfg, data.manifest)
     facts = _run_facts(cfg, data, model, device, amp_dtype, bf16_weights)
+    if trainer.feature_seconds is not None:  # filling the feature cache, apart from the epochs' times
+        facts["run.feature_seconds"] = round(trainer.feature_seconds, 2)
     _log_start(cfg, data, run_dir, facts)
     trackers.start({**cfg.flat(), **facts}, trainer.state.history, len(trainer.train_loader))
     start = time.perf_counter()
@@ -283,7 +285,7 @@ def _initialize(cfg: Config, model: VisionTransformer, kwargs: dict, data: DataB
         init = result.to_meta()
     if cfg.train.freeze == "backbone":
         for name, p in model.named_parameters():
-            p.requires_grad = name.startswith("head.")
+            p.requires_grad = name.startswith(("head.", "head_dist."))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log.info("backbone frozen: only the head trains (%s parameters)", f"{trainable:,}")
         if not cfg.model.init:

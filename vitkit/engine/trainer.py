@@ -62,6 +62,8 @@ class Trainer:
         self.train_loader, self.val = parts.loader, parts.val
         self.optimizer, self.scheduler, self.ema = parts.optimizer, parts.scheduler, parts.ema
         self.loss_fn, self.soft_loss_fn = parts.loss_fn, parts.soft_loss_fn
+        self.val_features = parts.val_features  # frozen-feature training: validation runs the heads on these
+        self.feature_seconds = parts.feature_seconds
         self.show_progress = show_progress and dist.is_main()
         if not self.has_val and dist.is_main():
             log.info("no validation split: every epoch's %s weights become best.safetensors",
@@ -271,6 +273,10 @@ class Trainer:
         return row
 
     def _val_logits(self, model: torch.nn.Module) -> torch.Tensor:
+        if self.val_features is not None:
+            model.eval()
+            with torch.inference_mode(), autocast(self.device, self.amp_dtype):
+                return model.heads(self.val_features).float().cpu()
         return predict_logits(model, self.val.images, self.data.mean, self.data.std, self.device, self.amp_dtype,
                               self.cfg.train.eval_batch_size)
 

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from .vit import resample_pos_embed  # noqa: F401  (also this module's API: tests and callers import it here)
+from .registry import get_spec, list_models
+from .vit import VisionTransformer, resample_pos_embed  # noqa: F401  (resample_pos_embed: also this module's API)
 
 log = logging.getLogger(__name__)
 
@@ -452,9 +453,6 @@ def _layout(state: dict) -> dict[str, tuple]:
 def matching_models(state: dict[str, torch.Tensor]) -> list[str]:
     """The registered models whose tensors (heads and resampled ones aside) are those of a state dict, counted on
     copies without weights; only those of the state's width and depth are built."""
-    from .registry import get_spec, list_models
-    from .vit import VisionTransformer
-
     want = _layout(state)
     width = want.get("blocks.0.norm1.weight", (None,))[0]
     depth = len({k.split(".")[1] for k in want if k.startswith("blocks.")})
@@ -480,8 +478,6 @@ def _check_family(source: str, state: dict, target: dict) -> None:
     unexpected, missing = sorted(parts(state) - set(target)), sorted(parts(target) - set(state))
     if not unexpected and not missing:
         return
-    from .registry import get_spec
-
     fits = matching_models(state)
     differ = ", ".join((unexpected or missing)[:3]) + (", ..." if len(unexpected or missing) > 3 else "")
     has = f"has {differ}, which this model lacks" if unexpected else f"lacks {differ}, which this model needs"

@@ -149,20 +149,6 @@ def model_kwargs(name: str, **overrides) -> dict:
     return kwargs
 
 
-def create_model(name: str, init: str | None = None, init_strict: bool = True, **overrides) -> VisionTransformer:
-    """Build a registered model by name, e.g. `create_model("vit_small_patch16_224", num_classes=10)`.
-
-    `init` loads initial weights (timm:NAME[.TAG], a Hugging Face repo id or folder, a .safetensors/.pth/.bin/.npz
-    file or a vitkit checkpoint), adapting head, position embeddings and patch size; see `vitkit.models.pretrained`.
-    """
-    model = VisionTransformer(**model_kwargs(name, **overrides))
-    if init:
-        from .pretrained import load_pretrained
-
-        load_pretrained(model, init, strict=init_strict)
-    return model
-
-
 def model_size(name: str, **overrides) -> tuple[int, int, int]:
     """(parameters, forward FLOPs per image, tokens) of a registered model, counted on a copy without weights (the
     meta device): instant even for the largest sizes, whose random initialization takes seconds."""

@@ -474,22 +474,30 @@ class VisionTransformer(nn.Module):
             return self.attn_pool(x[:, self.num_prefix_tokens:])
         return x[:, 0]
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
+    def head_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, P+N, D) to what the heads read: the pooled, normed vector (B, D), or with a distillation
+        token the class and distillation tokens (B, 2, D). Frozen-feature training caches this."""
         if self.dist_token is not None:
-            return self._forward_distilled_head(x, pre_logits)
-        x = self.head_drop(self.fc_norm(self.pool(x)))
-        return x if pre_logits else self.head(x)
+            return x[:, :2]
+        return self.fc_norm(self.pool(x))
 
-    def _forward_distilled_head(self, x: torch.Tensor, pre_logits: bool):
-        """DeiT's two heads: the class token's and the distillation token's. Training with `distilled_training`
-        gives both logits (the second learns from the teacher); otherwise their mean."""
-        x, x_dist = self.head_drop(x[:, 0]), self.head_drop(x[:, 1])
-        if pre_logits:
-            return (x + x_dist) / 2
-        x, x_dist = self.head(x), self.head_dist(x_dist)
+    def heads(self, features: torch.Tensor):
+        """`head_features` to logits. DeiT's two heads: training with `distilled_training` gives both logits (the
+        second learns from the teacher); otherwise their mean."""
+        features = self.head_drop(features)
+        if self.dist_token is None:
+            return self.head(features)
+        x, x_dist = self.head(features[:, 0]), self.head_dist(features[:, 1])
         if self.distilled_training and self.training:
             return x, x_dist
         return (x + x_dist) / 2
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
+        features = self.head_features(x)
+        if pre_logits:
+            features = self.head_drop(features)
+            return features.mean(dim=1) if self.dist_token is not None else features
+        return self.heads(features)
 
     def forward(self, x: torch.Tensor):
         if self.global_pool != "token":
