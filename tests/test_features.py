@@ -71,3 +71,58 @@ def test_a_distilled_model_trains_both_heads_on_cached_features(fake_mnist, tmp_
     saved = load_file(result.run_dir / "last.safetensors")
     assert "head_dist.weight" in saved and not torch.equal(saved["head.weight"], saved["head_dist.weight"])
     assert "only the head trains (660 parameters)" in caplog.text  # both heads: 2 x (32 x 10 + 10)
+
+
+def test_knn_votes_as_dino_and_k1_is_sklearns_nearest_neighbour():
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from vitkit.engine.probe import knn_logits
+
+    g = torch.Generator().manual_seed(0)
+    train, labels, query = torch.randn(200, 16, generator=g), torch.randint(0, 4, (200,), generator=g), \
+        torch.randn(50, 16, generator=g)
+    ours = knn_logits(train, labels, query, 4, k=1).argmax(1)
+    theirs = KNeighborsClassifier(n_neighbors=1, metric="cosine").fit(train.numpy(), labels.numpy()).predict(
+        query.numpy())
+    assert ours.tolist() == theirs.tolist()
+    # by hand for one query: weights exp(cos / T) of its 5 nearest, summed per class, normalized
+    q = torch.nn.functional.normalize(query[:1], dim=1)
+    sim, idx = (q @ torch.nn.functional.normalize(train, dim=1).T).topk(5)
+    votes = torch.zeros(4).index_add_(0, labels[idx[0]], (sim[0] / 0.1).exp())
+    torch.testing.assert_close(knn_logits(train, labels, query[:1], 4, k=5, temperature=0.1)[0].exp(),
+                               votes / votes.sum())
+
+
+def test_probe_through_the_cli_on_a_checkpoint_and_on_init_weights(fake_mnist, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from tests.conftest import TINY_MODEL, run_cli
+
+    train = run_cli("train", "fashion-mnist", "--data-root", fake_mnist, *TINY_MODEL, "--epochs", "2", "--out",
+                    tmp_path, "--name", "r", "--no-progress", "--set", "output.report=false")
+    assert train.returncode == 0, train.stderr
+    out = tmp_path / "probe.json"
+    r = run_cli("probe", tmp_path / "r" / "best.safetensors", "fashion-mnist", "--data-root", fake_mnist,
+                "--k", "5", "20", "--output", out)
+    assert r.returncode == 0, r.stderr
+    assert "k-NN, k=5" in r.stdout and "logistic regression" in r.stdout and "Ankle boot" in r.stdout
+    result = json.loads(out.read_text())
+    assert result["split"] == "test" and result["train_images"] == 600 and result["eval_images"] == 200
+    assert set(result["probes"]) == {"knn5", "knn20", "logreg"}
+    assert all(p["top1"] > 0.6 for p in result["probes"].values())  # the bands are learnable
+    # --init weights: a registered model with them, the model named
+    from vitkit.models import create_model
+
+    weights = tmp_path / "w.safetensors"
+    save_file(create_model("vit_micro_patch7_28", num_classes=0).state_dict(), weights)
+    r = run_cli("probe", weights, "fashion-mnist", "--data-root", fake_mnist, "--json")
+    assert r.returncode == 2 and "name the model its weights are for with --model" in r.stderr
+    r = run_cli("probe", weights, "fashion-mnist", "--data-root", fake_mnist, "--model", "vit_micro_patch7_28",
+                "--json", "--k", "10")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["model"] == "vit_micro_patch7_28" and result["feature_dim"] == 128 and result["img_size"] == 28
+    r = run_cli("probe", weights, "fashion-mnist", "--data-root", fake_mnist, "--model", "vit_tiny_patch16_224")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 2

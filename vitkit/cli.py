@@ -85,6 +85,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------------ probe
+def cmd_probe(args: argparse.Namespace) -> int:
+    from .console import out, print_json, print_probe
+    from .engine.probe import probe
+    from .fileio import atomic_write
+
+    result = probe(args.source, args.data, args.model, args.split, args.data_root, args.img_size, tuple(args.k),
+                   args.temperature, args.c, args.device, args.precision, args.batch_size)
+    if args.output:
+        atomic_write(args.output, json.dumps(result, indent=2) + "\n")
+    if args.json:
+        print_json(result)
+        return 0
+    print_probe(result)
+    if args.output:
+        out.print(f"written: {args.output}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------- predict
 def cmd_predict(args: argparse.Namespace) -> int:
     from .console import print_predictions
@@ -414,6 +433,26 @@ def _evaluate_parser(sub) -> None:
     e.set_defaults(func=cmd_evaluate)
 
 
+def _probe_parser(sub) -> None:
+    p = sub.add_parser("probe", help="k-NN and logistic-regression accuracy of frozen features on DATA")
+    p.add_argument("source", metavar="CKPT_OR_INIT", help="a vitkit checkpoint, or weights as --init takes them "
+                   "(timm:NAME.TAG, a Hugging Face repo or folder, a weights file)")
+    p.add_argument("data", metavar="DATA", help=DATA_HELP)
+    p.add_argument("--model", metavar="NAME", help="the registered model the weights are for (default: NAME of "
+                   "timm:NAME.TAG; a checkpoint knows its own)")
+    p.add_argument("--split", choices=["val", "test"], help=SPLIT_HELP)
+    p.add_argument("--img-size", type=int, help="input size for --init weights (default: the model's)")
+    p.add_argument("--k", type=int, nargs="+", default=[10, 20], help="neighbours for k-NN (default: 10 20)")
+    p.add_argument("--temperature", type=float, default=0.07, help="k-NN vote weights exp(similarity / T)")
+    p.add_argument("--c", type=float, default=1.0, help="logistic regression's inverse L2 strength")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    p.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
+    p.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
+    _config_flags(p, "data.root")
+    _runtime_flags(p)
+    p.set_defaults(func=cmd_probe)
+
+
 def _report_parser(sub) -> None:
     rp = sub.add_parser("report", help="report.html: curves, confusion, ROC/PR, calibration, attention maps")
     rp.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory or a model file")
@@ -559,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"vitkit {__version__}", help="print the version")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks of internal errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_train_parser, _evaluate_parser, _report_parser, _predict_parser, _export_parser, _bench_parser,
+    for add in (_train_parser, _evaluate_parser, _probe_parser, _report_parser, _predict_parser, _export_parser, _bench_parser,
                 _serve_parser, _data_parser, _runs_parser, _model_parsers):
         add(sub)
     return p

@@ -49,6 +49,26 @@ def print_report(report: dict) -> None:
                   f"ROC AUC {b['roc_auc']:.4f}", markup=False)
 
 
+def print_probe(result: dict) -> None:
+    out.print(f"[bold]{shown(result['source'])}[/bold] ({shown(result['model'])}, {result['feature_dim']}-d features at "
+              f"{result['img_size']} px) on [bold]{shown(result['data'])}[/bold]: fitted on {result['train_images']} "
+              f"training images, scored on the {result['split']} split's {result['eval_images']}")
+    how = "read from the cache" if result["features_cached"] else f"computed in {result['feature_seconds']:.1f} s"
+    out.print(f"features {how}", markup=False)
+    probes = result["probes"]
+    names = {k: (f"k-NN, k={k[3:]}" if k.startswith("knn") else "logistic regression") for k in probes}
+    summary = Table("probe", "top-1", "top-5", "macro F1", "MCC", "seconds", title="frozen-feature probes")
+    for key, r in probes.items():
+        summary.add_row(names[key], f"{r['top1']:.4f}", f"{r['top5']:.4f}", f"{r['macro_f1']:.4f}", f"{r['mcc']:.4f}",
+                        f"{r['seconds']:.2f}")
+    out.print(summary)
+    table = Table("class", *[f"F1 {names[k]}" for k in probes], "support", title="per class")
+    for i, name in enumerate(result["classes"]):
+        table.add_row(shown(name), *[f"{r['per_class'][i]['f1']:.4f}" for r in probes.values()],
+                      str(next(iter(probes.values()))["per_class"][i]["support"]))
+    out.print(table)
+
+
 def print_check(report, limit: int) -> None:
     out.print(f"[bold]{shown(report.source)}[/bold]: {shown(report.layout)}")
     usable = report.files - report.unusable
