@@ -298,3 +298,52 @@ def test_newer_families_init_from_timm_weights_at_another_size(name, tmp_path):
         torch.testing.assert_close(ours.attn_pool.latent, theirs.attn_pool.latent)
     if ours.reg_token is not None:
         torch.testing.assert_close(ours.reg_token, theirs.reg_token)
+
+
+def _hf_family(kind: str):
+    """A small random transformers model of a family, and how to read its features and pooled output."""
+    transformers = pytest.importorskip("transformers")
+    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=14)
+    if kind == "dinov2":
+        return transformers.Dinov2Model(transformers.Dinov2Config(**small, layerscale_value=0.5)), \
+            "vit_small_patch14_dinov2", {}
+    if kind == "dinov2-reg":
+        return transformers.Dinov2WithRegistersModel(transformers.Dinov2WithRegistersConfig(
+            **small, layerscale_value=0.5)), "vit_small_patch14_reg4_dinov2", {}
+    if kind == "clip":
+        return transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**small, intermediate_size=128)), \
+            "vit_base_patch16_clip_quickgelu_224", {"patch_size": 14}
+    if kind == "clip-full":  # a whole CLIPModel: its text tower and projections are left out
+        config = transformers.CLIPConfig(vision_config=dict(**small, intermediate_size=128),
+                                         text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                          intermediate_size=64))
+        return transformers.CLIPModel(config), "vit_base_patch16_clip_quickgelu_224", {"patch_size": 14}
+    return transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**small, intermediate_size=128)), \
+        "vit_base_patch16_siglip_224", {"patch_size": 14}
+
+
+@pytest.mark.parametrize("kind", ["dinov2", "dinov2-reg", "clip", "clip-full", "siglip"])
+def test_transformers_families_load_with_the_same_features(tmp_path, kind):
+    """transformers' Dinov2Model (with registers too), CLIPVisionModel (or a whole CLIPModel) and SiglipVisionModel
+    folders load through --init into the registered family: the same tokens and pooled features; the activation
+    and LayerNorm epsilon of the source's config come along."""
+    torch.manual_seed(0)
+    hf, name, extra = _hf_family(kind)
+    hf.eval().save_pretrained(tmp_path / "hf")
+    ours = create_model(name, img_size=28, embed_dim=32, depth=2, num_heads=2, num_classes=0, init=str(tmp_path / "hf"),
+                        **extra).eval()
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        tower = hf.vision_model if kind == "clip-full" else hf
+        theirs = tower(pixel_values=x)
+        pooled = ours.forward_head(ours.forward_features(x), pre_logits=True)
+        torch.testing.assert_close(pooled, theirs.pooler_output, rtol=0, atol=1e-5)
+        if kind != "clip" and kind != "clip-full":  # CLIP's tokens are not post-normed there, its pooled vector is
+            torch.testing.assert_close(ours.forward_features(x), theirs.last_hidden_state, rtol=0, atol=1e-5)
+    assert ours.act_layer == {"dinov2": "gelu", "dinov2-reg": "gelu", "siglip": "gelu_tanh"}.get(kind, "quick_gelu")
+    if kind == "dinov2":  # a state dict saved from memory has transformers' newer names (q_proj, o_proj)
+        torch.save(hf.state_dict(), tmp_path / "memory.pth")
+        again = create_model(name, img_size=28, embed_dim=32, depth=2, num_heads=2, num_classes=0,
+                             init=str(tmp_path / "memory.pth")).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(again.forward_features(x), ours.forward_features(x), rtol=0, atol=0)

@@ -96,8 +96,9 @@ class ModelConfig:
                                    "null: the model's (false)")
     init_values: float | None = option(None, "LayerScale's starting value for each residual branch (DeiT-III: "
                                        "1e-6, DINOv2: 1e-5); null: the model's (none)", check=POSITIVE)
-    act_layer: str | None = option(None, "the MLP's activation: 'gelu', 'quick_gelu' (OpenAI CLIP) or 'silu' "
-                                   "(SwiGLU); null: the model's (gelu)", choices=(None, "gelu", "quick_gelu", "silu"))
+    act_layer: str | None = option(None, "the MLP's activation: 'gelu', 'gelu_tanh' (SigLIP), 'quick_gelu' (OpenAI "
+                                   "CLIP) or 'silu' (SwiGLU); null: the model's (gelu)",
+                                   choices=(None, "gelu", "gelu_tanh", "quick_gelu", "silu"))
     mlp_layer: str | None = option(None, "'mlp', or a gated MLP: 'swiglu_packed' (DINOv2 giant) or 'swiglu'; null: "
                                    "the model's (mlp)", choices=(None, "mlp", "swiglu_packed", "swiglu"))
     fc_norm: bool | None = option(None, "the final LayerNorm after pooling (true) or before it (false); null: after "

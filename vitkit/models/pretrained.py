@@ -43,6 +43,7 @@ class Pretrained:
     std: tuple[float, ...] | None = None
     classes: list[str] | None = None
     norm_eps: float | None = None  # LayerNorm epsilon the weights were trained with, where it is not timm's 1e-6
+    act_layer: str | None = None  # the MLPs' activation the weights were trained with (transformers' configs say)
 
 
 @dataclass
@@ -210,7 +211,9 @@ def _with_hf_preprocessing(weights: Pretrained, processor: Path, config: Path) -
             weights.mean, weights.std = tuple(info["image_mean"]), tuple(info["image_std"])
     if config.is_file():
         info = json.loads(config.read_text())
-        weights.norm_eps = info.get("layer_norm_eps")
+        weights.norm_eps = info.get("layer_norm_eps") or info.get("vision_config", {}).get("layer_norm_eps")
+        act = info.get("hidden_act") or info.get("vision_config", {}).get("hidden_act")
+        weights.act_layer = HF_ACTIVATIONS.get(act)
         labels = info.get("id2label")
         if labels:
             weights.classes = [labels[k] for k in sorted(labels, key=int)]
@@ -218,10 +221,19 @@ def _with_hf_preprocessing(weights: Pretrained, processor: Path, config: Path) -
 
 
 # ----------------------------------------------------------------------------------------------- the layouts
+HF_ACTIVATIONS = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_pytorch_tanh": "gelu_tanh",
+                  "gelu_new": "gelu_tanh", "silu": "silu"}  # transformers' hidden_act to our act_layer
+
+
 def to_timm_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """timm layout as it is (wrapper prefixes stripped); transformers' ViT names converted."""
+    """timm layout as it is (wrapper prefixes stripped); transformers' ViT, DINOv2, CLIP and SigLIP vision towers
+    converted."""
     if any(k.endswith("attention.attention.query.weight") for k in state):
         return from_transformers(state)
+    if any(".attention.q_proj." in k for k in state) and any(k.startswith("embeddings.") for k in state):
+        return from_transformers_dinov2(state)
+    if any(".self_attn.q_proj." in k for k in state):
+        return from_transformers_clip(state)
     out = {}
     for key, value in state.items():
         for prefix in ("module.", "_orig_mod.", "model."):
@@ -234,13 +246,23 @@ _HF_BLOCK = {"layernorm_before": "norm1", "layernorm_after": "norm2", "attention
              "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2"}
 
 
+# DINOv2's files (Dinov2Model, Dinov2WithRegistersModel) keep ViT's attention names but their own for the rest
+_HF_DINOV2_FILE = {"norm1": "norm1", "norm2": "norm2", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+                   "mlp.weights_in": "mlp.fc1", "mlp.weights_out": "mlp.fc2"}
+
+
 def from_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers' ViTModel / ViTForImageClassification names to timm's; query, key, value joined into qkv."""
+    """transformers' ViTModel / ViTForImageClassification names (and DINOv2's files, which share them) to timm's;
+    query, key, value joined into qkv."""
     out, qkv = {}, {}
     for key, value in state.items():
         key = key[len("vit."):] if key.startswith("vit.") else key
-        if key.startswith("embeddings."):
-            name = {"embeddings.cls_token": "cls_token", "embeddings.position_embeddings": "pos_embed",
+        key = key[len("dinov2."):] if key.startswith("dinov2.") else key
+        if m := re.fullmatch(r"encoder\.layer\.(\d+)\.layer_scale([12])\.lambda1", key):
+            out[f"blocks.{m.group(1)}.ls{m.group(2)}.gamma"] = value
+        elif key.startswith("embeddings."):
+            name = {"embeddings.cls_token": "cls_token", "embeddings.register_tokens": "reg_token",
+                    "embeddings.position_embeddings": "pos_embed",
                     "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
                     "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias"}.get(key)
             if name:
@@ -249,8 +271,8 @@ def from_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
             i, part, kind = m.groups()
             if part.startswith("attention.attention."):
                 qkv.setdefault((i, kind), {})[part.rsplit(".", 1)[1]] = value
-            elif part in _HF_BLOCK:
-                out[f"blocks.{i}.{_HF_BLOCK[part]}.{kind}"] = value
+            elif part in _HF_BLOCK or part in _HF_DINOV2_FILE:
+                out[f"blocks.{i}.{_HF_BLOCK.get(part) or _HF_DINOV2_FILE[part]}.{kind}"] = value
             else:
                 out[key] = value
         elif key.startswith("layernorm."):
@@ -261,7 +283,98 @@ def from_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
             out[key] = value  # e.g. the pooler: reported as unexpected
     for (i, kind), parts in qkv.items():
         out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
+    return _fold_class_position(out)
+
+
+def _fold_class_position(out: dict) -> dict:
+    """DINOv2 with registers (transformers) adds the first position embedding to the class token and gives the
+    registers none; timm's layout (`no_embed_class`) keeps position embeddings for the patches only: the class
+    token takes its row, the same sum."""
+    if "reg_token" in out and "cls_token" in out and "pos_embed" in out:
+        out["cls_token"] = out["cls_token"] + out["pos_embed"][:, :1]
+        out["pos_embed"] = out["pos_embed"][:, 1:]
     return out
+
+
+def _join_qkv(out: dict, qkv: dict) -> dict:
+    for (i, kind), parts in qkv.items():
+        out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts["q_proj"], parts["k_proj"], parts["v_proj"]])
+    return out
+
+
+_HF_DINOV2 = {"attention.o_proj": "attn.proj", "layer_scale1.lambda1": "ls1.gamma",
+              "layer_scale2.lambda1": "ls2.gamma", "mlp.weights_in": "mlp.fc1", "mlp.weights_out": "mlp.fc2"}
+
+
+def from_transformers_dinov2(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers' Dinov2Model (and Dinov2WithRegistersModel) names to timm's."""
+    out, qkv = {}, {}
+    embeddings = {"embeddings.cls_token": "cls_token", "embeddings.register_tokens": "reg_token",
+                  "embeddings.position_embeddings": "pos_embed",
+                  "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+                  "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias"}
+    for key, value in state.items():
+        key = key[len("dinov2."):] if key.startswith("dinov2.") else key
+        if key.startswith("embeddings."):
+            if key in embeddings:
+                out[embeddings[key]] = value  # the mask token (pretraining only) has no place here
+        elif m := re.fullmatch(r"encoder\.layer\.(\d+)\.(.+?)(?:\.(weight|bias))?", key):
+            i, part, kind = m.groups()
+            if part.startswith("attention.") and part.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
+                qkv.setdefault((i, kind), {})[part.split(".")[1]] = value
+            else:
+                name = _HF_DINOV2.get(part, part)
+                out[f"blocks.{i}.{name}" + (f".{kind}" if kind else "")] = value
+        elif key.startswith("layernorm."):
+            out["norm." + key.split(".", 1)[1]] = value
+        elif key.startswith("classifier."):
+            out["head." + key.split(".", 1)[1]] = value
+        else:
+            out[key] = value
+    return _fold_class_position(_join_qkv(out, qkv))
+
+
+_HF_CLIP_BLOCK = {"layer_norm1": "norm1", "layer_norm2": "norm2", "self_attn.out_proj": "attn.proj",
+                  "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+_HF_SIGLIP_HEAD = {"head.probe": "attn_pool.latent", "head.attention.out_proj.weight": "attn_pool.proj.weight",
+                   "head.attention.out_proj.bias": "attn_pool.proj.bias", "head.layernorm.weight": "attn_pool.norm.weight",
+                   "head.layernorm.bias": "attn_pool.norm.bias", "head.mlp.fc1.weight": "attn_pool.mlp.fc1.weight",
+                   "head.mlp.fc1.bias": "attn_pool.mlp.fc1.bias", "head.mlp.fc2.weight": "attn_pool.mlp.fc2.weight",
+                   "head.mlp.fc2.bias": "attn_pool.mlp.fc2.bias"}
+
+
+def from_transformers_clip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers' CLIPVisionModel and SiglipVisionModel names (or a whole CLIPModel/SiglipModel's vision tower)
+    to timm's: CLIP's class embedding and pre-LayerNorm, SigLIP's attention-pooling head (its packed in-projection
+    split into the query's and the keys' and values')."""
+    out, qkv = {}, {}
+    for key, value in state.items():
+        if key.startswith(("text_model.", "logit_", "text_projection", "visual_projection")):
+            continue  # the text tower and the projections into the joint space
+        key = key[len("vision_model."):] if key.startswith("vision_model.") else key
+        if key == "embeddings.class_embedding":
+            out["cls_token"] = value.reshape(1, 1, -1)
+        elif key == "embeddings.position_embedding.weight":
+            out["pos_embed"] = value.unsqueeze(0)
+        elif key.startswith("embeddings.patch_embedding."):
+            out["patch_embed.proj." + key.rsplit(".", 1)[1]] = value
+        elif key.startswith("pre_layrnorm."):
+            out["norm_pre." + key.split(".", 1)[1]] = value
+        elif key.startswith("post_layernorm."):
+            out["norm." + key.split(".", 1)[1]] = value
+        elif m := re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)", key):
+            i, part, kind = m.groups()
+            if part.startswith("self_attn.") and part.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
+                qkv.setdefault((i, kind), {})[part.split(".")[1]] = value
+            else:
+                out[f"blocks.{i}.{_HF_CLIP_BLOCK.get(part, part)}.{kind}"] = value
+        elif key in ("head.attention.in_proj_weight", "head.attention.in_proj_bias"):
+            kind = "weight" if key.endswith("weight") else "bias"
+            q, kv = value[:value.shape[0] // 3], value[value.shape[0] // 3:]
+            out[f"attn_pool.q.{kind}"], out[f"attn_pool.kv.{kind}"] = q, kv
+        else:
+            out[_HF_SIGLIP_HEAD.get(key, key)] = value
+    return _join_qkv(out, qkv)
 
 
 def to_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -517,6 +630,10 @@ def load_pretrained(model, source: str | Pretrained, strict: bool = True, classe
                         "--init-strict false to keep random weights for them")
     model.load_state_dict({k: v for k, v in state.items() if k in target}, strict=False)
     result = InitResult(source, notes, missing, unexpected, pretrained.mean, pretrained.std)
+    if pretrained.act_layer and model.act_layer != pretrained.act_layer:
+        model.set_act_layer(pretrained.act_layer)
+        result.model_overrides["act_layer"] = pretrained.act_layer
+        notes.append(f"activation {pretrained.act_layer}, as the source was trained with")
     if pretrained.norm_eps and model.norm_eps != pretrained.norm_eps:
         model.set_norm_eps(pretrained.norm_eps)
         result.model_overrides["norm_eps"] = pretrained.norm_eps

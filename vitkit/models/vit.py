@@ -213,7 +213,14 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
-ACTIVATIONS = {"gelu": nn.GELU, "quick_gelu": QuickGELU, "silu": nn.SiLU}  # timm's names (act_layer)
+class GELUTanh(nn.GELU):
+    """GELU with the tanh approximation, as SigLIP (big_vision) and transformers' `gelu_pytorch_tanh` compute it."""
+
+    def __init__(self):
+        super().__init__(approximate="tanh")
+
+
+ACTIVATIONS = {"gelu": nn.GELU, "gelu_tanh": GELUTanh, "quick_gelu": QuickGELU, "silu": nn.SiLU}  # act_layer
 
 
 class Mlp(nn.Module):
@@ -435,6 +442,19 @@ class VisionTransformer(nn.Module):
     @property
     def norm_eps(self) -> float:
         return self.blocks[0].norm1.eps if len(self.blocks) else 1e-6
+
+    @property
+    def act_layer(self) -> str:
+        act = type(self.blocks[0].mlp.act) if len(self.blocks) else nn.GELU
+        return next(name for name, cls in ACTIVATIONS.items() if cls is act)
+
+    def set_act_layer(self, name: str) -> None:
+        """Every MLP's activation (no parameters change), e.g. to match weights trained with another one."""
+        if name not in ACTIVATIONS:
+            raise UserError(f"act_layer must be one of {', '.join(ACTIVATIONS)}, not {name!r}")
+        for m in self.modules():
+            if isinstance(m, (Mlp, SwiGLUPacked, SwiGLU)):
+                m.act = ACTIVATIONS[name]()
 
     def set_norm_eps(self, eps: float) -> None:
         """Every LayerNorm's epsilon (no parameters change), e.g. to match weights trained with another one."""
