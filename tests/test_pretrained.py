@@ -230,6 +230,18 @@ def test_layer_decay_and_backbone_scale_give_each_layer_its_learning_rate():
     assert decay[id(m.blocks[0].attn.qkv.weight)] == 0.05 and decay[id(m.blocks[0].norm1.weight)] == 0.0
     plain = build_optimizer(tiny(), TrainConfig(lr=1.0))
     assert len(plain.param_groups) == 2 and all(g["lr"] == 1.0 for g in plain.param_groups)
+    # the newer families' parts: the distillation token with the embeddings, its head as a head, attention pooling
+    # with the final norm
+    d = tiny(depth=3, dist_token=True)
+    opt = build_optimizer(d, TrainConfig(lr=1.0, layer_decay=0.5, backbone_lr_scale=0.1))
+    lr = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert lr[id(d.head_dist.weight)] == 1.0 and lr[id(d.dist_token)] == pytest.approx(0.5 ** 4 * 0.1)
+    assert decay[id(d.dist_token)] == 0.0
+    s = tiny(depth=3, class_token=False, global_pool="map")
+    opt = build_optimizer(s, TrainConfig(lr=1.0, layer_decay=0.5, backbone_lr_scale=0.1))
+    lr = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lr[id(s.attn_pool.kv.weight)] == pytest.approx(0.1) and lr[id(s.head.weight)] == 1.0
 
 
 def test_adamw_is_torchs_fused_kernel_steps_as_the_loop_does_and_resumes_older_runs_state():

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..config import TrainConfig
 
-NO_DECAY = ("pos_embed", "cls_token", "reg_token")
+NO_DECAY = ("pos_embed", "cls_token", "reg_token", "dist_token")
 
 
 def decays(name: str, p: nn.Parameter) -> bool:
@@ -26,8 +26,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def layer_id(name: str, depth: int) -> int:
-    """0 for the embeddings, i + 1 for block i, depth + 1 for the final norm and the head."""
-    if name.startswith(("cls_token", "reg_token", "pos_embed", "patch_embed", "norm_pre")):
+    """0 for the embeddings, i + 1 for block i, depth + 1 for the final norms, attention pooling and the heads."""
+    if name.startswith(("cls_token", "dist_token", "reg_token", "pos_embed", "patch_embed", "norm_pre")):
         return 0
     if name.startswith("blocks."):
         return int(name.split(".")[1]) + 1
@@ -46,7 +46,7 @@ def scaled_param_groups(model: nn.Module, weight_decay: float, layer_decay: floa
             continue
         decay = weight_decay if decays(name, p) else 0.0
         scale = layer_decay ** (depth + 1 - layer_id(name, depth))
-        scale *= 1.0 if name.startswith("head.") else backbone_lr_scale
+        scale *= 1.0 if name.startswith(("head.", "head_dist.")) else backbone_lr_scale
         group = groups.setdefault((scale, decay), {"params": [], "weight_decay": decay, "lr_scale": scale})
         group["params"].append(p)
     return list(groups.values())
