@@ -200,6 +200,17 @@ class TrainConfig:
                                       "first", check=NOT_NEGATIVE, resume=FREE)
     freeze: str = option("none", "'backbone': train the head only (linear probe), 'none': train everything",
                          choices=("none", "backbone"), flag="--freeze", resume=REFUSE)
+    teacher: str | None = option(None, "distill from this teacher: a vitkit checkpoint or timm:NAME[.TAG] (DeiT); "
+                                 "its outputs on each batch guide the student", flag="--teacher", resume=REFUSE,
+                                 metavar="SOURCE")
+    teacher_weights: str | None = option(None, "weights file of a timm:NAME teacher (instead of timm's download)",
+                                         resume=REFUSE)
+    distill: str = option("hard", "'hard' (cross-entropy on the teacher's top class, DeiT's best) or 'soft' "
+                          "(KL divergence at train.distill_tau)", choices=("hard", "soft"), flag="--distill",
+                          resume=REFUSE)
+    distill_alpha: float = option(0.5, "weight of the distillation loss; the label loss gets 1 - alpha",
+                                  check=PROBABILITY, resume=REFUSE)
+    distill_tau: float = option(1.0, "soft distillation's temperature", check=POSITIVE, resume=REFUSE)
     feature_cache: bool = option(True, "with --freeze backbone: compute the backbone's features once (cached on disk) "
                                  "and train the head on them; false runs the backbone every step, augmenting anew",
                                  resume=REFUSE)

@@ -35,6 +35,7 @@ class TrainParts:
     loss_fn: torch.nn.Module  # summed cross-entropy on hard labels (label smoothing, class weights)
     soft_loss_fn: torch.nn.Module  # the same on mixed (MixUp/CutMix) targets
     ema: ModelEma | None
+    distiller: object | None = None  # with train.teacher: the teacher and the distillation loss (`distill.Distiller`)
     val_features: torch.Tensor | None = None  # frozen-feature training: the validation split's head inputs
     feature_seconds: float | None = None  # the time computing the frozen features took (0: read from the cache)
 
@@ -45,7 +46,8 @@ def build_parts(cfg: Config, data: DataBundle, model: torch.nn.Module, device: t
     if t.batch_size < dist.world_size() * t.accum_steps:
         raise UserError(f"train.batch_size {t.batch_size} is the global batch: it must hold at least one image per "
                         f"process and pass ({dist.world_size()} x {t.accum_steps})")
-    if t.freeze == "backbone" and t.feature_cache:
+    distiller = build_distiller(cfg, data, model, device, amp_dtype) if t.teacher else None
+    if t.freeze == "backbone" and t.feature_cache and distiller is None:
         return _frozen_feature_parts(cfg, data, model.to(device), device, amp_dtype)
     model = model.to(device)
     if bf16_weights:
@@ -65,7 +67,7 @@ def build_parts(cfg: Config, data: DataBundle, model: torch.nn.Module, device: t
         val=data.splits.get("val"), optimizer=optimizer, scheduler=build_scheduler(optimizer, t, len(loader)),
         loss_fn=torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=t.label_smoothing, reduction="sum"),
         soft_loss_fn=torch.nn.CrossEntropyLoss(weight=weights, reduction="sum"),
-        ema=ModelEma(model, t.ema) if t.ema > 0 else None)
+        ema=ModelEma(model, t.ema) if t.ema > 0 else None, distiller=distiller)
 
 
 def _frozen_feature_parts(cfg: Config, data: DataBundle, model: torch.nn.Module, device: torch.device,
@@ -99,3 +101,20 @@ def _frozen_feature_parts(cfg: Config, data: DataBundle, model: torch.nn.Module,
         soft_loss_fn=torch.nn.CrossEntropyLoss(weight=weights, reduction="sum"),
         ema=ModelEma(model, t.ema) if t.ema > 0 else None,
         val_features=val.to(device) if val is not None else None, feature_seconds=features.seconds)
+
+
+def build_distiller(cfg: Config, data: DataBundle, model: torch.nn.Module, device: torch.device,
+                    amp_dtype: torch.dtype | None):
+    """The teacher of `train.teacher`, checked against the data; a student with a distillation token trains its
+    second head on the teacher (set before the bf16 copy is made, which copies the switch)."""
+    from .distill import Distiller, check_teacher, load_teacher
+
+    t = cfg.train
+    teacher = load_teacher(t.teacher, t.teacher_weights, device)
+    check_teacher(teacher, data.classes, data.img_size, data.channels)
+    if getattr(model, "dist_token", None) is not None:
+        model.distilled_training = True
+    log.info("distilling from %s (%s, alpha %g%s) into the %s", teacher.source, t.distill, t.distill_alpha,
+             f", tau {t.distill_tau:g}" if t.distill == "soft" else "",
+             "distillation head" if getattr(model, "distilled_training", False) else "class head")
+    return Distiller(teacher, data.mean, data.std, t.distill, t.distill_alpha, t.distill_tau, amp_dtype)

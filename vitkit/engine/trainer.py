@@ -25,6 +25,7 @@ from ..metrics import topk_accuracy
 from ..tracking import Trackers
 from . import dist
 from .device import autocast
+from .distill import merged_logits
 from .ema import ModelEma
 from .evaluate import predict_logits
 from .interrupt import StopRequest
@@ -63,6 +64,7 @@ class Trainer:
         self.optimizer, self.scheduler, self.ema = parts.optimizer, parts.scheduler, parts.ema
         self.loss_fn, self.soft_loss_fn = parts.loss_fn, parts.soft_loss_fn
         self.val_features = parts.val_features  # frozen-feature training: validation runs the heads on these
+        self.distiller = parts.distiller
         self.feature_seconds = parts.feature_seconds
         self.show_progress = show_progress and dist.is_main()
         if not self.has_val and dist.is_main():
@@ -195,9 +197,7 @@ class Trainer:
                 else:
                     casts = autocast(self.device, self.amp_dtype)
                 with casts:
-                    logits = self.forward(x)
-                    loss = self.loss_fn(logits.float(), y) if target is None else self.soft_loss_fn(logits.float(),
-                                                                                                     target)
+                    logits, loss = self._loss(x, y, target)
                 if self.check_each_step and self.ddp is None and not torch.isfinite(loss):
                     self.zero_grad()
                     return self._skip(epoch, step, "loss")
@@ -220,6 +220,17 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
         return total, torch.cat(all_logits)
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None):
+        """(logits, summed loss) of one pass; with a teacher, the distillation loss mixed in."""
+        outputs = self.forward(x)
+
+        def label_loss(logits):
+            return self.loss_fn(logits.float(), y) if target is None else self.soft_loss_fn(logits.float(), target)
+
+        if self.distiller is None:
+            return outputs, label_loss(outputs)
+        return merged_logits(outputs), self.distiller.loss(outputs, x, label_loss)
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
