@@ -331,3 +331,29 @@ def test_flops_of_the_newer_options_are_what_forward_computes(options):
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.randn(1, 3, 64, 64))
     assert counter.get_total_flops() == count_flops(model)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(monkeypatch):
+    """Recomputing each block in the backward pass (drop path's draws replayed) changes no number."""
+    from vitkit.models import vit
+
+    calls, forward = [], vit.Block.forward
+    monkeypatch.setattr(vit.Block, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
+    for pool in ("token", "avg"):
+        model = create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=3, num_classes=4,
+                             drop_path_rate=0.3, global_pool=pool, class_token=pool == "token").train()
+        x = torch.randn(4, 3, 32, 32)
+        grads = []
+        for checkpointing in (False, True):
+            model.set_grad_checkpointing(checkpointing)
+            model.zero_grad()
+            calls.clear()
+            torch.manual_seed(1)
+            model(x).logsumexp(1).sum().backward()
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+            full = 3 if pool == "avg" else 2  # with the class token the last block runs its first row alone
+            assert len(calls) == full * (2 if checkpointing else 1)  # recomputed in the backward pass
+        for name in grads[0]:
+            torch.testing.assert_close(grads[1][name], grads[0][name], rtol=0, atol=1e-6)
+    with torch.no_grad():  # inference is untouched
+        assert model(x).shape == (4, 4)

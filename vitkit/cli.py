@@ -202,7 +202,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     modes = ("train", "infer") if args.mode == "both" else (args.mode,)
     result = run_bench(BenchSettings(args.model, args.batch_size, args.precision, args.device, modes, args.steps,
                                      args.warmup, args.repeats, args.compare, args.compile, args.bf16_weights,
-                                     overrides))
+                                     overrides, args.grad_checkpointing))
     if args.json:
         print_json(result)
         return 0
@@ -528,6 +528,8 @@ def _bench_parser(sub) -> None:
     b.add_argument("--bf16-weights", action=argparse.BooleanOptionalAction,
                    help="vitkit's training step on a bf16 copy of the weights, fp32 master weights (default: as "
                         "vitkit train, on for bf16 on a CPU)")
+    b.add_argument("--grad-checkpointing", action="store_true", help="training steps recompute each block's "
+                   "activations in the backward pass (both models with --compare timm): less memory, more time")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model option, e.g. depth=8")
     b.add_argument("--json", action="store_true", help="print the results as JSON")
     b.set_defaults(func=cmd_bench)

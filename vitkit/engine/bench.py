@@ -50,6 +50,7 @@ class BenchSettings:
     compile: bool = False  # torch.compile vitkit's model (timm's stays eager: the reference)
     bf16_weights: bool | None = None  # vitkit's training step on a bf16 copy of the weights; None: as vitkit train
     overrides: dict = field(default_factory=dict)  # model arguments, e.g. img_size
+    grad_checkpointing: bool = False  # training steps recompute each block in the backward pass (both models)
 
 
 @dataclass
@@ -162,6 +163,7 @@ def _measure_own_peak(spec: dict) -> float:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     model = create_model(s.model, **s.overrides) if implementation == "vitkit" else timm_twin(kwargs)
+    model.set_grad_checkpointing(s.grad_checkpointing)
     bf16_weights = implementation == "vitkit" and use_bf16_weights(s.bf16_weights, device, amp_dtype)
     step = make_step(model.to(device), mode, x, y, device, amp_dtype, bf16_weights)
     for _ in range(s.warmup + s.steps):
@@ -248,6 +250,8 @@ def run_bench(s: BenchSettings) -> dict:
     models = {"vitkit": create_model(s.model, **s.overrides).to(device)}
     if s.compare == "timm":
         models["timm"] = timm_twin(kwargs).to(device)
+    for model in models.values():
+        model.set_grad_checkpointing(s.grad_checkpointing)
     # vitkit's forward skips the last block's rows that the head never reads; timm's computes every token
     flops = {"vitkit": count_flops(models["vitkit"]), "timm": count_flops(models["vitkit"], every_token=True)}
     eager = models["vitkit"]

@@ -50,6 +50,8 @@ def build_parts(cfg: Config, data: DataBundle, model: torch.nn.Module, device: t
     if t.freeze == "backbone" and t.feature_cache and distiller is None:
         return _frozen_feature_parts(cfg, data, model.to(device), device, amp_dtype)
     model = model.to(device)
+    if t.grad_checkpointing:
+        model.set_grad_checkpointing(True)  # before the bf16 copy, which copies the switch
     if bf16_weights:
         dist.broadcast_module(model)  # DDP below makes the copies agree; the masters must agree too
     work = Bf16Weights(model) if bf16_weights else None
