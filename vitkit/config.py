@@ -195,8 +195,7 @@ class TrainConfig:
                            check=NOT_NEGATIVE, flag="--patience", resume=FREE)
     threads: int | None = option(None, "CPU threads for torch; null: torch's default", check=AT_LEAST_1, resume=FREE)
     grad_checkpointing: bool = option(False, "recompute each block's activations in the backward pass: far less "
-                                      "memory (ViT-L/16 at 224 in 24 GiB) for about a third more time per step",
-                                      resume=FREE)
+                                      "memory for about one more forward pass of time per step", resume=FREE)
     compile: bool = option(False, "torch.compile the model for training steps (faster after a minute or two of "
                            "compiling)", resume=FREE)
     max_nonfinite_steps: int = option(0, "skip up to this many steps with a NaN/inf loss or gradient; 0: stop at the "
