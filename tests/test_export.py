@@ -90,8 +90,10 @@ def test_runtime_mistakes_are_one_line_errors(exported, golden, tmp_path, args, 
 
 @pytest.mark.parametrize("options", [dict(class_token=False, global_pool="map", reg_tokens=2),
                                      dict(dist_token=True), dict(mlp_layer="swiglu_packed", act_layer="silu",
-                                                                 init_values=0.1, dynamic_img_size=True)],
-                         ids=["siglip-map", "deit-distilled", "dinov2-giant-like"])
+                                                                 init_values=0.1, dynamic_img_size=True),
+                                     dict(abs_pos_embed=False, rope="dinov3", reg_tokens=4, qkv_bias=False,
+                                          global_pool="avg", fc_norm=False)],
+                         ids=["siglip-map", "deit-distilled", "dinov2-giant-like", "dinov3-like"])
 def test_the_newer_families_export_to_onnx_with_the_parity_check(tmp_path, options):
     from vitkit.engine.checkpoint import model_meta, save_model
     from vitkit.export.onnx import export_onnx

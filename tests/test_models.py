@@ -7,6 +7,7 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 from vitkit.engine.checkpoint import load_model, model_meta, save_model
 from vitkit.errors import UserError
 from vitkit.models import count_flops, create_model, get_spec, list_models, model_kwargs, model_size, num_params
+from vitkit.models.pretrained import to_eva_layout, to_timm_layout
 
 
 # ViT-L is ViT-B's code at another size (its parameter count is checked against timm below); building it takes
@@ -272,7 +273,7 @@ def test_every_registered_family_has_timms_tensors_and_shapes():
             theirs = timm.create_model(name, pretrained=False, num_classes=get_spec(name).kwargs["num_classes"])
             ours = create_model(name)
         assert {k: v.shape for k, v in ours.state_dict().items()} == \
-            {k: v.shape for k, v in theirs.state_dict().items()}, name
+            {k: v.shape for k, v in to_timm_layout(theirs.state_dict()).items()}, name
         assert num_params(ours) == num_params(theirs), name
         checked += 1
     assert checked >= 35  # all but vit_tiny_patch32_224, which timm does not register
@@ -357,3 +358,44 @@ def test_gradient_checkpointing_gives_the_same_gradients(monkeypatch):
             torch.testing.assert_close(grads[1][name], grads[0][name], rtol=0, atol=1e-6)
     with torch.no_grad():  # inference is untouched
         assert model(x).shape == (4, 4)
+
+
+@pytest.mark.parametrize("name", ["vit_small_patch16_dinov3", "vit_base_patch16_dinov3"])
+def test_dinov3_rotary_positions_match_timms_eva_both_ways_at_any_size(name, tmp_path):
+    """timm's Eva with DINOv3's rotary positions: the same features and logits at the trained size and others, both
+    ways. The attention weights are drawn large so that attention is peaked and the rotation matters (it changes
+    the features by far more than the tolerance)."""
+    from vitkit.report import explain
+
+    small = dict(depth=2, num_classes=5)
+    torch.manual_seed(0)
+    theirs = timm.create_model(name, pretrained=False, **small).eval()
+    with torch.no_grad():
+        for key, p in theirs.named_parameters():
+            if "qkv" in key:
+                p.normal_(0, 0.3)
+            elif "gamma" in key:
+                p.uniform_(0.5, 1.5)
+    ours = create_model(name, **small).eval()
+    ours.load_state_dict(to_timm_layout(theirs.state_dict()))
+    for size in ((256, 256), (96, 160)):
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-5)
+            features = ours.forward_features(x)
+            torch.testing.assert_close(features, theirs.forward_features(x), rtol=0, atol=1e-5)
+            rope, ours.rope = ours.rope, None
+            assert float((ours.forward_features(x) - features).abs().max()) > 1e-3  # the rotation is visible
+            ours.rope = rope
+    back = create_model(name, **small).eval()
+    theirs.load_state_dict(to_eva_layout(back.state_dict()))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), back(x), rtol=0, atol=1e-5)
+    _, rollout, _ = explain(ours, x)
+    assert rollout.shape == (2, 4, 4) and torch.isfinite(rollout).all()
+    path = tmp_path / "m.safetensors"
+    save_model(path, ours, model_meta(name, model_kwargs(name, **small), list("abcde"), [0.5] * 3, [0.25] * 3))
+    loaded, _ = load_model(path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), ours(x), rtol=0, atol=0)

@@ -586,8 +586,8 @@ def _runs_parser(sub) -> None:
 def _model_parsers(sub) -> None:
     m = sub.add_parser("models", help="list the registered models")
     m.add_argument("--num-classes", type=int, help="count parameters for this many classes")
-    m.add_argument("--family", metavar="FAMILY", help="only this family's models: vit, deit, deit3, dinov2, clip, "
-                   "siglip, reg-gap or small")
+    m.add_argument("--family", metavar="FAMILY", help="only this family's models: vit, deit, deit3, dinov2, dinov3, "
+                   "clip, siglip, reg-gap or small")
     m.set_defaults(func=cmd_models)
     i = sub.add_parser("info", help="a model's configuration, parameters and FLOPs")
     i.add_argument("model", metavar="MODEL", help="registered model name (vitkit models)")

@@ -90,7 +90,7 @@ def build_model_for(cfg: Config, data: DataBundle) -> tuple[VisionTransformer, d
                           stem=m.stem, stem_depth=m.stem_depth, class_token=m.class_token, reg_tokens=m.reg_tokens,
                           no_embed_class=m.no_embed_class, pre_norm=m.pre_norm, init_values=m.init_values,
                           act_layer=m.act_layer, mlp_layer=m.mlp_layer, fc_norm=m.fc_norm, dist_token=m.dist_token,
-                          dynamic_img_size=m.dynamic_img_size)
+                          dynamic_img_size=m.dynamic_img_size, abs_pos_embed=m.abs_pos_embed, rope=m.rope)
     torch.manual_seed(cfg.train.seed)
     return VisionTransformer(**kwargs), kwargs
 

@@ -226,8 +226,8 @@ HF_ACTIVATIONS = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_pytorch_tanh
 
 
 def to_timm_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """timm layout as it is (wrapper prefixes stripped); transformers' ViT, DINOv2, CLIP and SigLIP vision towers
-    converted."""
+    """timm layout as it is (wrapper prefixes stripped, the LayerScale of timm's Eva models, DINOv3's, under
+    VisionTransformer's names); transformers' ViT, DINOv2, CLIP and SigLIP vision towers converted."""
     if any(k.endswith("attention.attention.query.weight") for k in state):
         return from_transformers(state)
     if any(".attention.q_proj." in k for k in state) and any(k.startswith("embeddings.") for k in state):
@@ -238,8 +238,14 @@ def to_timm_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for key, value in state.items():
         for prefix in ("module.", "_orig_mod.", "model."):
             key = key[len(prefix):] if key.startswith(prefix) else key
+        key = re.sub(r"^(blocks\.\d+)\.gamma_([12])$", r"\1.ls\2.gamma", key)  # timm's Eva (DINOv3)
         out[key] = value
     return out
+
+
+def to_eva_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our names to timm's Eva (DINOv3): LayerScale as blocks.N.gamma_1 and gamma_2."""
+    return {re.sub(r"^(blocks\.\d+)\.ls([12])\.gamma$", r"\1.gamma_\2", k): v for k, v in state.items()}
 
 
 _HF_BLOCK = {"layernorm_before": "norm1", "layernorm_after": "norm2", "attention.output.dense": "attn.proj",
@@ -537,7 +543,7 @@ def adapt(state: dict[str, torch.Tensor], model, other_classes: bool = False
         notes.append(f"patch embedding: {w.shape[-1]}x{w.shape[-2]} kernels resampled to {want[-1]}x{want[-2]} "
                      "(pseudo-inverse resize)")
     pos = state.get("pos_embed")
-    if pos is not None and pos.shape != target["pos_embed"].shape and pos.shape[-1] == target["pos_embed"].shape[-1]:
+    if pos is not None and "pos_embed" in target and pos.shape != target["pos_embed"].shape and pos.shape[-1] == target["pos_embed"].shape[-1]:
         grid = model.patch_embed.grid_size
         prefix = 0 if model.no_embed_class else model.num_prefix_tokens  # rows of the class token and registers
         if math.isqrt(pos.shape[1] - prefix) ** 2 != pos.shape[1] - prefix:

@@ -18,10 +18,11 @@ class ModelSpec:
 
     @property
     def family(self) -> str:
-        """'vit' (the paper's sizes), 'deit', 'deit3', 'dinov2', 'clip', 'siglip', 'reg-gap' (registers and mean
-        pooling) or 'small' (presets for small images)."""
+        """'vit' (the paper's sizes), 'deit', 'deit3', 'dinov2', 'dinov3', 'clip', 'siglip', 'reg-gap' (registers
+        and mean pooling) or 'small' (presets for small images)."""
         for family, test in (("deit3", self.name.startswith("deit3_")), ("deit", self.name.startswith("deit_")),
-                             ("dinov2", self.name.endswith("_dinov2")), ("clip", "_clip" in self.name),
+                             ("dinov2", self.name.endswith("_dinov2")), ("dinov3", self.name.endswith("_dinov3")),
+                             ("clip", "_clip" in self.name),
                              ("siglip", "_siglip" in self.name), ("reg-gap", "_gap_" in self.name),
                              ("vit", self.name.endswith("_224"))):
             if test:
@@ -29,7 +30,7 @@ class ModelSpec:
         return "small"
 
 
-FAMILIES = ("vit", "deit", "deit3", "dinov2", "clip", "siglip", "reg-gap", "small")
+FAMILIES = ("vit", "deit", "deit3", "dinov2", "dinov3", "clip", "siglip", "reg-gap", "small")
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -38,7 +39,8 @@ _REGISTRY: dict[str, ModelSpec] = {}
 MODEL_ARGS = ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads", "mlp_ratio",
               "qkv_bias", "global_pool", "drop_rate", "pos_drop_rate", "attn_drop_rate", "drop_path_rate",
               "attn_impl", "norm_eps", "stem", "stem_depth", "class_token", "reg_tokens", "no_embed_class", "pre_norm",
-              "init_values", "act_layer", "mlp_layer", "fc_norm", "dist_token", "dynamic_img_size")
+              "init_values", "act_layer", "mlp_layer", "fc_norm", "dist_token", "dynamic_img_size", "abs_pos_embed", "rope",
+              "rope_temperature")
 
 
 def register(name: str, description: str, **kwargs) -> None:
@@ -101,6 +103,13 @@ for _reg in ("", "_reg4"):
              "518 px (features)", img_size=518, patch_size=14, in_chans=3, num_classes=0, embed_dim=1536, depth=40,
              num_heads=24, init_values=1e-5, mlp_ratio=2.66667 * 2, mlp_layer="swiglu_packed", act_layer="silu",
              **({"reg_tokens": 4, "no_embed_class": True} if _reg else {}))
+for _size in ("small", "base", "large"):  # DINOv3: rotary positions, no learned ones; timm's Eva under these names
+    _dim, _depth, _heads = _SIZES[_size]
+    register(f"vit_{_size}_patch16_dinov3", f"DINOv3 ViT-{_size[0].upper()}/16: rotary positions, 4 registers, "
+             "LayerScale, any size (features)", img_size=256, patch_size=16, in_chans=3, num_classes=0,
+             embed_dim=_dim, depth=_depth, num_heads=_heads, qkv_bias=False, init_values=1e-5, reg_tokens=4,
+             abs_pos_embed=False, rope="dinov3", rope_temperature=100.0, dynamic_img_size=True, global_pool="avg",
+             fc_norm=False, norm_eps=1e-5)
 _CLIP = {"base_patch16": (768, 12, 12, 16), "base_patch32": (768, 12, 12, 32), "large_patch14": (1024, 24, 16, 14)}
 for _name, (_dim, _depth, _heads, _patch) in _CLIP.items():
     _cut = f"{_name[0].upper()}/{_patch}"

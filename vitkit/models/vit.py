@@ -11,8 +11,9 @@ Parameter names are those of timm's `VisionTransformer`, so state dicts load in 
 
 The newer families are options of the same model, under timm's names: LayerScale (CaiT, DeiT-III, DINOv2), register
 tokens (Darcet et al. 2024), DeiT's distillation token and second head, a LayerNorm before the blocks (CLIP), gated
-SwiGLU MLPs, mean or attention pooling instead of the class token (SigLIP's MAP head), and any input size the patch
-divides with the position embeddings interpolated on the fly (DINOv2).
+SwiGLU MLPs, mean or attention pooling instead of the class token (SigLIP's MAP head), any input size the patch
+divides with the position embeddings interpolated on the fly (DINOv2), and rotary position embeddings in attention
+instead of learned ones added to the tokens (DINOv3).
 """
 from __future__ import annotations
 
@@ -155,6 +156,40 @@ class ConvStem(nn.Module):
         return x.flatten(2).transpose(1, 2)  # (B, N, D)
 
 
+# ------------------------------------------------------------------------------------------- rotary positions
+class RotaryDinoV3(nn.Module):
+    """2-D rotary position embedding as DINOv3 computes it (Simeoni et al. 2025; timm's `RotaryEmbeddingDinoV3`).
+
+    Each patch's centre, as a fraction of the grid's height and width mapped to [-1, 1], gives angles
+    2 pi * coordinate / period for head_dim / 4 periods temperature^(2i / (head_dim / 2)) per axis; queries and
+    keys of the patches are rotated by them (the two halves of each head's vector as the pairs), so attention
+    depends on the patches' relative positions. Returns (sin, cos), each (N, head_dim).
+    """
+
+    def __init__(self, head_dim: int, temperature: float = 100.0):
+        super().__init__()
+        if head_dim % 4:
+            raise UserError(f"rotary position embeddings need a head size divisible by 4, not {head_dim}: choose "
+                            "embed_dim / num_heads accordingly")
+        self.head_dim, self.temperature = head_dim, float(temperature)
+        exponents = 2.0 * torch.arange(head_dim // 4, dtype=torch.float32) / (head_dim // 2)
+        self.register_buffer("periods", self.temperature ** exponents, persistent=False)
+
+    def forward(self, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.periods.device
+        axes = [(torch.arange(0.5, side, dtype=torch.float32, device=device)) / side for side in grid]
+        coords = 2.0 * torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 2) - 1.0  # (N, 2)
+        angles = (2 * math.pi * coords[:, :, None] / self.periods.float()).flatten(1)  # (N, head_dim / 2)
+        angles = torch.cat([angles, angles], dim=-1)  # (N, head_dim): the same angle for both halves
+        return angles.sin(), angles.cos()
+
+
+def rotate(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (x[i], x[i + d/2]) of the last dimension by the pair's angle."""
+    first, second = x.chunk(2, dim=-1)
+    return (x * cos + torch.cat([-second, first], dim=-1) * sin).to(x.dtype)
+
+
 # ------------------------------------------------------------------------------------------------- attention
 class Attention(nn.Module):
     """Multi-head self-attention.
@@ -187,11 +222,17 @@ class Attention(nn.Module):
         # without a backward (inference) the fused kernel is as fast or faster (ViT-S/16, 197 tokens: 1.2x).
         return x.device.type != "cpu" or x.shape[1] > 256 or not torch.is_grad_enabled()
 
-    def forward(self, x: torch.Tensor, return_attn: bool = False, num_queries: int | None = None):
-        """`num_queries`: only the first tokens attend (and are returned); all tokens still give keys and values."""
+    def forward(self, x: torch.Tensor, return_attn: bool = False, num_queries: int | None = None,
+                rope: tuple | None = None):
+        """`num_queries`: only the first tokens attend (and are returned); all tokens still give keys and values.
+        `rope`: (sin, cos) of the patch tokens, the last ones, whose queries and keys are rotated by them."""
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, H, hd)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, hd)
+        if rope is not None:
+            p = N - rope[0].shape[0]  # the prefix tokens keep their vectors
+            q = torch.cat([q[:, :, :p], rotate(q[:, :, p:], *rope)], dim=2)
+            k = torch.cat([k[:, :, :p], rotate(k[:, :, p:], *rope)], dim=2)
         if num_queries is not None:
             q = q[:, :, :num_queries]  # (B, H, n, hd)
         attn = None
@@ -306,18 +347,18 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, return_attn: bool = False):
+    def forward(self, x: torch.Tensor, return_attn: bool = False, rope: tuple | None = None):
         if return_attn:
-            y, attn = self.attn(self.norm1(x), return_attn=True)
+            y, attn = self.attn(self.norm1(x), return_attn=True, rope=rope)
             x = x + self.drop_path1(self.ls1(y))
             return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x)))), attn
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), rope=rope)))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
-    def forward_prefix(self, x: torch.Tensor, n: int) -> torch.Tensor:
+    def forward_prefix(self, x: torch.Tensor, n: int, rope: tuple | None = None) -> torch.Tensor:
         """`self(x)[:, :n]` for less work: every token gives keys and values, but only the first n attend and go
         through the MLP, which like the norms and residuals acts on each token's own row."""
-        x = x[:, :n] + self.drop_path1(self.ls1(self.attn(self.norm1(x), num_queries=n)))
+        x = x[:, :n] + self.drop_path1(self.ls1(self.attn(self.norm1(x), num_queries=n, rope=rope)))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
@@ -361,6 +402,8 @@ def _check_options(args: dict) -> None:
         raise UserError("dist_token needs the class token and global_pool 'token': the two heads read those two tokens")
     if args["stem"] == "patch" and args["stem_depth"] != 1:
         raise UserError(f"stem_depth {args['stem_depth']} needs stem 'conv': the patchify stem is one conv")
+    if args["rope"] not in (None, "dinov3"):
+        raise UserError(f"rope must be 'dinov3' or null, not {args['rope']!r}")
     if args["dynamic_img_size"] and args["stem"] != "patch":
         raise UserError("dynamic_img_size needs stem 'patch': a conv stem's grid is fixed by img_size")
     for name in ("num_classes", "embed_dim", "depth", "num_heads", "in_chans", "patch_size", "reg_tokens"):
@@ -379,7 +422,8 @@ class VisionTransformer(nn.Module):
                  stem_depth: int = 1, class_token: bool = True, reg_tokens: int = 0, no_embed_class: bool = False,
                  pre_norm: bool = False, init_values: float | None = None, act_layer: str = "gelu",
                  mlp_layer: str = "mlp", fc_norm: bool | None = None, dist_token: bool = False,
-                 dynamic_img_size: bool = False):
+                 dynamic_img_size: bool = False, abs_pos_embed: bool = True, rope: str | None = None,
+                 rope_temperature: float = 100.0):
         super().__init__()
         _check_options(locals())
         self.num_classes = num_classes
@@ -398,7 +442,8 @@ class VisionTransformer(nn.Module):
         self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if dist_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
         positions = self.patch_embed.num_patches + (0 if no_embed_class else self.num_prefix_tokens)
-        self.pos_embed = nn.Parameter(torch.zeros(1, positions, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, positions, embed_dim)) if abs_pos_embed else None
+        self.rope = RotaryDinoV3(embed_dim // num_heads, rope_temperature) if rope else None
         self.pos_drop = nn.Dropout(pos_drop_rate)
         self.norm_pre = nn.LayerNorm(embed_dim, eps=norm_eps) if pre_norm else nn.Identity()
         rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # stochastic depth grows with depth
@@ -421,9 +466,10 @@ class VisionTransformer(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        if self.pos_embed.is_meta:  # a copy without weights, for counting (`model_size`): nothing to draw
+        if self.patch_embed.proj.weight.is_meta:  # a copy without weights, for counting (`model_size`)
             return
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.pos_embed is not None:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
         for token in (self.cls_token, self.reg_token):
             if token is not None:
                 nn.init.normal_(token, std=1e-6)
@@ -442,11 +488,11 @@ class VisionTransformer(nn.Module):
         block in memory instead of all of them, for about one more forward pass of time (timm's name)."""
         self.grad_checkpointing = enable
 
-    def _blocks(self, x: torch.Tensor, blocks: nn.Sequential) -> torch.Tensor:
-        if not (self.grad_checkpointing and torch.is_grad_enabled()):
-            return blocks(x)
-        for block in blocks:  # the random draws (drop path, dropout) are replayed in the recomputation
-            x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+    def _blocks(self, x: torch.Tensor, blocks: nn.Sequential, rope: tuple | None = None) -> torch.Tensor:
+        checkpoint = self.grad_checkpointing and torch.is_grad_enabled()
+        for block in blocks:  # checkpointed: the random draws (drop path, dropout) are replayed in the recomputation
+            x = torch.utils.checkpoint.checkpoint(block, x, rope=rope, use_reentrant=False) if checkpoint else \
+                block(x, rope=rope)
         return x
 
     def set_attn_impl(self, impl: AttnImpl) -> None:
@@ -476,28 +522,31 @@ class VisionTransformer(nn.Module):
             if isinstance(m, nn.LayerNorm):
                 m.eps = eps
 
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
         """Images to the tokens the blocks take (B, P+N, D): the P prefix tokens (class token, distillation token,
         registers) before the N patch tokens, with position embeddings added to all (or, with `no_embed_class`, to
         the patches). An image of another size than `img_size` (with `dynamic_img_size`) gets the embeddings
-        interpolated to its patch grid."""
+        interpolated to its patch grid. With rotary positions instead, also their (sin, cos) for that grid."""
         grid = (x.shape[-2] // self.patch_embed.patch_size[0], x.shape[-1] // self.patch_embed.patch_size[1])
         x = self.patch_embed(x)  # (B, N, D)
         pos = self.pos_embed
-        if self.patch_embed.dynamic and grid != self.patch_embed.grid_size:
+        if pos is not None and self.patch_embed.dynamic and grid != self.patch_embed.grid_size:
             pos = resample_pos_embed(pos, grid, 0 if self.no_embed_class else self.num_prefix_tokens,
                                      self.patch_embed.grid_size)
         tokens = (self.cls_token, self.dist_token, self.reg_token)
         prefix = [t.expand(x.shape[0], -1, -1) for t in tokens if t is not None]
-        if self.no_embed_class:
+        if pos is None:
+            x = torch.cat([*prefix, x], dim=1)
+        elif self.no_embed_class:
             x = torch.cat([*prefix, x + pos], dim=1)
         else:
             x = torch.cat([*prefix, x], dim=1) + pos  # (B, P+N, D)
-        return self.norm_pre(self.pos_drop(x))
+        return self.norm_pre(self.pos_drop(x)), self.rope(grid) if self.rope is not None else None
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) to normalized tokens (B, P+N, D)."""
-        return self.norm(self._blocks(self._embed(x), self.blocks))
+        x, rope = self._embed(x)
+        return self.norm(self._blocks(x, self.blocks, rope))
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens (B, P+N, D) to one vector per image (B, D): the class token, the mean of the patch tokens, or
@@ -539,17 +588,18 @@ class VisionTransformer(nn.Module):
         # The head reads only the class (and distillation) token, and the last block's output for it is all the head
         # needs: the other rows are not computed (the same logits for ~12% fewer FLOPs at depth 6, ~6% at depth 12).
         read = 1 + int(self.dist_token is not None)
-        x = self._blocks(self._embed(x), self.blocks[:-1])
-        x = self.blocks[-1].forward_prefix(x, read)  # (B, read, D): the tokens the heads read
+        x, rope = self._embed(x)
+        x = self._blocks(x, self.blocks[:-1], rope)
+        x = self.blocks[-1].forward_prefix(x, read, rope)  # (B, read, D): the tokens the heads read
         return self.forward_head(self.norm(x))
 
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every layer's attention probabilities, each (B, heads, P+N, P+N), through the explicit path."""
-        x = self._embed(x)
+        x, rope = self._embed(x)
         maps = []
         for block in self.blocks:
-            x, attn = block(x, return_attn=True)
+            x, attn = block(x, return_attn=True, rope=rope)
             maps.append(attn)
         return maps
 
