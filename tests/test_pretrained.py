@@ -359,3 +359,30 @@ def test_transformers_families_load_with_the_same_features(tmp_path, kind):
                              init=str(tmp_path / "memory.pth")).eval()
         with torch.no_grad():
             torch.testing.assert_close(again.forward_features(x), ours.forward_features(x), rtol=0, atol=0)
+
+
+def test_transformers_dinov3_loads_with_the_same_features_at_any_size(tmp_path):
+    """transformers' DINOv3ViTModel: rotary positions, registers, LayerScale, query and value biases (the keys have
+    none): the same tokens at the trained size and another; with the class token pooled, its pooler output."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.DINOv3ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                          intermediate_size=256, image_size=64, patch_size=16, num_register_tokens=4,
+                                          layerscale_value=0.7)
+    hf = transformers.DINOv3ViTModel(config).eval()
+    with torch.no_grad():  # peaked attention, so that the rotation matters; biases that are not zero
+        for key, p in hf.named_parameters():
+            if "q_proj.weight" in key or "k_proj.weight" in key:
+                p.normal_(0, 0.5)
+            elif "q_proj.bias" in key or "v_proj.bias" in key:
+                p.normal_(0, 0.1)
+    hf.save_pretrained(tmp_path / "hf")
+    ours = create_model("vit_small_patch16_dinov3", img_size=64, embed_dim=64, depth=2, num_heads=2, qkv_bias=True,
+                        num_classes=0, global_pool="token", init=str(tmp_path / "hf")).eval()
+    for size in ((64, 64), (96, 160)):
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            theirs = hf(pixel_values=x)
+            torch.testing.assert_close(ours.forward_features(x), theirs.last_hidden_state, rtol=0, atol=1e-5)
+            torch.testing.assert_close(ours.forward_head(ours.forward_features(x), pre_logits=True),
+                                       theirs.pooler_output, rtol=0, atol=1e-5)

@@ -230,6 +230,8 @@ def to_timm_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     VisionTransformer's names); transformers' ViT, DINOv2, CLIP and SigLIP vision towers converted."""
     if any(k.endswith("attention.attention.query.weight") for k in state):
         return from_transformers(state)
+    if "embeddings.patch_embeddings.weight" in state or "model.embeddings.patch_embeddings.weight" in state:
+        return from_transformers_dinov3(state)
     if any(".attention.q_proj." in k for k in state) and any(k.startswith("embeddings.") for k in state):
         return from_transformers_dinov2(state)
     if any(".self_attn.q_proj." in k for k in state):
@@ -338,6 +340,41 @@ def from_transformers_dinov2(state: dict[str, torch.Tensor]) -> dict[str, torch.
         else:
             out[key] = value
     return _fold_class_position(_join_qkv(out, qkv))
+
+
+_HF_DINOV3 = {"attention.o_proj": "attn.proj", "layer_scale1.lambda1": "ls1.gamma", "layer_scale2.lambda1": "ls2.gamma",
+              "mlp.up_proj": "mlp.fc1", "mlp.down_proj": "mlp.fc2", "mlp.gate_proj": "mlp.fc1_g"}
+
+
+def from_transformers_dinov3(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers' DINOv3ViTModel names to timm's (its Eva, under VisionTransformer's names). DINOv3 has query and
+    value biases but none for the keys: the joined qkv bias has zeros there, and is left out where all are zero (the
+    released weights: timm's `vit_*_dinov3`, qkv_bias false)."""
+    out, qkv = {}, {}
+    embeddings = {"embeddings.cls_token": "cls_token", "embeddings.register_tokens": "reg_token",
+                  "embeddings.patch_embeddings.weight": "patch_embed.proj.weight",
+                  "embeddings.patch_embeddings.bias": "patch_embed.proj.bias"}
+    for key, value in state.items():
+        key = key[len("model."):] if key.startswith("model.") else key
+        if key in embeddings:
+            out[embeddings[key]] = value  # the mask token (pretraining only) has no place here
+        elif m := re.fullmatch(r"layer\.(\d+)\.(.+?)(?:\.(weight|bias))?", key):
+            i, part, kind = m.groups()
+            if part.startswith("attention.") and part.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
+                qkv.setdefault(i, {})[(part.split(".")[1], kind)] = value
+            else:
+                out[f"blocks.{i}.{_HF_DINOV3.get(part, part)}" + (f".{kind}" if kind else "")] = value
+        elif not key.startswith("embeddings."):
+            out[key] = value  # norm.*; anything else is reported as unexpected
+    for i, parts in qkv.items():
+        out[f"blocks.{i}.attn.qkv.weight"] = torch.cat([parts[(n, "weight")] for n in ("q_proj", "k_proj", "v_proj")])
+        q_bias = parts.get(("q_proj", "bias"))
+        if q_bias is not None:
+            bias = torch.cat([q_bias, parts.get(("k_proj", "bias"), torch.zeros_like(q_bias)),
+                              parts.get(("v_proj", "bias"), torch.zeros_like(q_bias))])
+            if bool(bias.any()):
+                out[f"blocks.{i}.attn.qkv.bias"] = bias
+    return out
 
 
 _HF_CLIP_BLOCK = {"layer_norm1": "norm1", "layer_norm2": "norm2", "self_attn.out_proj": "attn.proj",
