@@ -137,9 +137,9 @@ def probe(source: str, data: str, model_name: str | None = None, split: str | No
     check_bad_files(bundle.bad_files, sum(len(s) for s in bundle.splits.values()) + len(bundle.bad_files), 0.1)
     mean, std = (adapt_stats(backbone.mean, backbone.std, chans) if backbone.mean is not None
                  else (bundle.mean, bundle.std))
-    splits = {"train": bundle.splits["train"], "eval": bundle.splits[split]}
+    splits = {"train": bundle.splits["train"], split: bundle.splits[split]}  # as training names them: one cache
     feats = frozen_features(model, splits, mean, std, dev, amp, batch_size)
-    train, query = _flat(feats.train[0]), _flat(feats.others["eval"])
+    train, query = _flat(feats.train[0]), _flat(feats.others[split])
     train_labels, labels = bundle.splits["train"].labels, bundle.splits[split].labels
     num_classes, result = len(bundle.classes), {}
     for k in ks:
