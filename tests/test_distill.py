@@ -67,13 +67,19 @@ def test_a_teacher_that_disagrees_with_the_labels_pulls_the_student():
     assert (predicted == k).float().mean() > 0.95 and (predicted == labels).float().mean() < 0.05
 
 
-def test_distilling_from_a_vitkit_teacher_through_the_cli_trains_both_heads(fake_mnist, tmp_path):
-    teacher = run_cli("train", "fashion-mnist", "--data-root", fake_mnist, *TINY_MODEL, "--epochs", "1", "--out",
-                      tmp_path, "--name", "teacher", "--no-progress", "--set", "output.report=false")
-    assert teacher.returncode == 0, teacher.stderr
+@pytest.fixture(scope="module")
+def teacher(fake_mnist, tmp_path_factory):
+    """A vitkit checkpoint trained one epoch on the fake Fashion-MNIST."""
+    out = tmp_path_factory.mktemp("teacher")
+    cfg = config(out, "fashion-mnist", str(fake_mnist), **{"train.epochs": 1, "output.name": "teacher",
+                                                            "output.report": False})
+    return vitkit.train(cfg, show_progress=False).best_checkpoint
+
+
+def test_distilling_from_a_vitkit_teacher_through_the_cli_trains_both_heads(fake_mnist, teacher, tmp_path):
     student = run_cli("train", "fashion-mnist", "--data-root", fake_mnist, *TINY_MODEL, "--epochs", "1", "--out",
                       tmp_path, "--name", "student", "--no-progress", "--set", "output.report=false",
-                      "--teacher", tmp_path / "teacher" / "best.safetensors", "--set", "model.dist_token=true",
+                      "--teacher", teacher, "--set", "model.dist_token=true",
                       "--img-size", "20", "--set", "model.patch_size=4")
     assert student.returncode == 0, student.stderr
     assert "into the distillation head" in student.stderr
@@ -100,11 +106,8 @@ def test_a_timm_teacher_with_local_weights(fake_mnist, tmp_path):
     assert result.epochs == 1 and (result.run_dir / "best.safetensors").is_file()
 
 
-def test_resuming_a_distillation_run_is_exact(fake_mnist, tmp_path, monkeypatch):
-    first = run_cli("train", "fashion-mnist", "--data-root", fake_mnist, *TINY_MODEL, "--epochs", "1", "--out",
-                    tmp_path, "--name", "teacher", "--no-progress", "--set", "output.report=false")
-    assert first.returncode == 0, first.stderr
-    extra = {"train.epochs": 2, "output.report": False, "train.teacher": str(tmp_path / "teacher" / "best.safetensors"),
+def test_resuming_a_distillation_run_is_exact(fake_mnist, teacher, tmp_path, monkeypatch):
+    extra = {"train.epochs": 2, "output.report": False, "train.teacher": str(teacher),
              "model.dist_token": True, "train.distill": "soft", "train.distill_tau": 2.0}
     whole = vitkit.train(config(tmp_path, "fashion-mnist", str(fake_mnist), **{**extra, "output.name": "whole"}),
                          show_progress=False)
