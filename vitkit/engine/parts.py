@@ -63,13 +63,17 @@ def build_parts(cfg: Config, data: DataBundle, model: torch.nn.Module, device: t
     recipe = build_recipe(cfg, data)
     loader = make_loader(cfg, data, recipe, device)
     optimizer = build_optimizer(model, t)
-    weights = recipe.class_weights.to(device) if t.balance == "loss" else None
     return TrainParts(
         model=model, work=work, ddp=ddp, forward=compiled(net) if t.compile else net, loader=loader,
         val=data.splits.get("val"), optimizer=optimizer, scheduler=build_scheduler(optimizer, t, len(loader)),
-        loss_fn=torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=t.label_smoothing, reduction="sum"),
-        soft_loss_fn=torch.nn.CrossEntropyLoss(weight=weights, reduction="sum"),
-        ema=ModelEma(model, t.ema) if t.ema > 0 else None, distiller=distiller)
+        **_losses(t, recipe, device), ema=ModelEma(model, t.ema) if t.ema > 0 else None, distiller=distiller)
+
+
+def _losses(t, recipe, device: torch.device) -> dict:
+    """Summed cross-entropy on hard labels (label smoothing, class weights), and on mixed targets."""
+    weights = recipe.class_weights.to(device) if t.balance == "loss" else None
+    return {"loss_fn": torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=t.label_smoothing, reduction="sum"),
+            "soft_loss_fn": torch.nn.CrossEntropyLoss(weight=weights, reduction="sum")}
 
 
 def _frozen_feature_parts(cfg: Config, data: DataBundle, model: torch.nn.Module, device: torch.device,
@@ -94,13 +98,10 @@ def _frozen_feature_parts(cfg: Config, data: DataBundle, model: torch.nn.Module,
                            drop_last=len(train) >= 2 * t.batch_size, num_classes=len(data.classes),
                            class_weights=recipe.class_weights if t.balance == "sampler" else None)
     optimizer = build_optimizer(model, t)
-    weights = recipe.class_weights.to(device) if t.balance == "loss" else None
     val = features.others.get("val")
     return TrainParts(
         model=model, work=None, ddp=None, forward=model.heads, loader=loader, val=data.splits.get("val"),
-        optimizer=optimizer, scheduler=build_scheduler(optimizer, t, len(loader)),
-        loss_fn=torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=t.label_smoothing, reduction="sum"),
-        soft_loss_fn=torch.nn.CrossEntropyLoss(weight=weights, reduction="sum"),
+        optimizer=optimizer, scheduler=build_scheduler(optimizer, t, len(loader)), **_losses(t, recipe, device),
         ema=ModelEma(model, t.ema) if t.ema > 0 else None,
         val_features=val.to(device) if val is not None else None, feature_seconds=features.seconds)
 
