@@ -288,7 +288,8 @@ def run_bench(s: BenchSettings) -> dict:
                for name, mode, img_s, seconds, peak, achieved, measured in measured_runs]
     out = {"model": s.model, "model_kwargs": kwargs, "batch_size": s.batch_size, "precision": precision,
            "device": device_name(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-           "compile": s.compile, "bf16_weights": bf16_weights, "malloc": malloc,
+           "compile": s.compile, "bf16_weights": bf16_weights, "grad_checkpointing": s.grad_checkpointing,
+           "malloc": malloc,
            "gflop_per_image_forward": round(flops["vitkit"] / 1e9, 4),
            "matmul_tflop_per_s": round(max(rates) / 1e12, 3),
            "matmul_tflop_per_s_runs": [round(r / 1e12, 3) for r in rates], "steps": s.steps, "repeats": s.repeats,
