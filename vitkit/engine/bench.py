@@ -235,6 +235,17 @@ def time_run(step, steps: int, warmup: int, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def _models(s: BenchSettings, kwargs: dict, device: torch.device) -> dict[str, nn.Module]:
+    """vitkit's model, and timm's twin with --compare timm, seeded alike, gradient checkpointing as asked."""
+    torch.manual_seed(0)
+    models = {"vitkit": create_model(s.model, **s.overrides).to(device)}
+    if s.compare == "timm":
+        models["timm"] = timm_twin(kwargs).to(device)
+    for model in models.values():
+        model.set_grad_checkpointing(s.grad_checkpointing)
+    return models
+
+
 def run_bench(s: BenchSettings) -> dict:
     """Measure as `s` says; a JSON-ready dict with the settings, the device, the matmul rate and the results."""
     if s.batch_size < 1 or s.steps < 1 or s.repeats < 1 or s.warmup < 0:
@@ -246,12 +257,7 @@ def run_bench(s: BenchSettings) -> dict:
     bf16_weights = use_bf16_weights(s.bf16_weights, device, amp_dtype)  # a mistake fails before any measuring
     kwargs = model_kwargs(s.model, **s.overrides)
     x, y = _inputs(s, kwargs, device)  # a batch too large for memory fails here, before anything is measured
-    torch.manual_seed(0)
-    models = {"vitkit": create_model(s.model, **s.overrides).to(device)}
-    if s.compare == "timm":
-        models["timm"] = timm_twin(kwargs).to(device)
-    for model in models.values():
-        model.set_grad_checkpointing(s.grad_checkpointing)
+    models = _models(s, kwargs, device)
     # vitkit's forward skips the last block's rows that the head never reads; timm's computes every token
     flops = {"vitkit": count_flops(models["vitkit"]), "timm": count_flops(models["vitkit"], every_token=True)}
     eager = models["vitkit"]

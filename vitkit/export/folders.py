@@ -101,9 +101,9 @@ def _check_exportable(kwargs: dict, fmt: str) -> None:
         raise UserError(f"timm's ViT uses LayerNorm epsilon 1e-6, this model {kwargs['norm_eps']:g}: export it "
                         "with --format transformers or onnx")
     if fmt == "transformers" and kwargs.get("global_pool", "token") != "token":
-        how = "by attention (MAP)" if kwargs["global_pool"] == "map" else "by their mean"
+        how = "its tokens by attention (MAP)" if kwargs["global_pool"] == "map" else "the mean of its tokens"
         raise UserError("transformers' ViTForImageClassification classifies from the class token; this model pools "
-                        f"its tokens {how}: export it with --format timm or onnx")
+                        f"{how}: export it with --format timm or onnx")
     if fmt == "timm" and kwargs.get("mlp_layer", "mlp") != "mlp":
         raise UserError(f"timm's config.json cannot name the {kwargs['mlp_layer']} MLP layer: export this model "
                         "with --format onnx, or load its model.safetensors in timm's model of the same name")
