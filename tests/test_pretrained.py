@@ -386,3 +386,20 @@ def test_transformers_dinov3_loads_with_the_same_features_at_any_size(tmp_path):
             torch.testing.assert_close(ours.forward_features(x), theirs.last_hidden_state, rtol=0, atol=1e-5)
             torch.testing.assert_close(ours.forward_head(ours.forward_features(x), pre_logits=True),
                                        theirs.pooler_output, rtol=0, atol=1e-5)
+
+
+def test_transformers_distilled_deit_loads_with_the_same_logits(tmp_path):
+    """transformers' DeiTForImageClassificationWithTeacher: the distillation token and both heads, averaged at
+    inference by both."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.DeiTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                                     image_size=32, patch_size=16, num_labels=3)
+    hf = transformers.DeiTForImageClassificationWithTeacher(config).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    ours = create_model("deit_tiny_distilled_patch16_224", img_size=32, embed_dim=32, depth=2, num_heads=2,
+                        num_classes=3, init=str(tmp_path / "hf")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), hf(pixel_values=x).logits, rtol=0, atol=1e-5)
+    assert ours.norm_eps == 1e-12

@@ -260,16 +260,17 @@ _HF_DINOV2_FILE = {"norm1": "norm1", "norm2": "norm2", "mlp.fc1": "mlp.fc1", "ml
 
 
 def from_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers' ViTModel / ViTForImageClassification names (and DINOv2's files, which share them) to timm's;
-    query, key, value joined into qkv."""
+    """transformers' ViTModel / ViTForImageClassification names (and DINOv2's and DeiT's files, which share them)
+    to timm's; query, key, value joined into qkv."""
     out, qkv = {}, {}
     for key, value in state.items():
-        key = key[len("vit."):] if key.startswith("vit.") else key
-        key = key[len("dinov2."):] if key.startswith("dinov2.") else key
+        for prefix in ("vit.", "dinov2.", "deit."):
+            key = key[len(prefix):] if key.startswith(prefix) else key
         if m := re.fullmatch(r"encoder\.layer\.(\d+)\.layer_scale([12])\.lambda1", key):
             out[f"blocks.{m.group(1)}.ls{m.group(2)}.gamma"] = value
         elif key.startswith("embeddings."):
             name = {"embeddings.cls_token": "cls_token", "embeddings.register_tokens": "reg_token",
+                    "embeddings.distillation_token": "dist_token",
                     "embeddings.position_embeddings": "pos_embed",
                     "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
                     "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias"}.get(key)
@@ -285,8 +286,10 @@ def from_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
                 out[key] = value
         elif key.startswith("layernorm."):
             out["norm." + key.split(".", 1)[1]] = value
-        elif key.startswith("classifier."):
+        elif key.startswith(("classifier.", "cls_classifier.")):
             out["head." + key.split(".", 1)[1]] = value
+        elif key.startswith("distillation_classifier."):  # DeiT's distillation head
+            out["head_dist." + key.split(".", 1)[1]] = value
         else:
             out[key] = value  # e.g. the pooler: reported as unexpected
     for (i, kind), parts in qkv.items():
