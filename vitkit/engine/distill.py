@@ -88,7 +88,7 @@ def _timm_teacher(name: str, weights: str | None, device: torch.device) -> Teach
     cfg = model.pretrained_cfg
     size = cfg.get("input_size", (3, 224, 224))
     return Teacher(model.to(device).eval(), f"timm:{name}", None, model.num_classes, tuple(cfg.get("mean", (0.5,) * 3)),
-                   tuple(cfg.get("std", (0.5,) * 3)), int(model.pretrained_cfg.get("input_size", (3,))[0]),
+                   tuple(cfg.get("std", (0.5,) * 3)), int(size[0]),
                    int(size[-1]) if cfg.get("fixed_input_size") else None)
 
 
