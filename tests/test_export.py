@@ -92,8 +92,11 @@ def test_runtime_mistakes_are_one_line_errors(exported, golden, tmp_path, args, 
                                      dict(dist_token=True), dict(mlp_layer="swiglu_packed", act_layer="silu",
                                                                  init_values=0.1, dynamic_img_size=True),
                                      dict(abs_pos_embed=False, rope="dinov3", reg_tokens=4, qkv_bias=False,
-                                          global_pool="avg", fc_norm=False)],
-                         ids=["siglip-map", "deit-distilled", "dinov2-giant-like", "dinov3-like"])
+                                          global_pool="avg", fc_norm=False),
+                                     dict(abs_pos_embed=False, rope="cat", rope_temperature=10000.0,
+                                          rope_ref_grid=(16, 16), qkv_bias="qv", class_token=False, reg_tokens=1,
+                                          global_pool="avg")],
+                         ids=["siglip-map", "deit-distilled", "dinov2-giant-like", "dinov3-like", "rope-reg-gap-like"])
 def test_the_newer_families_export_to_onnx_with_the_parity_check(tmp_path, options):
     from vitkit.engine.checkpoint import model_meta, save_model
     from vitkit.export.onnx import export_onnx

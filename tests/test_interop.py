@@ -100,6 +100,13 @@ def test_an_occupied_folder_a_conv_stem_and_a_disagreement_keep_nothing(checkpoi
     save_model(conv, vitkit.create_model(name, **kwargs), model_meta(name, kwargs, CLASSES, [0.5] * 3, [0.25] * 3))
     result = run_cli("export", conv, "--format", "timm")
     assert result.returncode == 2 and "conv stem" in result.stderr
+    name = "vit_small_patch16_rope_224"  # timm's Eva has rotary positions, its VisionTransformer does not
+    kwargs = model_kwargs(name, img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=3)
+    rope = tmp_path / "rope.safetensors"
+    save_model(rope, vitkit.create_model(name, **kwargs), model_meta(name, kwargs, CLASSES, [0.5] * 3, [0.25] * 3))
+    result = run_cli("export", rope, "--format", "timm")
+    assert result.returncode == 2 and "no rope, abs_pos_embed" in result.stderr and "--format onnx" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_transformers_names_are_the_inverse_of_the_names_we_read():

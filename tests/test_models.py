@@ -360,25 +360,31 @@ def test_gradient_checkpointing_gives_the_same_gradients(monkeypatch):
         assert model(x).shape == (4, 4)
 
 
-@pytest.mark.parametrize("name", ["vit_small_patch16_dinov3", "vit_base_patch16_dinov3"])
-def test_dinov3_rotary_positions_match_timms_eva_both_ways_at_any_size(name, tmp_path):
-    """timm's Eva with DINOv3's rotary positions: the same features and logits at the trained size and others, both
-    ways. The attention weights are drawn large so that attention is peaked and the rotation matters (it changes
-    the features by far more than the tolerance)."""
+@pytest.mark.parametrize("name", ["vit_small_patch16_dinov3", "vit_base_patch16_dinov3", "vit_small_plus_patch16_dinov3",
+                                  "vit_small_patch16_rope_224", "vit_small_patch16_rope_ape_224",
+                                  "vit_medium_patch16_rope_reg1_gap_256", "eva02_tiny_patch14_224",
+                                  "eva02_small_patch14_336"])
+def test_rotary_positions_match_timms_eva_both_ways_at_any_size(name, tmp_path):
+    """timm's Eva with DINOv3's rotary positions, and with the axial ones by patch index (RoPE-ViT, timm's register
+    models, query and value biases only): the same features and logits at the trained size and others, both ways.
+    The attention weights and biases are drawn large so that attention is peaked and the rotation matters (it
+    changes the features by far more than the tolerance)."""
     from vitkit.report import explain
 
-    small = dict(depth=2, num_classes=5)
+    small = dict(depth=2, num_classes=5, dynamic_img_size=True)
     torch.manual_seed(0)
     theirs = timm.create_model(name, pretrained=False, **small).eval()
     with torch.no_grad():
         for key, p in theirs.named_parameters():
-            if "qkv" in key:
+            if "qkv" in key or key.endswith(("q_bias", "v_bias")):
                 p.normal_(0, 0.3)
             elif "gamma" in key:
                 p.uniform_(0.5, 1.5)
     ours = create_model(name, **small).eval()
     ours.load_state_dict(to_timm_layout(theirs.state_dict()))
-    for size in ((256, 256), (96, 160)):
+    assert num_params(ours) == sum(p.numel() for p in theirs.parameters())
+    patch = ours.patch_embed.patch_size[0]
+    for size in (ours.patch_embed.img_size, (6 * patch, 10 * patch)):
         x = torch.randn(2, 3, *size)
         with torch.no_grad():
             torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-5)
@@ -389,7 +395,7 @@ def test_dinov3_rotary_positions_match_timms_eva_both_ways_at_any_size(name, tmp
             ours.rope = rope
     back = create_model(name, **small).eval()
     theirs.load_state_dict(to_eva_layout(back.state_dict()))
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, 4 * patch, 4 * patch)
     with torch.no_grad():
         torch.testing.assert_close(theirs(x), back(x), rtol=0, atol=1e-5)
     _, rollout, _ = explain(ours, x)
@@ -399,3 +405,16 @@ def test_dinov3_rotary_positions_match_timms_eva_both_ways_at_any_size(name, tmp
     loaded, _ = load_model(path)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), ours(x), rtol=0, atol=0)
+
+
+def test_rotary_options_that_cannot_build_are_one_line_errors():
+    from vitkit.engine.bench import timm_twin
+
+    for options, message in ((dict(rope="alibi"), "rope must be 'dinov3', 'cat' or null"),
+                             (dict(rope="cat", rope_grid_indexing="yx"), "rope_grid_indexing must be 'ij' or 'xy'"),
+                             (dict(qkv_bias="k"), "qkv_bias must be true, false or 'qv'"),
+                             (dict(rope="cat", embed_dim=96, num_heads=16), "head size divisible by 4, not 6")):
+        with pytest.raises(UserError, match=message):
+            create_model("vit_tiny_patch16_224", **options)
+    with pytest.raises(UserError, match="no rotary positions"):
+        timm_twin(model_kwargs("vit_small_patch16_rope_224"))

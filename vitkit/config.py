@@ -109,8 +109,8 @@ class ModelConfig:
                                            "interpolated on the fly; null: the model's (false)")
     abs_pos_embed: bool | None = option(None, "learned position embeddings added to the tokens; null: the model's "
                                         "(true; DINOv3: false)")
-    rope: str | None = option(None, "rotary position embeddings in attention: 'dinov3'; null: the model's (none)",
-                              choices=(None, "dinov3"))
+    rope: str | None = option(None, "rotary position embeddings in attention: 'dinov3', or 'cat' (by patch index: "
+                              "EVA-02, timm's vit_*_rope_*); null: the model's (none)", choices=(None, "dinov3", "cat"))
     drop_rate: float = option(0.0, "dropout after attention projection, in the MLP and before the head",
                               check=FRACTION)
     attn_drop_rate: float = option(0.0, "dropout on attention probabilities", check=FRACTION)

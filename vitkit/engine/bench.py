@@ -111,6 +111,9 @@ def timm_twin(kwargs: dict) -> nn.Module:
     keys = ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads", "mlp_ratio",
             "qkv_bias", "global_pool", "drop_rate", "attn_drop_rate", "drop_path_rate", "class_token", "reg_tokens",
             "no_embed_class", "pre_norm", "init_values", "act_layer", "fc_norm", "dynamic_img_size")
+    if kwargs.get("rope") or not kwargs.get("abs_pos_embed", True) or kwargs.get("qkv_bias") == "qv":
+        raise UserError("--compare timm builds timm's VisionTransformer, which has no rotary positions or query and "
+                        "value biases alone: compare a model without them")
     args = {k: kwargs[k] for k in keys if k in kwargs}
     mlp = kwargs.get("mlp_layer", "mlp")
     if mlp != "mlp":

@@ -39,6 +39,7 @@ TIMM_ARCHITECTURE = "vit_base_patch16_224"  # a timm VisionTransformer; config.j
 # Options of our ViT (timm's names and defaults) that transformers' ViT lacks; timm takes them as they are
 PLAIN_VIT = {"class_token": True, "reg_tokens": 0, "no_embed_class": False, "pre_norm": False, "init_values": None,
              "act_layer": "gelu", "fc_norm": None, "dist_token": False, "dynamic_img_size": False}
+EVA_ONLY = {"rope": None, "abs_pos_embed": True}  # options of timm's Eva that its VisionTransformer lacks
 TIMM_DISTILLED = "deit_base_distilled_patch16_224"  # timm's class with the distillation token
 FOLDER_FORMATS = ("timm", "transformers")
 
@@ -104,6 +105,11 @@ def _check_exportable(kwargs: dict, fmt: str) -> None:
         how = "its tokens by attention (MAP)" if kwargs["global_pool"] == "map" else "the mean of its tokens"
         raise UserError("transformers' ViTForImageClassification classifies from the class token; this model pools "
                         f"{how}: export it with --format timm or onnx")
+    eva = [k for k, plain in EVA_ONLY.items() if kwargs.get(k, plain) != plain] + \
+        ["qkv_bias"] * (kwargs.get("qkv_bias") == "qv")
+    if eva:
+        raise UserError(f"timm's and transformers' ViT have no {', '.join(eva)} (timm's Eva has): export this model "
+                        "with --format onnx, or load its model.safetensors in timm's model of the same name")
     if fmt == "timm" and kwargs.get("mlp_layer", "mlp") != "mlp":
         raise UserError(f"timm's config.json cannot name the {kwargs['mlp_layer']} MLP layer: export this model "
                         "with --format onnx, or load its model.safetensors in timm's model of the same name")

@@ -604,9 +604,11 @@ def _is_head(key: str) -> bool:
 
 
 def _layout(state: dict) -> dict[str, tuple]:
-    """What fixes a model's family and size: every tensor's shape but the heads' and what `adapt` resamples."""
-    return {k: tuple(v.shape) for k, v in state.items()
-            if not _is_head(k) and k not in ("pos_embed", "patch_embed.proj.weight")}
+    """What fixes a model's family and size: every tensor's shape but the heads' and, of what `adapt` resamples
+    (learned positions, the patch kernel), only that it is there and its width."""
+    resampled = {"pos_embed": -1, "patch_embed.proj.weight": 0}
+    return {k: (v.shape[resampled[k]],) if k in resampled else tuple(v.shape) for k, v in state.items()
+            if not _is_head(k)}
 
 
 def matching_models(state: dict[str, torch.Tensor]) -> list[str]:

@@ -18,10 +18,11 @@ class ModelSpec:
 
     @property
     def family(self) -> str:
-        """'vit' (the paper's sizes), 'deit', 'deit3', 'dinov2', 'dinov3', 'clip', 'siglip', 'reg-gap' (registers
-        and mean pooling) or 'small' (presets for small images)."""
+        """'vit' (the paper's sizes), 'deit', 'deit3', 'dinov2', 'dinov3', 'rope' (axial rotary positions), 'clip',
+        'siglip', 'reg-gap' (registers and mean pooling) or 'small' (presets for small images)."""
         for family, test in (("deit3", self.name.startswith("deit3_")), ("deit", self.name.startswith("deit_")),
                              ("dinov2", self.name.endswith("_dinov2")), ("dinov3", self.name.endswith("_dinov3")),
+                             ("rope", "_rope_" in self.name or self.name.startswith("eva02_")),
                              ("clip", "_clip" in self.name),
                              ("siglip", "_siglip" in self.name), ("reg-gap", "_gap_" in self.name),
                              ("vit", self.name.endswith("_224"))):
@@ -30,7 +31,7 @@ class ModelSpec:
         return "small"
 
 
-FAMILIES = ("vit", "deit", "deit3", "dinov2", "dinov3", "clip", "siglip", "reg-gap", "small")
+FAMILIES = ("vit", "deit", "deit3", "dinov2", "dinov3", "rope", "clip", "siglip", "reg-gap", "small")
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -40,7 +41,7 @@ MODEL_ARGS = ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", 
               "qkv_bias", "global_pool", "drop_rate", "pos_drop_rate", "attn_drop_rate", "drop_path_rate",
               "attn_impl", "norm_eps", "stem", "stem_depth", "class_token", "reg_tokens", "no_embed_class", "pre_norm",
               "init_values", "act_layer", "mlp_layer", "fc_norm", "dist_token", "dynamic_img_size", "abs_pos_embed", "rope",
-              "rope_temperature")
+              "rope_temperature", "rope_grid_indexing", "rope_ref_grid")
 
 
 def register(name: str, description: str, **kwargs) -> None:
@@ -110,6 +111,39 @@ for _size in ("small", "base", "large"):  # DINOv3: rotary positions, no learned
              embed_dim=_dim, depth=_depth, num_heads=_heads, qkv_bias=False, init_values=1e-5, reg_tokens=4,
              abs_pos_embed=False, rope="dinov3", rope_temperature=100.0, dynamic_img_size=True, global_pool="avg",
              fc_norm=False, norm_eps=1e-5)
+_DINOV3_PLUS = {"small_plus": (384, 12, 6), "huge_plus": (1280, 32, 20)}
+for _size, (_dim, _depth, _heads) in _DINOV3_PLUS.items():  # the "plus" sizes with a SwiGLU MLP
+    register(f"vit_{_size}_patch16_dinov3", f"DINOv3 ViT-{_size[0].upper()}+/16: rotary positions, 4 registers, "
+             "LayerScale, SwiGLU MLP, any size (features)", img_size=256, patch_size=16, in_chans=3, num_classes=0,
+             embed_dim=_dim, depth=_depth, num_heads=_heads, qkv_bias=False, init_values=1e-5, reg_tokens=4,
+             abs_pos_embed=False, rope="dinov3", rope_temperature=100.0, dynamic_img_size=True, global_pool="avg",
+             fc_norm=False, norm_eps=1e-5, mlp_layer="swiglu", act_layer="silu")
+# Axial rotary positions by patch index (timm's Eva): RoPE-ViT's ImageNet models (Heo et al. 2024; "ape": with learned
+# positions too) and timm's own register models, whose angles are rescaled to the 16x16 grid they were trained on.
+for _size in ("small", "base", "large"):
+    _dim, _depth, _heads = _SIZES[_size]
+    for _ape in ("", "_ape"):
+        register(f"vit_{_size}_patch16_rope{_ape}_224", f"RoPE-ViT-{_size[0].upper()}/16 (axial rotary positions"
+                 f"{', and learned ones' * bool(_ape)}), LayerScale, 224 px", img_size=224, patch_size=16,
+                 in_chans=3, num_classes=1000, embed_dim=_dim, depth=_depth, num_heads=_heads,
+                 init_values=1e-5, abs_pos_embed=bool(_ape), no_embed_class=bool(_ape), rope="cat",
+                 rope_temperature=100.0, rope_grid_indexing="xy")
+_ROPE_REG = {"medium_patch16_rope_reg1": (512, 12, 8, 1, "qv"), "mediumd_patch16_rope_reg1": (512, 20, 8, 1, False),
+             "betwixt_patch16_rope_reg4": (640, 12, 10, 4, "qv"), "base_patch16_rope_reg1": (768, 12, 12, 1, "qv")}
+for _name, (_dim, _depth, _heads, _reg, _bias) in _ROPE_REG.items():
+    register(f"vit_{_name}_gap_256", f"ViT width {_dim}, depth {_depth}: axial rotary positions, {_reg} register"
+             f"{'s' * (_reg > 1)}, LayerScale, mean pooling, 256 px", img_size=256, patch_size=16, in_chans=3,
+             num_classes=1000, embed_dim=_dim, depth=_depth, num_heads=_heads, qkv_bias=_bias, init_values=1e-5,
+             class_token=False, reg_tokens=_reg, global_pool="avg", abs_pos_embed=False, rope="cat",
+             rope_temperature=10000.0, rope_ref_grid=(16, 16))
+for _size in ("tiny", "small"):  # EVA-02's small sizes: axial rotary positions on top of learned ones, SwiGLU
+    _dim, _depth, _heads = _SIZES[_size]
+    for _img in (224, 336):
+        register(f"eva02_{_size}_patch14_{_img}", f"EVA-02-{_size[0].upper()}/14 at {_img} px: axial rotary and "
+                 "learned positions, SwiGLU MLP, mean pooling", img_size=_img, patch_size=14, in_chans=3,
+                 num_classes=1000, embed_dim=_dim, depth=_depth, num_heads=_heads, mlp_ratio=4 * 2 / 3 * 2,
+                 mlp_layer="swiglu_packed", act_layer="silu", qkv_bias="qv", global_pool="avg", rope="cat",
+                 rope_temperature=10000.0, rope_ref_grid=(16, 16))
 _CLIP = {"base_patch16": (768, 12, 12, 16), "base_patch32": (768, 12, 12, 32), "large_patch14": (1024, 24, 16, 14)}
 for _name, (_dim, _depth, _heads, _patch) in _CLIP.items():
     _cut = f"{_name[0].upper()}/{_patch}"

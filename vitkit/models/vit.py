@@ -13,7 +13,7 @@ The newer families are options of the same model, under timm's names: LayerScale
 tokens (Darcet et al. 2024), DeiT's distillation token and second head, a LayerNorm before the blocks (CLIP), gated
 SwiGLU MLPs, mean or attention pooling instead of the class token (SigLIP's MAP head), any input size the patch
 divides with the position embeddings interpolated on the fly (DINOv2), and rotary position embeddings in attention
-instead of learned ones added to the tokens (DINOv3).
+instead of learned ones added to the tokens (DINOv3's, and the axial ones of EVA-02 and timm's `vit_*_rope_*`).
 """
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ class RotaryDinoV3(nn.Module):
     Each patch's centre, as a fraction of the grid's height and width mapped to [-1, 1], gives angles
     2 pi * coordinate / period for head_dim / 4 periods temperature^(2i / (head_dim / 2)) per axis; queries and
     keys of the patches are rotated by them (the two halves of each head's vector as the pairs), so attention
-    depends on the patches' relative positions. Returns (sin, cos), each (N, head_dim).
+    depends on the patches' relative positions. Returns (sin, cos), each (N, head_dim), and False (that layout).
     """
 
     def __init__(self, head_dim: int, temperature: float = 100.0):
@@ -175,19 +175,58 @@ class RotaryDinoV3(nn.Module):
         exponents = 2.0 * torch.arange(head_dim // 4, dtype=torch.float32) / (head_dim // 2)
         self.register_buffer("periods", self.temperature ** exponents, persistent=False)
 
-    def forward(self, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, bool]:
         device = self.periods.device
         axes = [(torch.arange(0.5, side, dtype=torch.float32, device=device)) / side for side in grid]
         coords = 2.0 * torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 2) - 1.0  # (N, 2)
         angles = (2 * math.pi * coords[:, :, None] / self.periods.float()).flatten(1)  # (N, head_dim / 2)
         angles = torch.cat([angles, angles], dim=-1)  # (N, head_dim): the same angle for both halves
-        return angles.sin(), angles.cos()
+        return angles.sin(), angles.cos(), False
 
 
-def rotate(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-    """Rotate each pair (x[i], x[i + d/2]) of the last dimension by the pair's angle."""
-    first, second = x.chunk(2, dim=-1)
-    return (x * cos + torch.cat([-second, first], dim=-1) * sin).to(x.dtype)
+class RotaryAxial(nn.Module):
+    """2-D rotary position embedding by patch index, as EVA-02, RoPE-ViT's axial variant (Heo et al. 2024) and timm's
+    `vit_*_rope_*` models compute it (timm's `RotaryEmbeddingCat`).
+
+    Each patch's row and column index (rescaled to `ref_grid` when one is given, so that a model fine-tuned at
+    another size sees its pretraining angles) times head_dim / 4 frequencies temperature^(-i / (head_dim / 4)) per
+    axis gives the angles; with `indexing="xy"` the column's angles come first. Neighbouring pairs (x[2i], x[2i+1])
+    of each head's vector are rotated. Returns (sin, cos), each (N, head_dim), and True for that interleaved layout.
+    """
+
+    def __init__(self, head_dim: int, temperature: float = 10000.0, ref_grid: tuple[int, int] | None = None,
+                 indexing: Literal["ij", "xy"] = "ij"):
+        super().__init__()
+        if head_dim % 4:
+            raise UserError(f"rotary position embeddings need a head size divisible by 4, not {head_dim}: choose "
+                            "embed_dim / num_heads accordingly")
+        self.ref_grid, self.indexing = (tuple(ref_grid) if ref_grid else None), indexing
+        bands = head_dim // 4
+        exponents = torch.arange(bands, dtype=torch.float32) / bands
+        self.register_buffer("frequencies", 1.0 / float(temperature) ** exponents, persistent=False)
+
+    def forward(self, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        device = self.frequencies.device
+        axes = [torch.arange(side, dtype=torch.float32, device=device) for side in grid]
+        if self.ref_grid is not None:
+            axes = [a / side * ref for a, side, ref in zip(axes, grid, self.ref_grid)]
+        coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 2)  # (N, 2): row, column
+        if self.indexing == "xy":
+            coords = coords.flip(-1)
+        angles = (coords[:, :, None] * self.frequencies.float()).flatten(1)  # (N, head_dim / 2)
+        angles = angles.repeat_interleave(2, dim=-1)  # (N, head_dim): each angle for one neighbouring pair
+        return angles.sin(), angles.cos(), True
+
+
+def rotate(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
+    """Rotate each pair of the last dimension by the pair's angle: the pairs are (x[i], x[i + d/2]), or with
+    `interleaved` (x[2i], x[2i+1])."""
+    if interleaved:
+        turned = torch.stack([-x[..., 1::2], x[..., ::2]], dim=-1).reshape(x.shape)
+    else:
+        first, second = x.chunk(2, dim=-1)
+        turned = torch.cat([-second, first], dim=-1)
+    return (x * cos + turned * sin).to(x.dtype)
 
 
 # ------------------------------------------------------------------------------------------------- attention
@@ -199,7 +238,7 @@ class Attention(nn.Module):
     sequences in bf16 on some CPUs. Both give the same result up to rounding.
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool | str = True, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, impl: AttnImpl = "sdpa"):
         super().__init__()
         if dim % num_heads:
@@ -210,7 +249,12 @@ class Attention(nn.Module):
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
         self.impl = impl
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        # qkv_bias "qv": biases for queries and values only, as timm's Eva and BEiT keep them (q_bias, v_bias; a
+        # key bias would add the same amount to every key's score without rotary positions, and is held at zero)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias is True)
+        self.q_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias == "qv" else None
+        self.register_buffer("k_bias", torch.zeros(dim) if qkv_bias == "qv" else None, persistent=False)
+        self.v_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias == "qv" else None
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
@@ -225,10 +269,13 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, return_attn: bool = False, num_queries: int | None = None,
                 rope: tuple | None = None):
         """`num_queries`: only the first tokens attend (and are returned); all tokens still give keys and values.
-        `rope`: (sin, cos) of the patch tokens, the last ones, whose queries and keys are rotated by them."""
+        `rope`: (sin, cos, interleaved) of the patch tokens, the last ones, whose queries and keys are rotated."""
         B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, H, hd)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, hd)
+        if self.q_bias is None:
+            qkv = self.qkv(x)
+        else:
+            qkv = F.linear(x, self.qkv.weight, torch.cat([self.q_bias, self.k_bias, self.v_bias]))
+        q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, hd)
         if rope is not None:
             p = N - rope[0].shape[0]  # the prefix tokens keep their vectors
             q = torch.cat([q[:, :, :p], rotate(q[:, :, p:], *rope)], dim=2)
@@ -333,7 +380,7 @@ class Block(nn.Module):
     """Pre-norm Transformer encoder block: x + Attn(LN(x)), then x + MLP(LN(x)); with `init_values`, each branch
     is scaled by a LayerScale."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool | str = True,
                  proj_drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
                  attn_impl: AttnImpl = "sdpa", norm_eps: float = 1e-6, init_values: float | None = None,
                  act_layer: str = "gelu", mlp_layer: str = "mlp"):
@@ -402,8 +449,12 @@ def _check_options(args: dict) -> None:
         raise UserError("dist_token needs the class token and global_pool 'token': the two heads read those two tokens")
     if args["stem"] == "patch" and args["stem_depth"] != 1:
         raise UserError(f"stem_depth {args['stem_depth']} needs stem 'conv': the patchify stem is one conv")
-    if args["rope"] not in (None, "dinov3"):
-        raise UserError(f"rope must be 'dinov3' or null, not {args['rope']!r}")
+    if args["rope"] not in (None, "dinov3", "cat"):
+        raise UserError(f"rope must be 'dinov3', 'cat' or null, not {args['rope']!r}")
+    if args["qkv_bias"] not in (True, False, "qv"):
+        raise UserError(f"qkv_bias must be true, false or 'qv' (queries and values only), not {args['qkv_bias']!r}")
+    if args["rope_grid_indexing"] not in ("ij", "xy"):
+        raise UserError(f"rope_grid_indexing must be 'ij' or 'xy', not {args['rope_grid_indexing']!r}")
     if args["dynamic_img_size"] and args["stem"] != "patch":
         raise UserError("dynamic_img_size needs stem 'patch': a conv stem's grid is fixed by img_size")
     for name in ("num_classes", "embed_dim", "depth", "num_heads", "in_chans", "patch_size", "reg_tokens"):
@@ -416,14 +467,15 @@ class VisionTransformer(nn.Module):
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, global_pool: Literal["token", "avg"] = "token", drop_rate: float = 0.0,
+                 qkv_bias: bool | str = True, global_pool: Literal["token", "avg"] = "token", drop_rate: float = 0.0,
                  pos_drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  attn_impl: AttnImpl = "auto", norm_eps: float = 1e-6, stem: Literal["patch", "conv"] = "patch",
                  stem_depth: int = 1, class_token: bool = True, reg_tokens: int = 0, no_embed_class: bool = False,
                  pre_norm: bool = False, init_values: float | None = None, act_layer: str = "gelu",
                  mlp_layer: str = "mlp", fc_norm: bool | None = None, dist_token: bool = False,
                  dynamic_img_size: bool = False, abs_pos_embed: bool = True, rope: str | None = None,
-                 rope_temperature: float = 100.0):
+                 rope_temperature: float = 100.0, rope_grid_indexing: Literal["ij", "xy"] = "ij",
+                 rope_ref_grid: tuple[int, int] | None = None):
         super().__init__()
         _check_options(locals())
         self.num_classes = num_classes
@@ -443,7 +495,9 @@ class VisionTransformer(nn.Module):
         self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
         positions = self.patch_embed.num_patches + (0 if no_embed_class else self.num_prefix_tokens)
         self.pos_embed = nn.Parameter(torch.zeros(1, positions, embed_dim)) if abs_pos_embed else None
-        self.rope = RotaryDinoV3(embed_dim // num_heads, rope_temperature) if rope else None
+        head_dim = embed_dim // num_heads
+        self.rope = (RotaryDinoV3(head_dim, rope_temperature) if rope == "dinov3" else
+                     RotaryAxial(head_dim, rope_temperature, rope_ref_grid, rope_grid_indexing) if rope == "cat" else None)
         self.pos_drop = nn.Dropout(pos_drop_rate)
         self.norm_pre = nn.LayerNorm(embed_dim, eps=norm_eps) if pre_norm else nn.Identity()
         rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # stochastic depth grows with depth
