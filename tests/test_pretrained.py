@@ -242,6 +242,11 @@ def test_layer_decay_and_backbone_scale_give_each_layer_its_learning_rate():
     opt = build_optimizer(s, TrainConfig(lr=1.0, layer_decay=0.5, backbone_lr_scale=0.1))
     lr = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
     assert lr[id(s.attn_pool.kv.weight)] == pytest.approx(0.1) and lr[id(s.head.weight)] == 1.0
+    r = tiny(depth=3, qkv_bias="qv", rope="cat", abs_pos_embed=False)  # Eva's query and value biases: in their block
+    opt = build_optimizer(r, TrainConfig(lr=1.0, layer_decay=0.5, backbone_lr_scale=0.1))
+    lr = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert lr[id(r.blocks[0].attn.q_bias)] == pytest.approx(0.5 ** 3 * 0.1) and decay[id(r.blocks[0].attn.v_bias)] == 0
 
 
 def test_adamw_is_torchs_fused_kernel_steps_as_the_loop_does_and_resumes_older_runs_state():
