@@ -37,7 +37,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:  # the run's config, with the changes the flags make checked against each option's resume policy
         cfg = resume_config(args.resume, flags, args.set)
     else:
-        cfg = build_config(args.config, {"data.source": args.data, **flags}, args.set)
+        cfg = build_config(args.config, {"data.source": _images_or_data(args), **flags}, args.set)
     from . import api  # torch, once the config is known to be valid
     from .data.images import allow_pixels
 
@@ -58,14 +58,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+LABEL_FLAGS = ("data.labels", "data.file_column", "data.label_column", "data.label_sep", "data.label_columns",
+               "data.group_column", "data.no_label", "data.label_delimiter")  # data.labels.LABEL_OPTIONS' flags
+
+
+def _label_flags(args: argparse.Namespace) -> dict:
+    """The label-file flags given (evaluate: the run's own are used for the rest)."""
+    return {k.split(".")[1]: getattr(args, k.split(".")[1]) for k in LABEL_FLAGS
+            if getattr(args, k.split(".")[1], None) is not None}
+
+
+def _images_or_data(args: argparse.Namespace) -> str | None:
+    """DATA, or the image folder given as --images (for a label file): one of them."""
+    if args.images and args.data and args.images != args.data:
+        raise UserError(f"give the image folder once: DATA ({args.data}) or --images ({args.images}), not both")
+    return args.images or args.data
+
+
 # --------------------------------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .console import out, print_json, print_report
     from .engine.evaluate import evaluation_report, prepare_evaluation
     from .fileio import atomic_write
 
-    evaluation = prepare_evaluation(args.checkpoint, args.data, args.split, args.data_root, args.device,
-                                    args.precision, args.tta, args.compile)
+    evaluation = prepare_evaluation(args.checkpoint, _images_or_data(args), args.split, args.data_root, args.device,
+                                    args.precision, args.tta, args.compile, _label_flags(args))
     report = evaluation_report(evaluation, args.checkpoint, args.batch_size)
     text = json.dumps(report, indent=2)
     json_path = Path(args.output) if args.output else Path(args.checkpoint).with_name(
@@ -402,6 +419,7 @@ COMPILE_HELP = ("compile the model for inference first, with frozen weights: ten
 def _train_parser(sub) -> None:
     t = sub.add_parser("train", help="train a model on an image folder or a named dataset")
     t.add_argument("data", nargs="?", metavar="DATA", help=DATA_HELP)
+    t.add_argument("--images", metavar="DIR", help="the image folder a label file (--labels) lists, instead of DATA")
     t.add_argument("--config", metavar="FILE", help="YAML config (see configs/); the flags below override it")
     for section, cls in SECTIONS.items():
         add_declared(t, declared(cls, section), defaults=False)
@@ -417,9 +435,10 @@ def _train_parser(sub) -> None:
 def _evaluate_parser(sub) -> None:
     e = sub.add_parser("evaluate", help="metrics of a checkpoint on a data split")
     e.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT_HELP)
-    e.add_argument("data", metavar="DATA", help=DATA_HELP)
+    e.add_argument("data", nargs="?", metavar="DATA", help=DATA_HELP + " (default: the data the model was trained on)")
+    e.add_argument("--images", metavar="DIR", help="the image folder a label file (--labels) lists, instead of DATA")
     e.add_argument("--split", choices=["train", "val", "test"], help=SPLIT_HELP)
-    _config_flags(e, "data.root")
+    _config_flags(e, "data.root", *LABEL_FLAGS)
     e.add_argument("--output", metavar="FILE", help="where to write the JSON report (default: beside the checkpoint, "
                    "NAME-eval-SPLIT.json)")
     e.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")

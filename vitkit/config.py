@@ -148,6 +148,30 @@ class DataConfig:
                           "apart", check=AT_LEAST_1)
     probe_views: int = option(1, "frozen-feature training: views per training image whose features are cached; the "
                               "first is the image as is, the others augmented", check=AT_LEAST_1, resume=REFUSE)
+    labels: str | None = option(None, "a label file (CSV, TSV or JSON Lines: an image path and its labels per row) "
+                                "for the images in DATA; a folder's metadata.csv/.jsonl is read without it",
+                                flag="--labels", resume=REFUSE, metavar="FILE")
+    file_column: str | None = option(None, "label file: the column of image paths; null: file_name, else the first",
+                                     flag="--file-column", resume=REFUSE, metavar="NAME")
+    label_column: str | None = option(None, "label file: the column naming each image's label(s); null: label or "
+                                      "labels, else the only other column", flag="--label-column", resume=REFUSE,
+                                      metavar="NAME")
+    label_sep: str | None = option(None, "label file: the separator of several labels in one cell (e.g. '|')",
+                                   flag="--label-sep", resume=REFUSE, metavar="SEP")
+    label_columns: str | None = option(None, "label file: one 0/1 column per label, comma-separated (-1 or blank: "
+                                       "uncertain)", flag="--label-columns", resume=REFUSE, metavar="A,B,...")
+    group_column: str | None = option(None, "label file: a column (e.g. patient id) whose images all go into one "
+                                      "split", flag="--group-column", resume=REFUSE, metavar="NAME")
+    no_label: str | None = option(None, "label file: the value that means no label (e.g. 'No Finding')",
+                                  flag="--no-label", resume=REFUSE, metavar="VALUE")
+    label_delimiter: str | None = option(None, "label file: the field delimiter (',', ';' or 'tab'); null: by the "
+                                         "suffix (.tsv: tab)", choices=(None, ",", ";", "tab", "|"),
+                                         flag="--label-delimiter", resume=REFUSE)
+    task: str = option("auto", "'single' (one label per image), 'multi' (any number) or 'auto' (from the labels)",
+                       choices=("auto", "single", "multi"), resume=REFUSE)
+    uncertain: str = option("ignore", "multi-label: an uncertain label (-1 or blank in 0/1 columns) is 'ignore'd in "
+                            "the loss, or counted as 'zeros' or 'ones'", choices=("ignore", "zeros", "ones"),
+                            resume=REFUSE)
     max_bad_fraction: float = option(0.1, "stop when more than this share of image files cannot be decoded",
                                      check=PROBABILITY, flag="--max-bad-fraction", resume=FREE)
     allow_empty_classes: bool = option(False, "keep empty class folders as classes (warning) instead of an error",

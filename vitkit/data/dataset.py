@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from ..errors import DataError
 from .cache import cache_root, content_key, load_entry, save_entry
 from .folder import decode_all, detect_channels, scan_folder
+from .labels import LabelSpec, LabelTable, find_metadata, read_labels
 from .named import DATASETS, load_named
 from .shards import ShardSet, is_sharded, read_index, shard_channels
-from .splits import ImageSet, Split, assign_splits, read_manifest, stratified_split
+from .splits import ImageSet, Split, assign_splits, iterative_split, read_manifest, stratified_split
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +71,18 @@ def load_data(source: str, *, img_size: int | None = None, channels: int | None 
               data_root: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.0, seed: int = 0,
               manifest: Path | None = None, splits: tuple[str, ...] | None = None,
               allow_empty_classes: bool = False, use_cache: bool = True, show_progress: bool = True,
-              max_image_pixels: int | None = None) -> DataBundle:
+              max_image_pixels: int | None = None, labels: LabelSpec | None = None) -> DataBundle:
     """Load DATA into memory, split it (or reuse `manifest`), at `img_size` with `channels` (None: the data's own).
 
     `splits` limits which splits are decoded (evaluate needs only one); image files of more than
-    `max_image_pixels` pixels are refused as possible decompression bombs (default: Pillow's limit).
+    `max_image_pixels` pixels are refused as possible decompression bombs (default: Pillow's limit). With a label
+    file in `labels` (or a folder with Hugging Face's metadata.csv/.jsonl), the images it lists under `source`.
     """
 
+    if labels is not None and (labels.file or (Path(source).is_dir() and find_metadata(Path(source)))):
+        rows = read_manifest(manifest) if manifest is not None and manifest.exists() else None
+        return _load_labeled(Path(source), labels, img_size, channels, val_fraction, test_fraction, seed, rows,
+                             splits, use_cache, show_progress, max_image_pixels)
     if is_sharded(source):
         return _load_shards(Path(source), img_size, channels, splits)
     rows = read_manifest(manifest) if manifest is not None and manifest.exists() else None
@@ -154,6 +160,62 @@ def _load_folder(root, img_size, channels, val_fraction, test_fraction, seed, ro
                               [chosen[i][0] for i in keep])
     mean, std = folder_stats(out.get("train") or next(iter(out.values()), None), channels)
     return DataBundle(str(root), scan.classes, out, img_size, channels, mean, std, True, bad, assigned)
+
+
+def _load_labeled(root, spec, img_size, channels, val_fraction, test_fraction, seed, rows, wanted, use_cache,
+                  show_progress, max_pixels) -> DataBundle:
+    """The images a label file lists, split (by group where it has groups, stratified by label) or as `rows` say."""
+    table = read_labels(root, spec)
+    if table.multi_label:
+        raise DataError(f"{table.source} gives some images several labels or none (multi-label), which this version "
+                        "does not train yet: give each image one label (data.task 'single' names the first row that "
+                        "does not)")
+    if img_size is None:
+        raise DataError("an image folder needs an image size: pass --img-size or choose a model with one")
+    split_of = _label_splits(table, val_fraction, test_fraction, seed, rows)
+    channels = channels or detect_channels(root, table.files)
+    out, bad = {}, list(table.missing)
+    for split in ("train", "val", "test"):
+        chosen = [i for i, s in enumerate(split_of) if s == split]
+        if not chosen or (wanted and split not in wanted):
+            continue
+        stacked, keep, bad_here = decode_split(root, [table.files[i] for i in chosen], img_size, channels, split,
+                                                 use_cache, show_progress, max_pixels)
+        bad += bad_here
+        picked = [chosen[k] for k in keep]
+        out[split] = ImageSet(torch.from_numpy(stacked), torch.from_numpy(table.targets[picked]),
+                              [table.files[i] for i in picked])
+    mean, std = folder_stats(out.get("train") or next(iter(out.values()), None), channels)
+    manifest = [(f, label_text(table, i), s) for i, (f, s) in enumerate(zip(table.files, split_of)) if s]
+    return DataBundle(str(root), table.classes, out, img_size, channels, mean, std, True, bad, manifest)
+
+
+def label_text(table: LabelTable, i: int) -> str:
+    """Item i's labels as the manifest records them: the class, or the positive labels joined by '|'."""
+    if not table.multi_label:
+        return table.classes[int(table.targets[i])]
+    return "|".join(c for c, v in zip(table.classes, table.targets[i]) if v == 1)
+
+
+def _label_splits(table: LabelTable, val_fraction: float, test_fraction: float, seed: int, rows) -> list[str]:
+    """Each listed image's split: the manifest's (images it lacks are left out), or a new seeded split that keeps
+    groups whole and label shares even."""
+    if rows is not None:
+        recorded = {p: s for p, _, s in rows}
+        added = sum(1 for f in table.files if f not in recorded)
+        if added:
+            log.warning("%d image(s) of %s are not in the split manifest and are left out, so that the split stays "
+                        "as it was", added, table.source.name)
+        return [recorded.get(f, "") for f in table.files]
+    fractions = {k: v for k, v in (("val", val_fraction), ("test", test_fraction)) if v > 0}
+    if table.groups is None and not table.multi_label:
+        parts = stratified_split(table.targets, fractions, seed)
+        split_of = [""] * len(table.files)
+        for name, idx in parts.items():
+            for i in idx:
+                split_of[int(i)] = name
+        return split_of
+    return list(iterative_split(table.targets, fractions, seed, table.groups))
 
 
 def _load_shards(root: Path, img_size, channels, wanted) -> DataBundle:

@@ -35,7 +35,8 @@ class Split(Protocol):
 
 @dataclass
 class ImageSet:
-    """Images (N, C, H, W) uint8, labels (N,) int64 and an id per image (a relative path or 'train:123')."""
+    """Images (N, C, H, W) uint8, labels (N,) int64 (or, multi-label, (N, L) float32 multi-hot with NaN for an
+    uncertain label to ignore) and an id per image (a relative path or 'train:123')."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -47,6 +48,9 @@ class ImageSet:
         return len(self.labels)
 
     def class_counts(self, num_classes: int) -> torch.Tensor:
+        """Images per class (multi-label: positives per label)."""
+        if self.labels.ndim == 2:
+            return self.labels.nan_to_num(0.0).sum(0).float()
         return torch.bincount(self.labels, minlength=num_classes).float()
 
 
@@ -107,3 +111,50 @@ def _stratified(classes: list[str], items: list[tuple[str, str]], fractions: dic
     label_of = {c: i for i, c in enumerate(classes)}
     parts = stratified_split(np.array([label_of[c] for _, c in items]), fractions, seed)
     return {int(i): s for s, idx in parts.items() for i in idx}
+
+
+def iterative_split(targets: np.ndarray, fractions: dict[str, float], seed: int,
+                    groups: list[str] | None = None) -> np.ndarray:
+    """The split ('train' or a key of `fractions`) of each item, keeping every label's share in each split (iterative
+    stratification, Sechidis et al. 2011) and, with `groups`, every group's items in one split.
+
+    `targets`: class indices (N,) or multi-hot rows (N, L) (NaN counts as absent). The units that are placed are the
+    groups (or the items): the label with the fewest unplaced examples goes first, each of its units to the split that
+    still wants that label most (then the most items, then a seeded draw); units without labels fill the splits
+    that want the most items.
+    """
+    rng = np.random.default_rng(seed)
+    y = np.eye(int(targets.max()) + 1 if len(targets) else 1)[targets] if targets.ndim == 1 else \
+        np.nan_to_num(targets) > 0
+    unit_of = np.unique(np.asarray(groups), return_inverse=True)[1] if groups is not None else np.arange(len(y))
+    units = int(unit_of.max()) + 1 if len(y) else 0
+    sizes = np.bincount(unit_of, minlength=units).astype(float)
+    unit_labels = np.zeros((units, y.shape[1]))
+    np.add.at(unit_labels, unit_of, y.astype(float))
+    names = ["train", *fractions]
+    shares = np.array([1.0 - sum(fractions.values()), *fractions.values()])
+    want, want_label = shares * len(y), np.outer(shares, y.sum(0))
+    placed = np.full(units, -1)
+    left = unit_labels.sum(0)
+    order = rng.permutation(units)
+
+    def place(u: int, scores: np.ndarray) -> None:
+        best = np.flatnonzero(scores == scores.max())
+        if len(best) > 1:
+            best = best[want[best] == want[best].max()]
+        s = int(rng.choice(best))
+        placed[u] = s
+        want[s] -= sizes[u]
+        want_label[s] -= unit_labels[u]
+        left[:] -= unit_labels[u]
+
+    while (placed < 0).any():
+        active = np.flatnonzero(left > 0)
+        if len(active) == 0:  # the units without any label left to place
+            for u in order[placed[order] < 0]:
+                place(int(u), want.copy())
+            break
+        label = int(active[np.argmin(left[active])])
+        for u in order[(placed[order] < 0) & (unit_labels[order, label] > 0)]:
+            place(int(u), want_label[:, label].copy())
+    return np.array(names, dtype=object)[placed[unit_of]] if len(y) else np.array([], dtype=object)

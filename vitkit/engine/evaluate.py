@@ -9,6 +9,7 @@ import torch
 
 from ..data import MANIFEST, ImageSet, Normalize, is_named, load_data, read_manifest
 from ..data.dataset import check_bad_files
+from ..data.labels import label_spec
 from ..data.shards import is_sharded, read_index
 from ..errors import DataError, UserError
 from ..metrics import classification_report
@@ -137,10 +138,11 @@ class Evaluation:
 
 def prepare_evaluation(checkpoint: str | Path, source: str | None = None, split: str | None = None,
                        data_root: str | None = None, device: str = "auto", precision: str = "auto",
-                       tta: str = "none", compile: bool = False) -> Evaluation:
+                       tta: str = "none", compile: bool = False, labels: dict | None = None) -> Evaluation:
     """Load `checkpoint` and the `split` of `source` (default: the data it was trained on; test if the data has a
     test split, else val) as the checkpoint saw it: same split manifest, size, channels and class indices.
-    `compile` computes the logits with `compiled_for_inference` (pays off over thousands of images)."""
+    `compile` computes the logits with `compiled_for_inference` (pays off over thousands of images). `labels`: the
+    label-file options (`data.labels`, `data.label_column`, ...) for a label file; by default those the run used."""
     allocator.tune()
     dev = resolve_device(device)
     model, meta = load_model(checkpoint, dev)
@@ -152,11 +154,13 @@ def prepare_evaluation(checkpoint: str | Path, source: str | None = None, split:
     same_source = meta.get("data_source") == source_key(source)
     manifest = manifest if same_source else None
     split = split or default_split(source, manifest, meta.get("test_fraction", 0.0))
+    saved_data = meta.get("config", {}).get("data", {})  # the run's data options: its label file, if any
     bundle = load_data(source, img_size=meta["img_size"], channels=meta["in_chans"], data_root=data_root,
                        manifest=manifest, val_fraction=meta.get("val_fraction", 0.1),
                        test_fraction=meta.get("test_fraction", 0.0), seed=meta.get("split_seed", 0), splits=(split,),
                        allow_empty_classes=True,  # a class without images has no support here, nothing worse
-                       max_image_pixels=meta.get("config", {}).get("data", {}).get("max_image_pixels"))
+                       max_image_pixels=saved_data.get("max_image_pixels"),
+                       labels=label_spec({**(saved_data if same_source else {}), **(labels or {})}))
     if split not in bundle.splits or len(bundle.splits[split]) == 0:
         held_none = split == "val" and meta.get("val_fraction") == 0
         why = " (the run held none out: data.val_fraction=0)" if held_none else ""

@@ -15,6 +15,7 @@ import torch
 from ..config import Config, resume_config  # noqa: F401 (resume_config: where earlier versions had it)
 from ..data import MANIFEST, DataBundle, is_named, load_data
 from ..data.dataset import adapt_stats, check_bad_files
+from ..data.labels import label_spec
 from ..errors import DataError, UserError, out_of_memory
 from ..fileio import DirectoryLock
 from ..models import count_flops, get_spec, model_kwargs, num_params
@@ -105,7 +106,8 @@ def _load_bundle(cfg: Config, manifest: Path, show_progress: bool = True) -> Dat
     return load_data(cfg.data.source, img_size=img_size, channels=cfg.model.in_chans, data_root=cfg.data.root,
                      val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction, seed=cfg.train.seed,
                      manifest=manifest, splits=("train", "val"), allow_empty_classes=cfg.data.allow_empty_classes,
-                     use_cache=cfg.data.cache, show_progress=show_progress, max_image_pixels=cfg.data.max_image_pixels)
+                     use_cache=cfg.data.cache, show_progress=show_progress, max_image_pixels=cfg.data.max_image_pixels,
+                     labels=label_spec(dataclasses.asdict(cfg.data)))
 
 
 def _report_bad_files(data: DataBundle, writer: RunWriter, max_fraction: float) -> None:

@@ -1,0 +1,169 @@
+"""Label files (CSV, TSV, JSON Lines, Hugging Face's metadata files): reading, one-line errors that name the file and
+row, group-aware and label-stratified splits, and training and evaluation from a label file through the CLI."""
+import collections
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_cli, write_folder
+from vitkit.data import load_data
+from vitkit.data.labels import LabelSpec, read_labels
+from vitkit.data.splits import iterative_split
+from vitkit.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def flat(tmp_path_factory):
+    """60 images (3 classes) in one folder, and their labels as a chest X-ray style CSV: 3 images per patient."""
+    root = tmp_path_factory.mktemp("labels")
+    source = write_folder(root / "src", per_class=20)
+    images = root / "images"
+    (images / "part2").mkdir(parents=True)
+    rows = []
+    for cls in ("ankle", "bag", "coat"):
+        for i, f in enumerate(sorted((source / cls).iterdir())):
+            name = f"{cls}_{f.name}"
+            shutil.copy(f, images / ("part2" if i % 4 == 0 else "") / name)  # names alone find nested files too
+            rows.append([name, cls, f"p{len(rows) // 3:03d}"])
+    with open(root / "entries.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["Image Index", "Finding Labels", "Patient ID"], *rows])
+    return root, images, rows
+
+
+def _write(path, header, rows, delimiter=","):
+    with open(path, "w", newline="") as fh:
+        csv.writer(fh, delimiter=delimiter).writerows([header, *rows])
+    return path
+
+
+def test_single_label_csv_with_names_alone_and_groups(flat):
+    root, images, rows = flat
+    spec = LabelSpec(file=str(root / "entries.csv"), file_column="Image Index", label_column="Finding Labels",
+                     group_column="Patient ID")
+    table = read_labels(images, spec)
+    assert table.classes == ["ankle", "bag", "coat"] and not table.multi_label and table.unlisted == 0
+    assert len(table.files) == 60 and table.files[0] == "part2/ankle_img_000.jpg"
+    assert table.targets.tolist() == [i // 20 for i in range(60)] and table.groups[:4] == ["p000"] * 3 + ["p001"]
+
+
+def test_every_layout_reads_the_same_labels(flat, tmp_path):
+    root, images, rows = flat
+    _write(tmp_path / "a.tsv", ["path", "label"], [r[:2] for r in rows], delimiter="\t")
+    with open(tmp_path / "a.jsonl", "w") as fh:
+        fh.writelines(json.dumps({"file_name": r[0], "label": r[1]}) + "\n" for r in rows)
+    hf = tmp_path / "hf"
+    shutil.copytree(images, hf)
+    _write(hf / "metadata.csv", ["file_name", "label"], [[f"part2/{r[0]}" if i % 20 % 4 == 0 else r[0], r[1]]
+                                                         for i, r in enumerate(rows)])
+    expected = read_labels(images, LabelSpec(file=str(root / "entries.csv"), file_column="Image Index",
+                                             label_column="Finding Labels"))
+    for folder, spec in ((images, LabelSpec(file=str(tmp_path / "a.tsv"))),
+                         (images, LabelSpec(file=str(tmp_path / "a.jsonl"))), (hf, LabelSpec())):
+        table = read_labels(folder, spec)
+        assert table.files == expected.files and table.targets.tolist() == expected.targets.tolist()
+    bundle = load_data(str(hf), img_size=16, labels=LabelSpec(), val_fraction=0.2, use_cache=False,
+                       show_progress=False)  # a folder with metadata.csv loads without naming it
+    assert bundle.classes == ["ankle", "bag", "coat"] and len(bundle.splits["val"]) == 12
+    assert {label for _, label, _ in bundle.manifest} == {"ankle", "bag", "coat"}
+
+
+def test_multi_label_targets_no_label_and_uncertain_columns(tmp_path):
+    folder = write_folder(tmp_path / "img", per_class=2)
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.*"))
+    _write(tmp_path / "sep.csv", ["Image Index", "Finding Labels"],
+           [[files[0], "Effusion|Mass"], [files[1], "No Finding"], [files[2], "Mass"], [files[3], "Edema"]])
+    table = read_labels(folder, LabelSpec(file=str(tmp_path / "sep.csv"), label_column="Finding Labels",
+                                          label_sep="|", no_label="No Finding"))
+    assert table.multi_label and table.classes == ["Edema", "Effusion", "Mass"] and table.unlisted == 2
+    assert table.targets.tolist() == [[0, 1, 1], [0, 0, 0], [0, 0, 1], [1, 0, 0]]
+    _write(tmp_path / "cols.csv", ["file", "A", "B"], [[files[0], "1", "0"], [files[1], "-1", ""], [files[2], "0", "1"]])
+    for uncertain, fill in (("ignore", None), ("zeros", 0.0), ("ones", 1.0)):
+        t = read_labels(folder, LabelSpec(file=str(tmp_path / "cols.csv"), label_columns=("A", "B"),
+                                          uncertain=uncertain)).targets
+        assert t[0].tolist() == [1, 0] and t[2].tolist() == [0, 1]
+        assert np.isnan(t[1]).all() if fill is None else t[1].tolist() == [fill, fill]
+
+
+@pytest.mark.parametrize("header, rows, options, message", [
+    (["file", "label"], [["a.png", "x"]], dict(label_column="Label"), "has no label column 'Label' (did you mean "
+                                                                       "'label'?)"),
+    (["file", "A"], [["a.png", "2"]], dict(label_columns=("A",)), "row 2, column 'A': '2' is not 0, 1, -1 or blank"),
+    (["file", "label"], [["a.png", "x"], ["b.png", "y"], ["a.png", "y"]], {}, "rows 2 and 4 both list a.png"),
+    (["file;label"], [["a.png;x"]], {}, "delimited by ';', not ','; pass --label-delimiter ';'"),
+    (["file", "label"], [], {}, "has a header but no rows"),
+    (["file", "label"], [["../a.png", "x"], ["b.png", "y"]], {},
+     "row 2: '../a.png' is not a path inside the image folder"),
+    (["file", "label"], [["a.png", "x|y"], ["b.png", "y"]], dict(label_sep="|", task="single"),
+     "row 2 has 2 labels but data.task is 'single'"),
+    (["file", "label"], [["a.png", ""], ["b.png", "y"]], {}, "row 2 has no label in column 'label'"),
+    (["file", "kind", "x"], [["a.png", "x", "1"]], {}, "which column holds the labels?"),
+])
+def test_bad_label_files_are_one_line_errors_naming_file_and_row(tmp_path, header, rows, options, message):
+    folder = tmp_path / "img"
+    folder.mkdir()
+    path = _write(tmp_path / "labels.csv", header, rows)
+    with pytest.raises(DataError, match=None) as err:
+        read_labels(folder, LabelSpec(file=str(path), **options))
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DataError, match="empty.csv is empty"):
+        read_labels(folder, LabelSpec(file=str(tmp_path / "empty.csv")))
+
+
+def test_listed_files_that_are_missing_are_reported_with_their_row(flat, tmp_path):
+    root, images, rows = flat
+    path = _write(tmp_path / "l.csv", ["file", "label"], [r[:2] for r in rows] + [["gone.png", "bag"]])
+    table = read_labels(images, LabelSpec(file=str(path)))
+    assert table.missing == [("gone.png", "listed in l.csv row 62, not found")] and len(table.files) == 60
+
+
+def test_group_split_keeps_groups_whole_and_label_shares_even():
+    rng = np.random.default_rng(0)
+    n, labels = 6000, 8
+    targets = (rng.random((n, labels)) < rng.uniform(0.02, 0.3, labels)).astype(np.float32)
+    targets[rng.random((n, labels)) < 0.05] = np.nan  # uncertain labels count as absent
+    groups = [f"patient{g}" for g in rng.integers(0, 1500, n)]
+    split = iterative_split(targets, {"val": 0.1, "test": 0.2}, seed=3, groups=groups)
+    seen = collections.defaultdict(set)
+    for g, s in zip(groups, split):
+        seen[g].add(s)
+    assert max(len(s) for s in seen.values()) == 1  # no patient in two splits
+    positives = np.nan_to_num(targets)
+    for name, share in (("train", 0.7), ("val", 0.1), ("test", 0.2)):
+        inside = split == name
+        assert abs(inside.mean() - share) < 0.01
+        assert np.abs(positives[inside].sum(0) / positives.sum(0) - share).max() < 0.02  # every label's share
+    single = rng.integers(0, 5, 1000)  # single-label targets with groups: the same, per class
+    split = iterative_split(single, {"val": 0.2}, seed=0, groups=[str(i // 4) for i in range(1000)])
+    assert all(abs((split[single == c] == "val").mean() - 0.2) < 0.03 for c in range(5))
+    assert (iterative_split(single, {"val": 0.2}, 0) == iterative_split(single, {"val": 0.2}, 0)).all()
+
+
+def test_train_and_evaluate_from_a_label_file_through_the_cli(flat, tmp_path):
+    """The chest X-ray CSV's flags, single-label here: the patients stay whole in the split, evaluate reads the run's
+    label file by itself or as given, and a missing column is one line."""
+    root, images, rows = flat
+    flags = ["--labels", root / "entries.csv", "--file-column", "Image Index", "--label-column", "Finding Labels",
+             "--group-column", "Patient ID"]
+    r = run_cli("train", "--images", images, *flags, "--model", "vit_micro_patch7_28", "--img-size", "28",
+                "--epochs", "1", "--out", tmp_path, "--name", "csv", "--no-progress", "--set", "output.report=false",
+                "--val-fraction", "0.2")
+    assert r.returncode == 0, r.stderr
+    split = {row["id"]: row for row in csv.DictReader(open(tmp_path / "csv" / "split.csv"))}
+    patient = {r[0]: r[2] for r in rows}
+    where = collections.defaultdict(set)
+    for path, row in split.items():
+        where[patient[path.split("/")[-1]]].add(row["split"])
+    held = sum(r["split"] == "val" for r in split.values())
+    assert max(len(s) for s in where.values()) == 1 and 6 <= held <= 15  # whole patients of 3: about 20%
+    best = tmp_path / "csv" / "best.safetensors"
+    for extra in ([], ["--images", images, *flags[:6]]):
+        r = run_cli("evaluate", best, *extra, "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["num_images"] == held
+    r = run_cli("evaluate", best, "--images", images, "--labels", root / "entries.csv", "--file-column", "Image")
+    assert r.returncode == 2 and "no file column 'Image' (did you mean 'Image Index'?)" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
