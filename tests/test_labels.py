@@ -167,3 +167,24 @@ def test_train_and_evaluate_from_a_label_file_through_the_cli(flat, tmp_path):
     r = run_cli("evaluate", best, "--images", images, "--labels", root / "entries.csv", "--file-column", "Image")
     assert r.returncode == 2 and "no file column 'Image' (did you mean 'Image Index'?)" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_data_check_reads_a_label_file(flat, tmp_path):
+    """Missing listed files with their row, per-label counts and co-occurrence, and a copy of one image labelled
+    another way, through the CLI."""
+    root, images, rows = flat
+    folder = tmp_path / "images"
+    shutil.copytree(images, folder)
+    shutil.copy(folder / "bag_img_001.png", folder / "copy.png")
+    listed = [[r[0], r[1] + ("|Mass" if i % 5 == 0 else "")] for i, r in enumerate(rows)]
+    _write(tmp_path / "l.csv", ["file", "labels"], listed + [["copy.png", "coat"], ["gone.png", "bag"]])
+    r = run_cli("data", "check", "--images", folder, "--labels", tmp_path / "l.csv", "--label-sep", "|", "--json")
+    report = json.loads(r.stdout)
+    assert r.returncode == 1 and report["classes"] == ["Mass", "ankle", "bag", "coat"]  # multi-label: not yet
+    kinds = {(f["kind"], f["path"]) for f in report["findings"]}
+    assert ("missing-file", "gone.png") in kinds and ("duplicate-with-other-labels", "copy.png") in kinds
+    assert sum(report["counts"]["train"].values()) + sum(report["counts"]["val"].values()) == 61 + 12
+    assert any("labels most often together" in n for n in report["notes"])
+    single = _write(tmp_path / "s.csv", ["file", "label"], [r[:2] for r in rows])
+    r = run_cli("data", "check", "--images", images, "--labels", single, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["ok"], r.stderr

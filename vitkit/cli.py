@@ -72,6 +72,8 @@ def _images_or_data(args: argparse.Namespace) -> str | None:
     """DATA, or the image folder given as --images (for a label file): one of them."""
     if args.images and args.data and args.images != args.data:
         raise UserError(f"give the image folder once: DATA ({args.data}) or --images ({args.images}), not both")
+    if args.func is cmd_data_check and not (args.images or args.data):
+        raise UserError("give DATA (an image folder or a named dataset), or --images DIR with --labels FILE")
     return args.images or args.data
 
 
@@ -266,12 +268,14 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from .console import print_check, print_json
     from .data.check import check_data
     from .data.images import allow_pixels
+    from .data.labels import label_spec
 
     allow_pixels(args.max_image_pixels)
-    report = check_data(args.data, data_root=args.data_root, val_fraction=args.val_fraction,
+    report = check_data(_images_or_data(args), data_root=args.data_root, val_fraction=args.val_fraction,
                         test_fraction=args.test_fraction, seed=args.seed, allow_empty_classes=args.allow_empty_classes,
                         max_bad_fraction=args.max_bad_fraction, near_duplicate_bits=args.near_bits,
-                        show_progress=not args.json, max_image_pixels=args.max_image_pixels)
+                        show_progress=not args.json, max_image_pixels=args.max_image_pixels,
+                        labels=label_spec({**_label_flags(args), "task": args.task, "uncertain": args.uncertain}))
     if args.json:
         print_json(report.to_dict())
     else:
@@ -569,10 +573,15 @@ def _data_parser(sub) -> None:
     d = sub.add_parser("data", help="inspect a dataset before training, or write it as shards")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     c = dsub.add_parser("check", help="report unreadable, odd and duplicate images, per-class counts and leaks")
-    c.add_argument("data", metavar="DATA", help=DATA_HELP)
+    c.add_argument("data", nargs="?", metavar="DATA", help=DATA_HELP)
+    c.add_argument("--images", metavar="DIR", help="the image folder a label file (--labels) lists, instead of DATA")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     _config_flags(c, "data.root", "data.val_fraction", "data.test_fraction", "train.seed", "data.allow_empty_classes",
-                  "data.max_bad_fraction", "data.max_image_pixels")
+                  "data.max_bad_fraction", "data.max_image_pixels", *LABEL_FLAGS)
+    c.add_argument("--task", choices=["auto", "single", "multi"], default="auto", help="label file: one label per "
+                   "image, any number, or from the labels (data.task)")
+    c.add_argument("--uncertain", choices=["ignore", "zeros", "ones"], default="ignore",
+                   help="label file with 0/1 columns: what -1 or blank counts as (data.uncertain)")
     c.add_argument("--near-bits", type=int, default=8, help="near duplicates differ in at most this many of 256 hash bits")
     c.add_argument("--limit", type=int, default=50, help="findings shown (0: all)")
     c.set_defaults(func=cmd_data_check)

@@ -3,7 +3,9 @@
 Every file is opened by content, never judged by its extension: empty, truncated, unreadable and non-image files,
 decompression bombs, tiny images, extreme aspect ratios, EXIF rotation, unusual modes, and exact and near-duplicate
 images, flagged when they land in different splits (a validation image that is also a training image). The splits
-are the ones `vitkit train` would use: the folder's own train/val/test, or the same seeded split.
+are the ones `vitkit train` would use: the folder's own train/val/test, or the same seeded split. A label file's
+images are checked too, with its missing and unlisted files, groups across splits, per-label counts and
+co-occurrence, and copies of one image labelled two ways.
 """
 from __future__ import annotations
 
@@ -22,9 +24,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import DataError
-from .dataset import convert_channels, is_named
+from .dataset import convert_channels, is_named, label_splits, label_text
 from .folder import list_folder
 from .images import MAX_ASPECT_RATIO, BadImage, exif_orientation, open_image, to_mode
+from .labels import LabelSpec, find_metadata, read_labels
 from .named import load_named
 from .splits import assign_splits, stratified_split
 
@@ -172,8 +175,10 @@ def near_pairs(bits: torch.Tensor, thumbs: torch.Tensor, max_bits: int, max_diff
 
 
 def duplicate_findings(paths: list[str], splits: list[str], pixel_hashes: list[str], thumbs: torch.Tensor,
-                       max_bits: int = NEAR_DUPLICATE_BITS) -> tuple[list[Finding], list[str]]:
-    """Exact (same pixels) and near (similar difference hash) duplicates; across splits they are warnings."""
+                       max_bits: int = NEAR_DUPLICATE_BITS, labels: list[str] | None = None
+                       ) -> tuple[list[Finding], list[str]]:
+    """Exact (same pixels) and near (similar difference hash) duplicates; across splits they are warnings, and so
+    are exact copies with different `labels` (the same image labelled two ways)."""
     findings, notes = [], []
     groups: dict[str, list[int]] = {}
     for i, h in enumerate(pixel_hashes):
@@ -183,6 +188,11 @@ def duplicate_findings(paths: list[str], splits: list[str], pixel_hashes: list[s
             continue
         first = members[0]
         for other in members[1:]:
+            if labels is not None and labels[other] != labels[first]:
+                findings.append(Finding("warning", "duplicate-with-other-labels", paths[other],
+                                        f"the same pixels as {paths[first]}, labelled {labels[other] or 'none'!r} "
+                                        f"there {labels[first] or 'none'!r}"))
+                continue
             leak = splits[other] != splits[first]
             findings.append(Finding("warning" if leak else "info", "duplicate-across-splits" if leak else "duplicate",
                                     paths[other], f"{splits[other]} image with the same pixels as {paths[first]} "
@@ -208,9 +218,13 @@ def duplicate_findings(paths: list[str], splits: list[str], pixel_hashes: list[s
 def check_data(source: str, *, data_root: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.0,
                seed: int = 0, allow_empty_classes: bool = False, max_bad_fraction: float = 0.1,
                near_duplicate_bits: int = NEAR_DUPLICATE_BITS, show_progress: bool = True,
-               max_image_pixels: int | None = None) -> CheckReport:
+               max_image_pixels: int | None = None, labels: LabelSpec | None = None) -> CheckReport:
     """Check an image folder or a named dataset; `report.blocking` says why training could not proceed.
-    `max_image_pixels`: refuse larger images as possible decompression bombs (default: as training does)."""
+    `max_image_pixels`: refuse larger images as possible decompression bombs (default: as training does). With a
+    label file in `labels` (or a folder with Hugging Face's metadata file), the images it lists."""
+    if labels is not None and (labels.file or (Path(source).is_dir() and find_metadata(Path(source)))):
+        return _check_labeled(Path(source), labels, val_fraction, test_fraction, seed, max_bad_fraction,
+                              near_duplicate_bits, show_progress, max_image_pixels)
     if is_named(source):
         return _check_named(source.lower(), data_root, val_fraction, seed, near_duplicate_bits)
     return _check_folder(Path(source), val_fraction, test_fraction, seed, allow_empty_classes, max_bad_fraction,
@@ -229,11 +243,7 @@ def _check_folder(root: Path, val_fraction, test_fraction, seed, allow_empty, ma
     layout = "/".join(present) + " folders" if scan.has_splits else (
         f"class folders, split as 'vitkit train' would (val {val_fraction}, test {test_fraction}, seed {seed})")
     assigned = assign_splits(scan, val_fraction, test_fraction, seed)
-    workers = min(8, (os.cpu_count() or 1) * 2)
-    with ThreadPoolExecutor(workers) as pool:  # Pillow releases the GIL while decoding
-        facts = list(tqdm(pool.map(lambda item: inspect_file(root, *item, max_pixels), assigned, chunksize=32),
-                          total=len(assigned), desc="checking", unit="file", leave=False,
-                          disable=None if show_progress and len(assigned) >= 200 else True))
+    facts = _inspect_all(root, assigned, max_pixels, show_progress)
     report = CheckReport(str(root), layout, scan.classes, {}, files=len(facts))
     for f in facts:
         report.findings += _file_findings(f)
@@ -254,11 +264,93 @@ def _check_folder(root: Path, val_fraction, test_fraction, seed, allow_empty, ma
     if good:
         thumbs = torch.from_numpy(np.stack([f.thumb for f in good]))
         found, notes = duplicate_findings([f.path for f in good], [f.split for f in good],
-                                          [f.pixel_hash for f in good], thumbs, max_bits)
+                                          [f.pixel_hash for f in good], thumbs, max_bits, [f.cls for f in good])
         report.findings += found
         report.notes += notes
     _summarize(report, max_bad)
     return report
+
+
+def _inspect_all(root: Path, items: list[tuple[str, str, str]], max_pixels, show_progress) -> list[FileFacts]:
+    workers = min(8, (os.cpu_count() or 1) * 2)
+    with ThreadPoolExecutor(workers) as pool:  # Pillow releases the GIL while decoding
+        return list(tqdm(pool.map(lambda item: inspect_file(root, *item, max_pixels), items, chunksize=32),
+                         total=len(items), desc="checking", unit="file", leave=False,
+                         disable=None if show_progress and len(items) >= 200 else True))
+
+
+def _check_labeled(root: Path, spec: LabelSpec, val_fraction, test_fraction, seed, max_bad, max_bits, show_progress,
+                   max_pixels=None) -> CheckReport:
+    """A label file's images: missing and unlisted files, per-label counts (and how often labels co-occur), groups
+    or duplicates across splits and copies of one image with different labels, on the split training would make."""
+    table = read_labels(root, spec)
+    split_of = label_splits(table, val_fraction, test_fraction, seed, None)
+    kind = "multi-label" if table.multi_label else "single-label"
+    layout = (f"{kind} label file {table.source.name}, split as 'vitkit train' would (val {val_fraction}, test "
+              f"{test_fraction}, seed {seed}{', whole groups' if table.groups else ''})")
+    texts = [label_text(table, i) for i in range(len(table.files))]
+    facts = _inspect_all(root, list(zip(table.files, texts, split_of)), max_pixels, show_progress)
+    report = CheckReport(str(root), layout, table.classes, {}, files=len(facts) + len(table.missing))
+    for f in facts:
+        report.findings += _file_findings(f)
+    report.findings += [Finding("warning", "missing-file", path, reason) for path, reason in table.missing]
+    if table.unlisted:
+        report.notes.append(f"{table.unlisted} image file(s) under {root} are not listed in {table.source.name}: "
+                            "they are left out")
+    good = [i for i, f in enumerate(facts) if f.problem is None]
+    report.unusable = len(facts) - len(good) + len(table.missing)
+    report.modes = dict(Counter(facts[i].mode for i in good).most_common())
+    report.formats = dict(Counter(facts[i].format for i in good).most_common())
+    report.counts = _label_counts(table, split_of, good)
+    report.findings += _group_findings(table, split_of)
+    if table.multi_label:
+        report.notes += _co_occurrence(table, good)
+        report.blocking.append("multi-label data: this version of vitkit trains single-label data only")
+    if good:
+        thumbs = torch.from_numpy(np.stack([facts[i].thumb for i in good]))
+        found, notes = duplicate_findings([facts[i].path for i in good], [split_of[i] for i in good],
+                                          [facts[i].pixel_hash for i in good], thumbs, max_bits,
+                                          [texts[i] for i in good])
+        report.findings += found
+        report.notes += notes
+    _summarize(report, max_bad)
+    return report
+
+
+def _label_counts(table, split_of: list[str], good: list[int]) -> dict[str, dict[str, int]]:
+    """split -> label -> usable images with that label."""
+    if not table.multi_label:
+        return _counts([(split_of[i], table.classes[int(table.targets[i])]) for i in good], table.classes)
+    out = {}
+    for split in ("train", "val", "test"):
+        rows = [i for i in good if split_of[i] == split]
+        if rows:
+            positives = np.nan_to_num(table.targets[rows]).sum(0)
+            out[split] = {c: int(n) for c, n in zip(table.classes, positives)}
+    return out
+
+
+def _group_findings(table, split_of: list[str]) -> list[Finding]:
+    """A group (patient) whose images are in more than one split: its images leak between them."""
+    if table.groups is None:
+        return []
+    where: dict[str, set] = {}
+    for group, split in zip(table.groups, split_of):
+        where.setdefault(group, set()).add(split)
+    return [Finding("warning", "group-across-splits", group, f"images of this group are in {', '.join(sorted(s))}")
+            for group, s in where.items() if len(s) > 1]
+
+
+def _co_occurrence(table, good: list[int]) -> list[str]:
+    """The images with no label, and the label pairs that most often come together."""
+    y = np.nan_to_num(table.targets[good]) > 0
+    pairs = (y.T.astype(np.int64) @ y.astype(np.int64))
+    top = sorted(((int(pairs[a, b]), table.classes[a], table.classes[b]) for a in range(len(table.classes))
+                  for b in range(a + 1, len(table.classes)) if pairs[a, b]), reverse=True)[:5]
+    notes = [f"{int((~y.any(1)).sum())} image(s) have no label; {float(y.sum(1).mean()):.2f} labels per image"]
+    if top:
+        notes.append("labels most often together: " + ", ".join(f"{a} + {b} ({n})" for n, a, b in top))
+    return notes
 
 
 def _check_named(name: str, data_root, val_fraction, seed, max_bits) -> CheckReport:

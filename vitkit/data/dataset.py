@@ -172,7 +172,7 @@ def _load_labeled(root, spec, img_size, channels, val_fraction, test_fraction, s
                         "does not)")
     if img_size is None:
         raise DataError("an image folder needs an image size: pass --img-size or choose a model with one")
-    split_of = _label_splits(table, val_fraction, test_fraction, seed, rows)
+    split_of = label_splits(table, val_fraction, test_fraction, seed, rows)
     channels = channels or detect_channels(root, table.files)
     out, bad = {}, list(table.missing)
     for split in ("train", "val", "test"):
@@ -197,7 +197,7 @@ def label_text(table: LabelTable, i: int) -> str:
     return "|".join(c for c, v in zip(table.classes, table.targets[i]) if v == 1)
 
 
-def _label_splits(table: LabelTable, val_fraction: float, test_fraction: float, seed: int, rows) -> list[str]:
+def label_splits(table: LabelTable, val_fraction: float, test_fraction: float, seed: int, rows) -> list[str]:
     """Each listed image's split: the manifest's (images it lacks are left out), or a new seeded split that keeps
     groups whole and label shares even."""
     if rows is not None:
