@@ -49,7 +49,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = api.train(cfg, resume=args.resume, show_progress=not args.no_progress)
     if os.environ.get("RANK", "0") != "0":
         return 0
-    best = (f"best val top-1 {result.best_val_top1:.4f} (epoch {result.best_epoch})"
+    score = "mAP" if result.multi_label else "top-1"
+    best = (f"best val {score} {result.best_val_top1:.4f} (epoch {result.best_epoch})"
             if not math.isnan(result.best_val_top1) else "no validation split: best is the last epoch")
     out.print(f"{best}, {result.epochs} epochs in {result.seconds:.0f}s")
     out.print(f"run directory: {result.run_dir}")
@@ -79,7 +80,7 @@ def _images_or_data(args: argparse.Namespace) -> str | None:
 
 # --------------------------------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .console import out, print_json, print_report
+    from .console import out, print_json, print_multilabel_report, print_report
     from .engine.evaluate import evaluation_report, prepare_evaluation
     from .fileio import atomic_write
 
@@ -97,7 +98,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json or args.format == "json":
         print_json(report)
         return 0
-    print_report(report)
+    (print_multilabel_report if report.get("task") == "multi-label" else print_report)(report)
     out.print(f"written: {json_path}")
     if args.report:
         out.print(f"report: {report_path}")

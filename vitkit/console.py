@@ -49,6 +49,23 @@ def print_report(report: dict) -> None:
                   f"ROC AUC {b['roc_auc']:.4f}", markup=False)
 
 
+def print_multilabel_report(report: dict) -> None:
+    def num(v):
+        return "-" if v is None else f"{v:.4f}"
+
+    out.print(f"[bold]{shown(report['data'])}[/bold] {report['split']} split, {report['num_images']} images: "
+              f"mAP [bold]{num(report['mAP'])}[/bold]  micro mAP {num(report['mAP_micro'])}  subset accuracy "
+              f"{num(report['subset_accuracy'])}  Hamming loss {num(report['hamming_loss'])}")
+    table = Table("label", "AP", "ROC AUC", "threshold", "precision", "recall", "F1", "support",
+                  title="per label (at its threshold)")
+    for name, r in report["per_label"].items():
+        table.add_row(shown(name), num(r["average_precision"]), num(r["roc_auc"]), f"{r['threshold']:.3f}",
+                      num(r["precision"]), num(r["recall"]), num(r["f1"]), str(r["support"]))
+    out.print(table)
+    for note in report["notes"]:
+        out.print(f"note: {note}", markup=False)
+
+
 def print_probe(result: dict) -> None:
     out.print(f"[bold]{shown(result['source'])}[/bold] ({shown(result['model'])}, {result['feature_dim']}-d features at "
               f"{result['img_size']} px) on [bold]{shown(result['data'])}[/bold]: fitted on {result['train_images']} "

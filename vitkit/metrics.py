@@ -97,3 +97,76 @@ def confused_pairs(confusion: list[list[int]], classes: list[str], top: int = 5)
     pairs.sort(key=lambda t: (-t[0], t[1], t[2]))
     return [{"true": classes[i], "predicted": classes[j], "true_index": i, "predicted_index": j, "count": n}
             for n, i, j in pairs[:top]]
+
+
+# ----------------------------------------------------------------------------------------------- multi-label
+def _label_columns(targets: np.ndarray):
+    """Each label's (rows with a known target, their 0/1 targets): uncertain (NaN) targets are left out."""
+    for j in range(targets.shape[1]):
+        known = ~np.isnan(targets[:, j])
+        yield known, targets[known, j] > 0.5
+
+
+def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Macro mAP: scikit-learn's average precision of each label with positives, averaged (NaN if none has)."""
+    from sklearn.metrics import average_precision_score
+
+    aps = [average_precision_score(y, scores[known, j]) for j, (known, y) in enumerate(_label_columns(targets))
+           if y.any()]
+    return float(np.mean(aps)) if aps else float("nan")
+
+
+def choose_thresholds(probs: np.ndarray, targets: np.ndarray, sensitivity: float | None = None) -> list[float]:
+    """Per-label thresholds on validation probabilities: the F1-optimal one, or with `sensitivity` the highest that
+    still finds that share of the positives; 0.5 for a label without positives."""
+    from sklearn.metrics import precision_recall_curve
+
+    out = []
+    for j, (known, y) in enumerate(_label_columns(targets)):
+        if not y.any() or y.all():
+            out.append(0.5)
+            continue
+        precision, recall, cuts = precision_recall_curve(y, probs[known, j])
+        precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
+        if sensitivity is None:
+            f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+            out.append(float(cuts[int(np.argmax(f1))]))
+        else:
+            out.append(float(cuts[np.flatnonzero(recall >= sensitivity).max()]))
+    return out
+
+
+def multilabel_report(logits: torch.Tensor, targets: torch.Tensor, classes: list[str],
+                      thresholds: list[float] | None = None) -> dict:
+    """Multi-label metrics (scikit-learn's where it has them): macro and micro mAP, per-label average precision, ROC
+    AUC, precision, recall, F1 and support at each label's threshold (0.5 without), subset accuracy and Hamming loss
+    over the images whose labels are all known. A label without positives (or without negatives) gets null where
+    the metric needs them, and is named in `notes`."""
+    from sklearn.metrics import average_precision_score, hamming_loss, precision_recall_fscore_support, roc_auc_score
+
+    probs = torch.sigmoid(logits.float()).numpy()
+    y = targets.float().numpy()
+    cuts = np.array(thresholds if thresholds is not None else [0.5] * len(classes))
+    predicted = probs >= cuts
+    per_label, notes = {}, []
+    for j, (known, truth) in enumerate(_label_columns(y)):
+        both = truth.any() and not truth.all()
+        p, r, f, _ = precision_recall_fscore_support(truth, predicted[known, j], average="binary", zero_division=0)
+        per_label[classes[j]] = {
+            "average_precision": float(average_precision_score(truth, probs[known, j])) if truth.any() else None,
+            "roc_auc": float(roc_auc_score(truth, probs[known, j])) if both else None,
+            "precision": float(p), "recall": float(r), "f1": float(f), "support": int(truth.sum()),
+            "threshold": float(cuts[j]), "uncertain": int((~known).sum())}
+        if not truth.any():
+            notes.append(f"{classes[j]}: no positive image in this split (average precision and ROC AUC undefined)")
+    complete = ~np.isnan(y).any(1)
+    truth = y[complete] > 0.5
+    known = ~np.isnan(y)
+    micro = average_precision_score(truth, probs[complete], average="micro") if truth.any() else float("nan")
+    aps = [v["average_precision"] for v in per_label.values() if v["average_precision"] is not None]
+    return {"task": "multi-label", "num_images": int(len(y)), "mAP": float(np.mean(aps)) if aps else None,
+            "mAP_micro": float(micro) if truth.any() else None,
+            "subset_accuracy": float((predicted[complete] == truth).all(1).mean()) if complete.any() else None,
+            "hamming_loss": float(hamming_loss(truth, predicted[complete])) if complete.any() else None,
+            "label_accuracy": float((predicted == (y > 0.5))[known].mean()) if known.any() else None,
+            "per_label": per_label, "notes": notes}

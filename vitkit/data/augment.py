@@ -258,7 +258,7 @@ class Mix:
 
     def apply(self, x: torch.Tensor, partner: torch.Tensor, y: torch.Tensor, y_partner: torch.Tensor,
               num_classes: int, d: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mixed images, soft targets (B, num_classes) that sum to one)."""
+        """(mixed images, soft targets (B, num_classes): smoothed one-hots that sum to one, or mixed multi-hot rows)."""
         lam = d["lam"] if d["mix"] else 1.0
         if d["mix"] and d["cutmix"]:
             H, W = x.shape[-2:]
@@ -271,11 +271,14 @@ class Mix:
             lam = 1 - (y1 - y0) * (x1 - x0) / (H * W)  # the box was clipped: lambda follows the pixels
         elif d["mix"]:
             x = lam * x + (1 - lam) * partner
-        off = self.smoothing / num_classes
-        target = F.one_hot(y, num_classes).float() * (1 - self.smoothing) + off
+        def soft(labels):  # multi-hot rows (multi-label) mix as they are, class indices become smoothed one-hots
+            if labels.ndim == 2:
+                return labels.float()
+            return F.one_hot(labels, num_classes).float() * (1 - self.smoothing) + self.smoothing / num_classes
+
+        target = soft(y)
         if lam < 1.0:
-            other = F.one_hot(y_partner, num_classes).float() * (1 - self.smoothing) + off
-            target = lam * target + (1 - lam) * other
+            target = lam * target + (1 - lam) * soft(y_partner)
         return x, target
 
 

@@ -305,7 +305,6 @@ def _check_labeled(root: Path, spec: LabelSpec, val_fraction, test_fraction, see
     report.findings += _group_findings(table, split_of)
     if table.multi_label:
         report.notes += _co_occurrence(table, good)
-        report.blocking.append("multi-label data: this version of vitkit trains single-label data only")
     if good:
         thumbs = torch.from_numpy(np.stack([facts[i].thumb for i in good]))
         found, notes = duplicate_findings([facts[i].path for i in good], [split_of[i] for i in good],

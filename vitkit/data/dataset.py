@@ -166,10 +166,6 @@ def _load_labeled(root, spec, img_size, channels, val_fraction, test_fraction, s
                   show_progress, max_pixels) -> DataBundle:
     """The images a label file lists, split (by group where it has groups, stratified by label) or as `rows` say."""
     table = read_labels(root, spec)
-    if table.multi_label:
-        raise DataError(f"{table.source} gives some images several labels or none (multi-label), which this version "
-                        "does not train yet: give each image one label (data.task 'single' names the first row that "
-                        "does not)")
     if img_size is None:
         raise DataError("an image folder needs an image size: pass --img-size or choose a model with one")
     split_of = label_splits(table, val_fraction, test_fraction, seed, rows)

@@ -28,6 +28,13 @@ EMA_FILE = "ema.safetensors"  # the weight average's latest weights (train.ema)
 STATE_FILE = "state.pt"
 
 
+def single_label_only(meta: dict, what: str) -> None:
+    """A one-line error where a command does not handle multi-label models yet (softmax, top-k, confusion matrix)."""
+    if meta.get("task") == "multi-label":
+        raise UserError(f"{what} of multi-label models is not in this version: 'vitkit evaluate' gives their metrics "
+                        "(mAP, per-label F1 at the thresholds kept in the checkpoint)")
+
+
 def model_meta(name: str, kwargs: dict, classes: list[str], mean, std, **extra) -> dict:
     return {"format": FORMAT, "vitkit_version": __version__, "model": name, "model_kwargs": kwargs,
             "classes": list(classes), "img_size": kwargs["img_size"], "in_chans": kwargs["in_chans"],

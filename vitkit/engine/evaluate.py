@@ -12,7 +12,7 @@ from ..data.dataset import check_bad_files
 from ..data.labels import label_spec
 from ..data.shards import is_sharded, read_index
 from ..errors import DataError, UserError
-from ..metrics import classification_report
+from ..metrics import classification_report, multilabel_report
 from . import allocator
 from .checkpoint import load_model
 from .device import autocast, compiled, resolve_device, resolve_precision
@@ -89,6 +89,10 @@ def remap_labels(data: ImageSet, data_classes: list[str], model_classes: list[st
     if unknown:
         raise DataError(f"the data has classes the model was not trained on: {', '.join(unknown)}; "
                         f"the model knows {', '.join(model_classes)}")
+    if data.labels.ndim == 2:  # multi-label: the model's columns; a label the data never names is absent (0)
+        labels = torch.zeros((len(data.labels), len(model_classes)))
+        labels[:, [model_classes.index(c) for c in data_classes]] = data.labels
+        return ImageSet(data.images, labels, data.ids)
     index = torch.tensor([model_classes.index(c) for c in data_classes])
     return ImageSet(data.images, index[data.labels], data.ids)
 
@@ -183,7 +187,10 @@ def evaluate_checkpoint(checkpoint: str | Path, source: str | None = None, split
 
 
 def evaluation_report(ev: Evaluation, checkpoint: str | Path, batch_size: int = 512) -> dict:
-    report = classification_report(ev.logits(batch_size), ev.data.labels, ev.meta["classes"])
+    if ev.meta.get("task") == "multi-label":  # at the per-label thresholds chosen on validation
+        report = multilabel_report(ev.logits(batch_size), ev.data.labels, ev.meta["classes"], ev.meta.get("thresholds"))
+    else:
+        report = classification_report(ev.logits(batch_size), ev.data.labels, ev.meta["classes"])
     report.update({"checkpoint": str(checkpoint), "data": ev.source, "split": ev.split, "tta": ev.tta,
                    "skipped_files": [{"path": p, "reason": r} for p, r in ev.bad_files]})
     return report

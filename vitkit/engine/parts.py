@@ -66,11 +66,39 @@ def build_parts(cfg: Config, data: DataBundle, model: torch.nn.Module, device: t
     return TrainParts(
         model=model, work=work, ddp=ddp, forward=compiled(net) if t.compile else net, loader=loader,
         val=data.splits.get("val"), optimizer=optimizer, scheduler=build_scheduler(optimizer, t, len(loader)),
-        **_losses(t, recipe, device), ema=ModelEma(model, t.ema) if t.ema > 0 else None, distiller=distiller)
+        **_losses(t, recipe, device, data.splits["train"]), ema=ModelEma(model, t.ema) if t.ema > 0 else None,
+        distiller=distiller)
 
 
-def _losses(t, recipe, device: torch.device) -> dict:
-    """Summed cross-entropy on hard labels (label smoothing, class weights), and on mixed targets."""
+class MultiLabelLoss(torch.nn.Module):
+    """Binary cross-entropy of each label's sigmoid, averaged over the labels and summed over the images; uncertain
+    targets (NaN) are left out. `pos_weight` weighs each label's positives (`--balance loss`)."""
+
+    def __init__(self, pos_weight: torch.Tensor | None = None):
+        super().__init__()
+        self.register_buffer("pos_weight", pos_weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        known = ~torch.isnan(target)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, target.nan_to_num(0.0), pos_weight=self.pos_weight, reduction="none")
+        return (loss * known).sum() / target.shape[1]
+
+
+def _losses(t, recipe, device: torch.device, train: Split | None = None) -> dict:
+    """Summed cross-entropy on hard labels (label smoothing, class weights), and on mixed targets; for multi-label
+    data binary cross-entropy for both."""
+    if train is not None and train.labels.ndim == 2:
+        pos_weight = None
+        if t.balance == "loss":
+            labels = train.labels
+            positives = (labels == 1).sum(0).float()
+            negatives = (labels == 0).sum(0).float()
+            pos_weight = (negatives / positives.clamp(min=1)).clamp(min=1.0).to(device)
+            log.info("--balance loss: positive weights from %.2f to %.2f", float(pos_weight.min()),
+                     float(pos_weight.max()))
+        loss = MultiLabelLoss(pos_weight).to(device)
+        return {"loss_fn": loss, "soft_loss_fn": loss}
     weights = recipe.class_weights.to(device) if t.balance == "loss" else None
     return {"loss_fn": torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=t.label_smoothing, reduction="sum"),
             "soft_loss_fn": torch.nn.CrossEntropyLoss(weight=weights, reduction="sum")}
@@ -101,7 +129,7 @@ def _frozen_feature_parts(cfg: Config, data: DataBundle, model: torch.nn.Module,
     val = features.others.get("val")
     return TrainParts(
         model=model, work=None, ddp=None, forward=model.heads, loader=loader, val=data.splits.get("val"),
-        optimizer=optimizer, scheduler=build_scheduler(optimizer, t, len(loader)), **_losses(t, recipe, device),
+        optimizer=optimizer, scheduler=build_scheduler(optimizer, t, len(loader)), **_losses(t, recipe, device, train),
         ema=ModelEma(model, t.ema) if t.ema > 0 else None,
         val_features=val.to(device) if val is not None else None, feature_seconds=features.seconds)
 
@@ -113,6 +141,9 @@ def build_distiller(cfg: Config, data: DataBundle, model: torch.nn.Module, devic
     from .distill import Distiller, check_teacher, load_teacher
 
     t = cfg.train
+    if data.splits["train"].labels.ndim == 2:
+        raise UserError("distillation (--teacher) follows a teacher's classes, one per image: it does not apply to "
+                        "multi-label data")
     teacher = load_teacher(t.teacher, t.teacher_weights, device)
     check_teacher(teacher, data.classes, data.img_size, data.channels)
     if getattr(model, "dist_token", None) is not None:

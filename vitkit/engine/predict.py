@@ -15,7 +15,7 @@ from PIL import Image
 from ..data.images import IMAGE_SUFFIXES, BadImage, decode, is_hidden, prepare
 from ..errors import UserError
 from . import allocator
-from .checkpoint import load_model
+from .checkpoint import load_model, single_label_only
 from .device import resolve_device, resolve_precision
 from .evaluate import FrozenCompiled, compiled_for_inference, predict_logits
 
@@ -60,6 +60,7 @@ class TorchBackend:
         allocator.tune()
         self.device = resolve_device(device)
         self.model, self.meta = load_model(checkpoint, self.device)
+        single_label_only(self.meta, "prediction (predict, serve)")
         self.amp_dtype = resolve_precision(precision, self.device)
         # `compile`: logits from `compiled_for_inference` (worth it for thousands of images); the attention maps of
         # --explain keep using the eager model

@@ -25,7 +25,7 @@ from ..metrics import classification_report
 from ..models import create_model, get_spec, list_models
 from ..models.pretrained import read_source
 from . import allocator
-from .checkpoint import load_model, read_header
+from .checkpoint import load_model, read_header, single_label_only
 from .device import resolve_device, resolve_precision
 from .evaluate import default_split
 from .features import frozen_features
@@ -57,6 +57,7 @@ def load_backbone(source: str, model_name: str | None = None, img_size: int | No
     `source`'s weights, and the normalization its weights were trained with."""
     if _is_checkpoint(source):
         model, meta = load_model(source, device)
+        single_label_only(meta, "probing")
         if img_size and img_size != meta["img_size"]:
             raise UserError(f"{source} takes {meta['img_size']} px images: drop --img-size")
         return Backbone(model, meta["model"], tuple(meta["mean"]), tuple(meta["std"]))

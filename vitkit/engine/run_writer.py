@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "val_top1_ema", "lr",
                   "seconds", "img_per_s"]
+# multi-label runs: validation mAP instead of top-k, train_acc is the share of labels right (1 - Hamming loss)
+MULTI_LABEL_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_map", "val_map_ema", "lr", "seconds",
+                       "img_per_s"]
 
 
 class RunWriter:
@@ -54,17 +57,23 @@ class RunWriter:
         return path
 
     def epoch(self, row: dict, model: torch.nn.Module, ema: torch.nn.Module | None, improved: bool, has_val: bool,
-              state: dict, history: list[dict]) -> None:
-        """The checkpoints of an epoch, then its state (which makes the epoch count as done), then the metrics."""
+              state: dict, history: list[dict], score: str = "val_top1",
+              thresholds: dict[str, list[float]] | None = None) -> None:
+        """The checkpoints of an epoch, then its state (which makes the epoch count as done), then the metrics.
+        `score`: what selects the best model (val_top1, or multi-label val_map); `thresholds`: multi-label, each
+        label's threshold chosen on validation for the raw and the averaged weights, kept in their checkpoints."""
         if not dist.is_main():
             return
-        meta = {**self.meta, "epoch": row["epoch"], "val_top1": row["val_top1"], "weights": "raw"}
+        thresholds = thresholds or {}
+        meta = {**self.meta, "epoch": row["epoch"], score: row[score], "weights": "raw",
+                **({"thresholds": thresholds["raw"]} if "raw" in thresholds else {})}
         # Without validation the average is preferred: at the end of a decaying schedule it is the steadier model.
-        ema_better = ema is not None and (not has_val or row["val_top1_ema"] > row["val_top1"])
+        ema_better = ema is not None and (not has_val or row[f"{score}_ema"] > row[score])
         best = [self.run_dir / MODEL_FILE["best"]]
         save_model([self.run_dir / MODEL_FILE["last"]] + (best if improved and not ema_better else []), model, meta)
         if ema is not None:
-            ema_meta = {**meta, "val_top1": row["val_top1_ema"], "weights": "ema"}
+            ema_meta = {**meta, score: row[f"{score}_ema"], "weights": "ema",
+                        **({"thresholds": thresholds["ema"]} if "ema" in thresholds else {})}
             save_model([self.run_dir / EMA_FILE] + (best if improved and ema_better else []), ema, ema_meta)
         self.state(state)
         write_metrics(self.run_dir / "metrics.csv", history)
@@ -94,7 +103,10 @@ class RunWriter:
 
 def epoch_summary(row: dict, epochs: int, has_val: bool, with_ema: bool, improved: bool) -> str:
     """The log line of one epoch."""
-    if has_val:
+    if has_val and "val_map" in row:
+        ema = f" (EMA {row['val_map_ema']:.4f})" if with_ema else ""
+        val = f"val loss {row['val_loss']:.4f} mAP {row['val_map']:.4f}{ema}"
+    elif has_val:
         ema = f" (EMA {row['val_top1_ema']:.4f})" if with_ema else ""
         val = f"val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.4f}{ema} top-5 {row['val_top5']:.4f}"
     else:
@@ -105,7 +117,8 @@ def epoch_summary(row: dict, epochs: int, has_val: bool, with_ema: bool, improve
 
 def write_metrics(path: Path, history: list[dict]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    columns = MULTI_LABEL_COLUMNS if history and "val_map" in history[0] else METRIC_COLUMNS
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for row in history:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})

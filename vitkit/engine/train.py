@@ -44,6 +44,7 @@ class RunResult:
     best_epoch: int
     epochs: int
     seconds: float
+    multi_label: bool = False  # then best_val_top1 is the best validation mAP
 
 
 def new_run_dir(cfg: Config) -> Path:
@@ -189,9 +190,11 @@ def _run(cfg: Config, device: torch.device, precision: tuple, resume: str | Path
         _check_same_classes(run_dir, data)
     model, kwargs = build_model_for(cfg, data)
     init, data = _initialize(cfg, model, kwargs, data, pretrained, run_dir if resume else None)
+    multi_label = data.splits["train"].labels.ndim == 2
     meta = model_meta(cfg.model.name, kwargs, data.classes, data.mean, data.std, data_source=source_key(
         cfg.data.source), val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
-        split_seed=cfg.train.seed, config=cfg.to_dict(), **({"init": init} if init else {}))
+        split_seed=cfg.train.seed, config=cfg.to_dict(), **({"init": init} if init else {}),
+        **({"task": "multi-label"} if multi_label else {}))
     writer = RunWriter(run_dir, meta)
     _report_bad_files(data, writer, cfg.data.max_bad_fraction)
     trainer = Trainer(cfg, data, build_parts(cfg, data, model, device, bf16_weights, amp_dtype), writer, device, amp_dtype,
@@ -210,10 +213,15 @@ def _run(cfg: Config, device: torch.device, precision: tuple, resume: str | Path
         state = _fit(trainer, cfg, run_dir)
     seconds = time.perf_counter() - start
     if cfg.output.report and report is not None and dist.is_main():
-        report(run_dir, data, device, amp_dtype)
+        if multi_label:
+            log.info("no report: the report of multi-label runs is not in this version (vitkit evaluate gives the "
+                     "metrics)")
+        else:
+            report(run_dir, data, device, amp_dtype)
     if trackers:
         trackers.finish("finished", _outputs(run_dir, data, cfg))
-    return RunResult(run_dir, run_dir / MODEL_FILE["best"], state.best_top1, state.best_epoch, state.epoch, seconds)
+    return RunResult(run_dir, run_dir / MODEL_FILE["best"], state.best_top1, state.best_epoch, state.epoch, seconds,
+                     multi_label)
 
 
 def _fit(trainer: Trainer, cfg: Config, run_dir: Path):

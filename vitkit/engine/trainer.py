@@ -21,7 +21,7 @@ from ..config import Config
 from ..data import DataBundle
 from ..data.loader import Batch
 from ..errors import Interrupted, NonFiniteLoss
-from ..metrics import topk_accuracy
+from ..metrics import choose_thresholds, mean_average_precision, topk_accuracy
 from ..tracking import Trackers
 from . import dist
 from .device import autocast
@@ -29,7 +29,7 @@ from .distill import merged_logits
 from .ema import ModelEma
 from .evaluate import predict_logits
 from .interrupt import StopRequest
-from .parts import TrainParts
+from .parts import MultiLabelLoss, TrainParts
 from .progress import EpochProgress
 from .run_writer import METRIC_COLUMNS, RunWriter, epoch_summary  # noqa: F401 (METRIC_COLUMNS: metrics.csv's)
 
@@ -75,6 +75,10 @@ class Trainer:
         # A CPU step is synchronous anyway, so its loss is checked at once; on a GPU every 20 steps, unless
         # skipping bad steps is allowed (which needs the answer before the update).
         self.check_each_step = device.type == "cpu" or cfg.train.max_nonfinite_steps > 0
+        # Multi-label data: sigmoid per label, models chosen by validation mAP, per-label thresholds chosen on it
+        self.multi_label = data.splits["train"].labels.ndim == 2
+        self.score = "val_map" if self.multi_label else "val_top1"
+        self.thresholds: dict[str, list[float]] = {}  # 'raw' / 'ema' -> the last validation's F1-optimal ones
 
     @property
     def run_dir(self):
@@ -120,7 +124,8 @@ class Trainer:
                 if self.stopping() and epoch < epochs:
                     raise self._interrupted(f"after epoch {epoch}")
                 if stop:
-                    log.info("early stop: val top-1 has not improved for %d epochs", self.cfg.train.patience)
+                    log.info("early stop: val %s has not improved for %d epochs",
+                             "mAP" if self.multi_label else "top-1", self.cfg.train.patience)
                     break
         return self.state
 
@@ -161,7 +166,7 @@ class Trainer:
             if result is not None:
                 batch_loss, logits = result
                 loss_sum += batch_loss
-                correct += (logits.argmax(1) == batch.y).sum()
+                correct += hits(logits, batch.y)
                 seen += len(batch.y)
                 if self.trackers:
                     self.trackers.step((epoch - 1) * (last + 1) + step + 1, batch_loss, len(batch.y),
@@ -274,14 +279,34 @@ class Trainer:
 
     def validate(self) -> dict:
         if not self.has_val:
-            return {"val_loss": float("nan"), "val_top1": float("nan"), "val_top5": float("nan"),
-                    "val_top1_ema": float("nan")}
+            keys = ("val_loss", "val_map", "val_map_ema") if self.multi_label else \
+                ("val_loss", "val_top1", "val_top5", "val_top1_ema")
+            return dict.fromkeys(keys, float("nan"))
+        if self.multi_label:
+            return self._validate_multi_label()
         logits = self._val_logits(self.model)
         labels = self.val.labels
         row = {"val_loss": float(torch.nn.functional.cross_entropy(logits, labels)),
                "val_top1": topk_accuracy(logits, labels, 1), "val_top5": topk_accuracy(logits, labels, 5)}
         row["val_top1_ema"] = topk_accuracy(self._val_logits(self.ema.module), labels, 1) if self.ema else float("nan")
         return row
+
+    def _validate_multi_label(self) -> dict:
+        """Validation loss and mAP of the weights (and of their average), and the F1-optimal threshold of each label
+        for each (the best checkpoint keeps those of the weights it holds)."""
+        labels = self.val.labels
+        row = {}
+        for name, model in (("raw", self.model), ("ema", self.ema.module if self.ema else None)):
+            if model is None:
+                row["val_map_ema"] = float("nan")
+                continue
+            logits = self._val_logits(model)
+            score = mean_average_precision(torch.sigmoid(logits).numpy(), labels.numpy())
+            row["val_map" if name == "raw" else "val_map_ema"] = score
+            if name == "raw":
+                row["val_loss"] = float(MultiLabelLoss()(logits, labels)) / len(labels)
+            self.thresholds[name] = choose_thresholds(torch.sigmoid(logits).numpy(), labels.numpy())
+        return {"val_loss": row["val_loss"], "val_map": row["val_map"], "val_map_ema": row["val_map_ema"]}
 
     def _val_logits(self, model: torch.nn.Module) -> torch.Tensor:
         if self.val_features is not None:
@@ -297,9 +322,9 @@ class Trainer:
         s = self.state
         s.epoch = row["epoch"]
         s.history.append(row)
-        top1 = row["val_top1"]
-        if self.ema is not None and row["val_top1_ema"] > top1:  # the better of the raw and averaged weights
-            top1 = row["val_top1_ema"]
+        top1 = row[self.score]  # val top-1, or multi-label: val mAP
+        if self.ema is not None and row[f"{self.score}_ema"] > top1:  # the better of the raw and averaged weights
+            top1 = row[f"{self.score}_ema"]
         # Without validation there is nothing to compare on: the latest weights are the best we know.
         improved = not self.has_val or (not math.isnan(top1) and top1 > s.best_top1)
         if improved:
@@ -307,7 +332,7 @@ class Trainer:
         else:
             s.epochs_without_improvement += 1
         self.writer.epoch(row, self.model, self.ema.module if self.ema else None, improved, self.has_val,
-                          self.state_dict() if dist.is_main() else {}, s.history)
+                          self.state_dict() if dist.is_main() else {}, s.history, self.score, self.thresholds)
         if dist.is_main():
             log.info(epoch_summary(row, self.cfg.train.epochs, self.has_val, self.ema is not None, improved))
         self.trackers.epoch(row, s.epoch * len(self.train_loader))
@@ -325,6 +350,16 @@ class Trainer:
                               "rng_loader": self.train_loader.generator.get_state(), **rng_states()}
         if dist.is_main():
             self.writer.state(self.state_dict())
+
+
+def hits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Correct answers in a batch: images whose top class is the label, or multi-label: the share of each image's
+    known labels that the sign of its logit gets right (1 - Hamming loss), summed over the images."""
+    if y.ndim == 1:
+        return (logits.argmax(1) == y).sum()
+    known = ~torch.isnan(y)
+    right = ((logits > 0) == (y > 0.5)) & known
+    return (right.sum(1) / known.sum(1).clamp(min=1)).sum()
 
 
 def rng_states() -> dict:

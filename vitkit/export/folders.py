@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from ..engine.checkpoint import load_model
+from ..engine.checkpoint import load_model, single_label_only
 from ..errors import ExportMismatch, UserError
 from ..models.pretrained import to_transformers
 from ..optional import require
@@ -63,6 +63,7 @@ def export_folder(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLik
         raise UserError(f"unknown folder format {fmt!r}: choose one of {', '.join(FOLDER_FORMATS)}")
     library = require("timm" if fmt == "timm" else "transformers", "interop")
     model, meta = load_model(checkpoint, "cpu")
+    single_label_only(meta, "export")
     model.float().eval()
     kwargs = meta["model_kwargs"]
     _check_exportable(kwargs, fmt)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine.checkpoint import load_model
+from ..engine.checkpoint import load_model, single_label_only
 from ..engine.predict import ONNX_FORMAT, sidecar_path
 from ..errors import ExportMismatch
 from ..fileio import atomic_write
@@ -90,6 +90,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike | None = N
     ort = require("onnxruntime", "export")
     require("onnxscript", "export")
     model, meta = load_model(checkpoint, "cpu")
+    single_label_only(meta, "export")
     model.float()
     model.set_attn_impl("math")  # plain MatMul/Softmax: every runtime runs it, ONNX Runtime fuses it
     wrapper = ImageModel(model, meta["mean"], meta["std"]).eval()

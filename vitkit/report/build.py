@@ -18,7 +18,7 @@ import yaml
 
 from ..console import duration
 from ..data import MANIFEST, BadImage, Normalize, read_manifest
-from ..engine.checkpoint import MODEL_FILE, load_model
+from ..engine.checkpoint import MODEL_FILE, load_model, single_label_only
 from ..engine.evaluate import Evaluation, prepare_evaluation
 from ..errors import UserError
 from ..fileio import atomic_write
@@ -57,6 +57,7 @@ def build_report(target: str | Path, data: str | None = None, split: str | None 
     directory or checkpoint; returns the HTML file's path."""
     checkpoint, run_dir = resolve_target(target)
     ev = evaluation or prepare_evaluation(checkpoint, data, split, data_root, device, precision)
+    single_label_only(ev.meta, "the report")
     out = Path(out_dir) if out_dir else (run_dir or checkpoint.parent)
     classes = ev.meta["classes"]
     logits = ev.logits()
