@@ -54,6 +54,12 @@ class ImageSet:
         return torch.bincount(self.labels, minlength=num_classes).float()
 
 
+def is_multi_label(split: Split | None) -> bool:
+    """Whether a split's labels are multi-hot rows (label files with several labels per image; shards never are)."""
+    labels = getattr(split, "labels", None)
+    return labels is not None and labels.ndim == 2
+
+
 def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
     """Split indices per class with a seeded permutation; every class keeps at least one training image."""
     rng = np.random.default_rng(seed)

@@ -10,7 +10,7 @@ import torch
 
 from ..config import Config
 from ..data import DataBundle
-from ..data.splits import Split
+from ..data.splits import Split, is_multi_label
 from ..errors import UserError
 from . import dist
 from .device import compiled
@@ -88,7 +88,7 @@ class MultiLabelLoss(torch.nn.Module):
 def _losses(t, recipe, device: torch.device, train: Split | None = None) -> dict:
     """Summed cross-entropy on hard labels (label smoothing, class weights), and on mixed targets; for multi-label
     data binary cross-entropy for both."""
-    if train is not None and train.labels.ndim == 2:
+    if is_multi_label(train):
         pos_weight = None
         if t.balance == "loss":
             labels = train.labels
@@ -141,7 +141,7 @@ def build_distiller(cfg: Config, data: DataBundle, model: torch.nn.Module, devic
     from .distill import Distiller, check_teacher, load_teacher
 
     t = cfg.train
-    if data.splits["train"].labels.ndim == 2:
+    if is_multi_label(data.splits["train"]):
         raise UserError("distillation (--teacher) follows a teacher's classes, one per image: it does not apply to "
                         "multi-label data")
     teacher = load_teacher(t.teacher, t.teacher_weights, device)

@@ -14,6 +14,7 @@ from ..config import Config
 from ..data import BatchLoader, DataBundle
 from ..data.augment import Augment, Mix
 from ..data.loader import ShardLoader
+from ..data.splits import is_multi_label
 from ..errors import UserError
 from . import dist
 
@@ -43,7 +44,7 @@ def build_recipe(cfg: Config, data: DataBundle) -> Recipe:
     augment = Augment(scale=tuple(d.crop_scale), hflip=hflip, translate=d.translate, policy=policy,
                       ops=d.randaugment_ops, magnitude=d.randaugment_magnitude, erase=erase)
     mix = Mix(t.mixup, t.cutmix, t.mix_prob, t.mix_switch, t.label_smoothing) if t.mixup or t.cutmix else None
-    if train.labels.ndim == 2:  # multi-label: --balance loss weighs each label's positives (`parts._losses`)
+    if is_multi_label(train):  # multi-label: --balance loss weighs each label's positives (`parts._losses`)
         if t.balance == "sampler":
             raise UserError("--balance sampler draws images by class, which multi-label data does not have: use "
                             "--balance loss (each label's positives weighted by its negatives / positives)")

@@ -16,6 +16,7 @@ from ..config import Config, resume_config  # noqa: F401 (resume_config: where e
 from ..data import MANIFEST, DataBundle, is_named, load_data
 from ..data.dataset import adapt_stats, check_bad_files
 from ..data.labels import label_spec
+from ..data.splits import is_multi_label
 from ..errors import DataError, UserError, out_of_memory
 from ..fileio import DirectoryLock
 from ..models import count_flops, get_spec, model_kwargs, num_params
@@ -190,7 +191,7 @@ def _run(cfg: Config, device: torch.device, precision: tuple, resume: str | Path
         _check_same_classes(run_dir, data)
     model, kwargs = build_model_for(cfg, data)
     init, data = _initialize(cfg, model, kwargs, data, pretrained, run_dir if resume else None)
-    multi_label = data.splits["train"].labels.ndim == 2
+    multi_label = is_multi_label(data.splits["train"])
     meta = model_meta(cfg.model.name, kwargs, data.classes, data.mean, data.std, data_source=source_key(
         cfg.data.source), val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
         split_seed=cfg.train.seed, config=cfg.to_dict(), **({"init": init} if init else {}),

@@ -20,6 +20,7 @@ import torch
 from ..config import Config
 from ..data import DataBundle
 from ..data.loader import Batch
+from ..data.splits import is_multi_label
 from ..errors import Interrupted, NonFiniteLoss
 from ..metrics import choose_thresholds, mean_average_precision, topk_accuracy
 from ..tracking import Trackers
@@ -76,7 +77,7 @@ class Trainer:
         # skipping bad steps is allowed (which needs the answer before the update).
         self.check_each_step = device.type == "cpu" or cfg.train.max_nonfinite_steps > 0
         # Multi-label data: sigmoid per label, models chosen by validation mAP, per-label thresholds chosen on it
-        self.multi_label = data.splits["train"].labels.ndim == 2
+        self.multi_label = is_multi_label(data.splits["train"])
         self.score = "val_map" if self.multi_label else "val_top1"
         self.thresholds: dict[str, list[float]] = {}  # 'raw' / 'ema' -> the last validation's F1-optimal ones
 
