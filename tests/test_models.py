@@ -363,7 +363,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(monkeypatch):
 @pytest.mark.parametrize("name", ["vit_small_patch16_dinov3", "vit_base_patch16_dinov3", "vit_small_plus_patch16_dinov3",
                                   "vit_small_patch16_rope_224", "vit_small_patch16_rope_ape_224",
                                   "vit_medium_patch16_rope_reg1_gap_256", "eva02_tiny_patch14_224",
-                                  "eva02_small_patch14_336"])
+                                  "eva02_small_patch14_336", "eva02_base_patch14_224"])
 def test_rotary_positions_match_timms_eva_both_ways_at_any_size(name, tmp_path):
     """timm's Eva with DINOv3's rotary positions, and with the axial ones by patch index (RoPE-ViT, timm's register
     models, query and value biases only): the same features and logits at the trained size and others, both ways.
@@ -376,7 +376,7 @@ def test_rotary_positions_match_timms_eva_both_ways_at_any_size(name, tmp_path):
     theirs = timm.create_model(name, pretrained=False, **small).eval()
     with torch.no_grad():
         for key, p in theirs.named_parameters():
-            if "qkv" in key or key.endswith(("q_bias", "v_bias")):
+            if "qkv" in key or key.endswith(("q_bias", "v_bias")) or "_proj." in key:
                 p.normal_(0, 0.3)
             elif "gamma" in key:
                 p.uniform_(0.5, 1.5)
@@ -413,7 +413,8 @@ def test_rotary_options_that_cannot_build_are_one_line_errors():
     for options, message in ((dict(rope="alibi"), "rope must be 'dinov3', 'cat' or null"),
                              (dict(rope="cat", rope_grid_indexing="yx"), "rope_grid_indexing must be 'ij' or 'xy'"),
                              (dict(qkv_bias="k"), "qkv_bias must be true, false or 'qv'"),
-                             (dict(rope="cat", embed_dim=96, num_heads=16), "head size divisible by 4, not 6")):
+                             (dict(rope="cat", embed_dim=96, num_heads=16), "head size divisible by 4, not 6"),
+                             (dict(scale_mlp=True), r"scale_mlp \(a LayerNorm inside the MLP, EVA-02\) needs mlp_layer")):
         with pytest.raises(UserError, match=message):
             create_model("vit_tiny_patch16_224", **options)
     with pytest.raises(UserError, match="no rotary positions"):

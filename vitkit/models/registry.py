@@ -41,7 +41,7 @@ MODEL_ARGS = ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", 
               "qkv_bias", "global_pool", "drop_rate", "pos_drop_rate", "attn_drop_rate", "drop_path_rate",
               "attn_impl", "norm_eps", "stem", "stem_depth", "class_token", "reg_tokens", "no_embed_class", "pre_norm",
               "init_values", "act_layer", "mlp_layer", "fc_norm", "dist_token", "dynamic_img_size", "abs_pos_embed", "rope",
-              "rope_temperature", "rope_grid_indexing", "rope_ref_grid")
+              "rope_temperature", "rope_grid_indexing", "rope_ref_grid", "qkv_fused", "scale_mlp", "scale_attn_inner")
 
 
 def register(name: str, description: str, **kwargs) -> None:
@@ -144,6 +144,14 @@ for _size in ("tiny", "small"):  # EVA-02's small sizes: axial rotary positions 
                  num_classes=1000, embed_dim=_dim, depth=_depth, num_heads=_heads, mlp_ratio=4 * 2 / 3 * 2,
                  mlp_layer="swiglu_packed", act_layer="silu", qkv_bias="qv", global_pool="avg", rope="cat",
                  rope_temperature=10000.0, rope_ref_grid=(16, 16))
+for _size in ("base", "large"):  # and its larger sizes: three attention projections, a LayerNorm inside the MLP
+    _dim, _depth, _heads = _SIZES[_size]
+    for _img in (224, 448):
+        register(f"eva02_{_size}_patch14_{_img}", f"EVA-02-{_size[0].upper()}/14 at {_img} px: axial rotary and "
+                 "learned positions, SwiGLU MLP with a norm inside, mean pooling", img_size=_img, patch_size=14,
+                 in_chans=3, num_classes=1000, embed_dim=_dim, depth=_depth, num_heads=_heads, mlp_ratio=4 * 2 / 3,
+                 mlp_layer="swiglu", act_layer="silu", scale_mlp=True, qkv_fused=False, qkv_bias="qv",
+                 global_pool="avg", rope="cat", rope_temperature=10000.0, rope_ref_grid=(16, 16))
 _CLIP = {"base_patch16": (768, 12, 12, 16), "base_patch32": (768, 12, 12, 32), "large_patch14": (1024, 24, 16, 14)}
 for _name, (_dim, _depth, _heads, _patch) in _CLIP.items():
     _cut = f"{_name[0].upper()}/{_patch}"

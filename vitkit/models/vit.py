@@ -239,7 +239,8 @@ class Attention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool | str = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, impl: AttnImpl = "sdpa"):
+                 proj_drop: float = 0.0, impl: AttnImpl = "sdpa", qkv_fused: bool = True, inner_norm: bool = False,
+                 norm_eps: float = 1e-6):
         super().__init__()
         if dim % num_heads:
             raise UserError(
@@ -251,11 +252,17 @@ class Attention(nn.Module):
         self.impl = impl
         # qkv_bias "qv": biases for queries and values only, as timm's Eva and BEiT keep them (q_bias, v_bias; a
         # key bias would add the same amount to every key's score without rotary positions, and is held at zero)
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias is True)
-        self.q_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias == "qv" else None
-        self.register_buffer("k_bias", torch.zeros(dim) if qkv_bias == "qv" else None, persistent=False)
-        self.v_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias == "qv" else None
+        separate = qkv_bias == "qv" and qkv_fused
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias is True) if qkv_fused else None
+        self.q_bias = nn.Parameter(torch.zeros(dim)) if separate else None
+        self.register_buffer("k_bias", torch.zeros(dim) if separate else None, persistent=False)
+        self.v_bias = nn.Parameter(torch.zeros(dim)) if separate else None
+        # EVA-02's base and large: three projections (the key's without bias with "qv")
+        self.q_proj = nn.Linear(dim, dim, bias=bool(qkv_bias)) if not qkv_fused else None
+        self.k_proj = nn.Linear(dim, dim, bias=qkv_bias is True) if not qkv_fused else None
+        self.v_proj = nn.Linear(dim, dim, bias=bool(qkv_bias)) if not qkv_fused else None
         self.attn_drop = nn.Dropout(attn_drop)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps) if inner_norm else nn.Identity()  # EVA-02 CLIP: before proj
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
@@ -271,11 +278,13 @@ class Attention(nn.Module):
         """`num_queries`: only the first tokens attend (and are returned); all tokens still give keys and values.
         `rope`: (sin, cos, interleaved) of the patch tokens, the last ones, whose queries and keys are rotated."""
         B, N, C = x.shape
-        if self.q_bias is None:
-            qkv = self.qkv(x)
+        if self.qkv is None:
+            q, k, v = (p(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+                       for p in (self.q_proj, self.k_proj, self.v_proj))  # each (B, H, N, hd)
         else:
-            qkv = F.linear(x, self.qkv.weight, torch.cat([self.q_bias, self.k_bias, self.v_bias]))
-        q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, hd)
+            qkv = self.qkv(x) if self.q_bias is None else \
+                F.linear(x, self.qkv.weight, torch.cat([self.q_bias, self.k_bias, self.v_bias]))
+            q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if rope is not None:
             p = N - rope[0].shape[0]  # the prefix tokens keep their vectors
             q = torch.cat([q[:, :, :p], rotate(q[:, :, p:], *rope)], dim=2)
@@ -290,7 +299,7 @@ class Attention(nn.Module):
             attn = attn.softmax(dim=-1)
             x = self.attn_drop(attn) @ v  # (B, H, N, hd)
         x = x.transpose(1, 2).reshape(B, q.shape[2], C)  # (B, N, C), or (B, n, C)
-        x = self.proj_drop(self.proj(x))
+        x = self.proj_drop(self.proj(self.norm(x)))
         return (x, attn) if return_attn else x
 
 
@@ -345,19 +354,22 @@ class SwiGLUPacked(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    """Gated MLP with separate gate and value matrices (timm's `SwiGLU`: fc1_g, fc1_x), h hidden features."""
+    """Gated MLP with separate gate and value matrices (timm's `SwiGLU`: fc1_g, fc1_x), h hidden features; with
+    `norm_eps`, a LayerNorm of the hidden features before fc2 (EVA-02's `scale_mlp`)."""
 
-    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0, act_layer: str = "silu"):
+    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0, act_layer: str = "silu",
+                 norm_eps: float | None = None):
         super().__init__()
         self.fc1_g = nn.Linear(in_features, hidden_features)
         self.fc1_x = nn.Linear(in_features, hidden_features)
         self.act = ACTIVATIONS[act_layer]()
         self.drop1 = nn.Dropout(drop)
+        self.norm = nn.LayerNorm(hidden_features, eps=norm_eps) if norm_eps is not None else nn.Identity()
         self.fc2 = nn.Linear(hidden_features, in_features)
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1_g(x)) * self.fc1_x(x))))
+        return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1_g(x)) * self.fc1_x(x)))))
 
 
 MLP_LAYERS = {"mlp": Mlp, "swiglu_packed": SwiGLUPacked, "swiglu": SwiGLU}
@@ -383,14 +395,17 @@ class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool | str = True,
                  proj_drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
                  attn_impl: AttnImpl = "sdpa", norm_eps: float = 1e-6, init_values: float | None = None,
-                 act_layer: str = "gelu", mlp_layer: str = "mlp"):
+                 act_layer: str = "gelu", mlp_layer: str = "mlp", qkv_fused: bool = True, scale_mlp: bool = False,
+                 scale_attn_inner: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, proj_drop, impl=attn_impl)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, proj_drop, attn_impl, qkv_fused, scale_attn_inner,
+                              norm_eps)
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = MLP_LAYERS[mlp_layer](dim, int(dim * mlp_ratio), drop=proj_drop, act_layer=act_layer)
+        self.mlp = MLP_LAYERS[mlp_layer](dim, int(dim * mlp_ratio), drop=proj_drop, act_layer=act_layer,
+                                         **({"norm_eps": norm_eps} if scale_mlp else {}))
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path)
 
@@ -453,6 +468,8 @@ def _check_options(args: dict) -> None:
         raise UserError(f"rope must be 'dinov3', 'cat' or null, not {args['rope']!r}")
     if args["qkv_bias"] not in (True, False, "qv"):
         raise UserError(f"qkv_bias must be true, false or 'qv' (queries and values only), not {args['qkv_bias']!r}")
+    if args["scale_mlp"] and args["mlp_layer"] != "swiglu":
+        raise UserError("scale_mlp (a LayerNorm inside the MLP, EVA-02) needs mlp_layer 'swiglu'")
     if args["rope_grid_indexing"] not in ("ij", "xy"):
         raise UserError(f"rope_grid_indexing must be 'ij' or 'xy', not {args['rope_grid_indexing']!r}")
     if args["dynamic_img_size"] and args["stem"] != "patch":
@@ -475,7 +492,8 @@ class VisionTransformer(nn.Module):
                  mlp_layer: str = "mlp", fc_norm: bool | None = None, dist_token: bool = False,
                  dynamic_img_size: bool = False, abs_pos_embed: bool = True, rope: str | None = None,
                  rope_temperature: float = 100.0, rope_grid_indexing: Literal["ij", "xy"] = "ij",
-                 rope_ref_grid: tuple[int, int] | None = None):
+                 rope_ref_grid: tuple[int, int] | None = None, qkv_fused: bool = True, scale_mlp: bool = False,
+                 scale_attn_inner: bool = False):
         super().__init__()
         _check_options(locals())
         self.num_classes = num_classes
@@ -503,7 +521,7 @@ class VisionTransformer(nn.Module):
         rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # stochastic depth grows with depth
         self.blocks = nn.Sequential(*[
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rates[i], attn_impl, norm_eps,
-                  init_values, act_layer, mlp_layer)
+                  init_values, act_layer, mlp_layer, qkv_fused, scale_mlp, scale_attn_inner)
             for i in range(depth)
         ])
         # timm's layout: the final norm sits before pooling for the class token and attention pooling, after it for
