@@ -247,7 +247,8 @@ def test_multilabel_loss_masks_uncertain_labels_and_weighs_positives():
 
 def test_multi_label_chest_xray_layout_trains_and_evaluates_through_the_cli(flat, tmp_path):
     """`Finding Labels` with '|', `No Finding` for none, patients kept whole: sigmoid training selected by val mAP,
-    per-label thresholds in the checkpoint, evaluate's multi-label metrics; predict says it is not there yet."""
+    per-label thresholds for a sensitivity in the checkpoint, evaluate's multi-label metrics; predict says it is not
+    there yet."""
     root, images, rows = flat
     listed = [[r[0], "No Finding" if i % 7 == 0 else r[1] + ("|Mass" if i % 3 == 0 else ""), r[2]]
               for i, r in enumerate(rows)]
@@ -256,7 +257,7 @@ def test_multi_label_chest_xray_layout_trains_and_evaluates_through_the_cli(flat
              "|", "--group-column", "Patient ID", "--no-label", "No Finding"]
     r = run_cli("train", "--images", images, *flags, "--model", "vit_micro_patch7_28", "--img-size", "28",
                 "--epochs", "2", "--out", tmp_path, "--name", "multi", "--no-progress", "--val-fraction", "0.3",
-                "--set", "train.mixup=0.8", "--balance", "loss")
+                "--set", "train.mixup=0.8", "--balance", "loss", "--threshold-for", "sensitivity=0.8")
     assert r.returncode == 0, r.stderr
     assert "best val mAP" in r.stdout and "no report" in r.stderr
     metrics = list(csv.DictReader(open(tmp_path / "multi" / "metrics.csv")))
@@ -273,5 +274,8 @@ def test_multi_label_chest_xray_layout_trains_and_evaluates_through_the_cli(flat
     assert r.returncode == 0 and report["task"] == "multi-label"
     assert report["mAP"] == pytest.approx(meta["val_map"]) and set(report["per_label"]) == set(meta["classes"])
     assert [v["threshold"] for v in report["per_label"].values()] == pytest.approx(meta["thresholds"])
+    assert all(v["recall"] >= 0.8 for v in report["per_label"].values() if v["support"])  # chosen on this split
+    r = run_cli("train", "--images", images, *flags, "--threshold-for", "recall=0.9")
+    assert r.returncode == 2 and "--threshold-for must be 'f1' or 'sensitivity=S'" in r.stderr
     r = run_cli("predict", best, images)
     assert r.returncode == 2 and "multi-label models is not in this version" in r.stderr

@@ -244,6 +244,9 @@ class TrainConfig:
     feature_cache: bool = option(True, "with --freeze backbone: compute the backbone's features once (cached on disk) "
                                  "and train the head on them; false runs the backbone every step, augmenting anew",
                                  resume=REFUSE)
+    threshold_for: str = option("f1", "multi-label: each label's threshold chosen on validation for the best 'f1', or "
+                                "for a sensitivity, e.g. 'sensitivity=0.9' (the highest that finds 90% of positives)",
+                                flag="--threshold-for", resume=FREE, metavar="f1|sensitivity=S")
     layer_decay: float = option(1.0, "layer-wise lr decay: block i of L gets lr * layer_decay^(L+1-i); 1 turns it "
                                 "off", check=Range(0, 1, low_open=True), flag="--layer-decay", resume=REFUSE)
     backbone_lr_scale: float = option(1.0, "lr multiplier for everything but the head (e.g. 0.1 when fine-tuning)",
@@ -506,6 +509,21 @@ def validate_fields(obj, section: str = "", flags: bool = True) -> None:
         check_value(o, getattr(obj, o.name), (o.flag if flags and o.flag and not section else None))
 
 
+def threshold_sensitivity(text: str) -> float | None:
+    """`train.threshold_for`: None for 'f1', S for 'sensitivity=S' (0 < S <= 1)."""
+    if text == "f1":
+        return None
+    name, _, value = text.partition("=")
+    try:
+        sensitivity = float(value)
+    except ValueError:
+        sensitivity = -1.0
+    if name.strip() != "sensitivity" or not 0 < sensitivity <= 1:
+        raise UserError(f"--threshold-for must be 'f1' or 'sensitivity=S' with 0 < S <= 1 (e.g. sensitivity=0.9), "
+                        f"not {text!r}")
+    return sensitivity
+
+
 def validate(cfg: Config) -> None:
     for section in SECTIONS:
         validate_fields(getattr(cfg, section), section)
@@ -514,6 +532,7 @@ def validate(cfg: Config) -> None:
         raise UserError("data.val_fraction + data.test_fraction leave too little to train on: keep them below 0.9")
     if len(d.crop_scale) != 2 or not 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1:
         raise UserError(f"data.crop_scale must be [low, high] with 0 < low <= high <= 1, not {d.crop_scale}")
+    threshold_sensitivity(t.threshold_for)  # a one-line error for anything but f1 or sensitivity=S
     if t.batch_size % t.accum_steps:
         raise UserError(f"train.batch_size ({t.batch_size}) must be a multiple of train.accum_steps ({t.accum_steps})")
 

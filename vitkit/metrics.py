@@ -118,7 +118,8 @@ def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
 
 def choose_thresholds(probs: np.ndarray, targets: np.ndarray, sensitivity: float | None = None) -> list[float]:
     """Per-label thresholds on validation probabilities: the F1-optimal one, or with `sensitivity` the highest that
-    still finds that share of the positives; 0.5 for a label without positives."""
+    still finds that share of the positives; 0.5 for a label without positives. Each sits 1e-6 below the score it
+    is chosen at, so that the image there stays above it when its score is recomputed with other rounding."""
     from sklearn.metrics import precision_recall_curve
 
     out = []
@@ -130,9 +131,9 @@ def choose_thresholds(probs: np.ndarray, targets: np.ndarray, sensitivity: float
         precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
         if sensitivity is None:
             f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-            out.append(float(cuts[int(np.argmax(f1))]))
+            out.append(float(cuts[int(np.argmax(f1))]) - 1e-6)
         else:
-            out.append(float(cuts[np.flatnonzero(recall >= sensitivity).max()]))
+            out.append(float(cuts[np.flatnonzero(recall >= sensitivity).max()]) - 1e-6)
     return out
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config import Config
+from ..config import Config, threshold_sensitivity
 from ..data import DataBundle
 from ..data.loader import Batch
 from ..data.splits import is_multi_label
@@ -293,8 +293,8 @@ class Trainer:
         return row
 
     def _validate_multi_label(self) -> dict:
-        """Validation loss and mAP of the weights (and of their average), and the F1-optimal threshold of each label
-        for each (the best checkpoint keeps those of the weights it holds)."""
+        """Validation loss and mAP of the weights (and of their average), and each label's threshold for each, F1-optimal
+        or for `train.threshold_for`'s sensitivity (the best checkpoint keeps those of the weights it holds)."""
         labels = self.val.labels
         row = {}
         for name, model in (("raw", self.model), ("ema", self.ema.module if self.ema else None)):
@@ -306,7 +306,8 @@ class Trainer:
             row["val_map" if name == "raw" else "val_map_ema"] = score
             if name == "raw":
                 row["val_loss"] = float(MultiLabelLoss()(logits, labels)) / len(labels)
-            self.thresholds[name] = choose_thresholds(torch.sigmoid(logits).numpy(), labels.numpy())
+            self.thresholds[name] = choose_thresholds(torch.sigmoid(logits).numpy(), labels.numpy(),
+                                                      threshold_sensitivity(self.cfg.train.threshold_for))
         return {"val_loss": row["val_loss"], "val_map": row["val_map"], "val_map_ema": row["val_map_ema"]}
 
     def _val_logits(self, model: torch.nn.Module) -> torch.Tensor:
