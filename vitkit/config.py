@@ -245,7 +245,7 @@ class TrainConfig:
                                  "and train the head on them; false runs the backbone every step, augmenting anew",
                                  resume=REFUSE)
     threshold_for: str = option("f1", "multi-label: each label's threshold chosen on validation for the best 'f1', or "
-                                "for a sensitivity, e.g. 'sensitivity=0.9' (the highest that finds 90% of positives)",
+                                "for a sensitivity, e.g. 'sensitivity=0.9' (the highest that finds 9 in 10 positives)",
                                 flag="--threshold-for", resume=FREE, metavar="f1|sensitivity=S")
     layer_decay: float = option(1.0, "layer-wise lr decay: block i of L gets lr * layer_decay^(L+1-i); 1 turns it "
                                 "off", check=Range(0, 1, low_open=True), flag="--layer-decay", resume=REFUSE)
