@@ -296,19 +296,18 @@ class Trainer:
         """Validation loss and mAP of the weights (and of their average), and each label's threshold for each, F1-optimal
         or for `train.threshold_for`'s sensitivity (the best checkpoint keeps those of the weights it holds)."""
         labels = self.val.labels
-        row = {}
+        row = {"val_map_ema": float("nan")}
+        sensitivity = threshold_sensitivity(self.cfg.train.threshold_for)
         for name, model in (("raw", self.model), ("ema", self.ema.module if self.ema else None)):
             if model is None:
-                row["val_map_ema"] = float("nan")
                 continue
             logits = self._val_logits(model)
-            score = mean_average_precision(torch.sigmoid(logits).numpy(), labels.numpy())
-            row["val_map" if name == "raw" else "val_map_ema"] = score
+            probs = torch.sigmoid(logits).numpy()
+            row["val_map" if name == "raw" else "val_map_ema"] = mean_average_precision(probs, labels.numpy())
             if name == "raw":
                 row["val_loss"] = float(MultiLabelLoss()(logits, labels)) / len(labels)
-            self.thresholds[name] = choose_thresholds(torch.sigmoid(logits).numpy(), labels.numpy(),
-                                                      threshold_sensitivity(self.cfg.train.threshold_for))
-        return {"val_loss": row["val_loss"], "val_map": row["val_map"], "val_map_ema": row["val_map_ema"]}
+            self.thresholds[name] = choose_thresholds(probs, labels.numpy(), sensitivity)
+        return row
 
     def _val_logits(self, model: torch.nn.Module) -> torch.Tensor:
         if self.val_features is not None:
