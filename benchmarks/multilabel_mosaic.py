@@ -1,6 +1,7 @@
 """Multi-label learning end to end on a generated set a model can learn: 2x2 mosaics of Fashion-MNIST garments.
 
     python benchmarks/multilabel_mosaic.py [--images 6000] [--epochs 12] [--out /tmp/mosaic] [--model vit_micro_patch7_28]
+                                           [--loss bce|asl]
 
 Writes (once) OUT/images/ of 56x56 PNGs, each four cells that hold a Fashion-MNIST garment with probability 0.4 or
 stay black, so an image shows zero to four garments of up to four classes; its labels are the classes present
@@ -26,11 +27,12 @@ import numpy as np
 from PIL import Image
 
 
-def write_mosaics(out: Path, n: int, seed: int = 0) -> None:
-    """n mosaics in patients of three, and Data_Entry.csv."""
+def write_mosaics(out: Path, n: int, seed: int = 0, data_root: str | None = None) -> None:
+    """n mosaics in patients of three, and Data_Entry.csv; `data_root`: where fashion-mnist/ is (default: vitkit's
+    search, Debian's dataset-fashion-mnist among them)."""
     from vitkit.data.named import load_named
 
-    arrays, classes = load_named("fashion-mnist", None)
+    arrays, classes = load_named("fashion-mnist", data_root)
     x, y = arrays["train"]
     rng = np.random.default_rng(seed)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -58,6 +60,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--model", default="vit_micro_patch7_28")
     parser.add_argument("--out", type=Path, default=Path("/tmp/mosaic"))
+    parser.add_argument("--loss", choices=("bce", "asl"), default="bce", help="vitkit train's --multi-label-loss")
     args = parser.parse_args()
     if not (args.out / "Data_Entry.csv").exists():
         write_mosaics(args.out, args.images)
@@ -66,7 +69,8 @@ def main() -> None:
            str(args.out / "Data_Entry.csv"), "--file-column", "Image Index", "--label-column", "Finding Labels",
            "--label-sep", "|", "--no-label", "No Finding", "--group-column", "Patient ID", "--model", args.model,
            "--img-size", "56", "--epochs", str(args.epochs), "--out", str(args.out / "runs"), "--name", name,
-           "--no-progress", "--set", "data.test_fraction=0.2", "--set", "data.hflip=0"]
+           "--no-progress", "--set", "data.test_fraction=0.2", "--set", "data.hflip=0", "--multi-label-loss", args.loss,
+           "--set", "output.report=false"]
     start = time.perf_counter()
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode:
@@ -78,7 +82,8 @@ def main() -> None:
 
     ev = prepare_evaluation(args.out / "runs" / name / "best.safetensors", split="test")
     logits = ev.logits()
-    print(f"{args.model}, {args.images} mosaics at 56 px, {args.epochs} epochs, {minutes:.1f} min of training")
+    print(f"{args.model}, {args.images} mosaics at 56 px, {args.epochs} epochs, {args.loss} loss, {minutes:.1f} min "
+          "of training")
     for label, thresholds in (("thresholds chosen on val", ev.meta["thresholds"]), ("0.5 for every label", None)):
         r = multilabel_report(logits, ev.data.labels, ev.meta["classes"], thresholds)
         f1 = np.mean([v["f1"] for v in r["per_label"].values()])

@@ -5,6 +5,7 @@ import http.client
 import io
 import json
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -14,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -145,3 +147,26 @@ def _decode(data: bytes, content_type: str):
 
 def serve_command(checkpoint: Path, *options: str) -> list[str]:
     return [sys.executable, "-m", "vitkit", "serve", str(checkpoint), *options]
+
+
+def browser_or_skip():
+    """A factory for headless Chromium under Selenium (Debian's chromium and chromium-driver)."""
+    required = os.environ.get("VITKIT_REQUIRE_BROWSER") == "1"
+    chromium, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    try:
+        from selenium import webdriver
+    except ImportError:
+        webdriver = None
+    if not (chromium and driver and webdriver):
+        if required:
+            pytest.fail("VITKIT_REQUIRE_BROWSER=1 but chromium, chromedriver or selenium is missing")
+        pytest.skip("needs chromium, chromium-driver and selenium")
+
+    def start():
+        options = webdriver.ChromeOptions()
+        options.binary_location = chromium
+        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1200,800"):
+            options.add_argument(flag)
+        return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+    return start

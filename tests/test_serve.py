@@ -2,7 +2,6 @@
 import asyncio
 import json
 import os
-import shutil
 import sys
 import threading
 import time
@@ -13,7 +12,7 @@ import pytest
 
 from tests.conftest import _png_with_size, run_cli
 from vitkit.serve.batcher import Batcher, QueueFull
-from tests.serving import CLASSES, Server, image_bytes, make_checkpoint, serve_command
+from tests.serving import CLASSES, Server, browser_or_skip, image_bytes, make_checkpoint, serve_command
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -267,7 +266,7 @@ def _solid(value: int) -> bytes:
 
 
 def test_the_web_page_classifies_an_uploaded_image_in_a_browser(server, tmp_path):
-    webdriver = _browser_or_skip()
+    webdriver = browser_or_skip()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -291,29 +290,6 @@ def test_the_web_page_classifies_an_uploaded_image_in_a_browser(server, tmp_path
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     finally:
         driver.quit()
-
-
-def _browser_or_skip():
-    """A factory for headless Chromium under Selenium (Debian's chromium and chromium-driver)."""
-    required = os.environ.get("VITKIT_REQUIRE_BROWSER") == "1"
-    chromium, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
-    try:
-        from selenium import webdriver
-    except ImportError:
-        webdriver = None
-    if not (chromium and driver and webdriver):
-        if required:
-            pytest.fail("VITKIT_REQUIRE_BROWSER=1 but chromium, chromedriver or selenium is missing")
-        pytest.skip("needs chromium, chromium-driver and selenium")
-
-    def start():
-        options = webdriver.ChromeOptions()
-        options.binary_location = chromium
-        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1200,800"):
-            options.add_argument(flag)
-        return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
-    return start
 
 
 def test_batcher_groups_concurrent_images_and_keeps_their_order():

@@ -138,7 +138,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not files:
         raise UserError("no image files found in the given paths: give image files or folders of images")
     results = clf.predict(files, top_k=args.top_k, batch_size=args.batch_size)
-    print_predictions(results, "json" if args.json else args.format, min(args.top_k, len(clf.classes)))
+    print_predictions(results, "json" if args.json else args.format, min(args.top_k, len(clf.classes)),
+                      dict(zip(clf.classes, clf.thresholds)) if clf.multi_label else None)
     if args.explain:
         from .report import explain_files
 
@@ -162,6 +163,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         return _export_folder(args)
     from .export import export_onnx
 
+    if args.quantize == "int8":  # refused before the fp32 export rather than after it
+        from .engine.checkpoint import read_meta, single_label_only
+        from .export.quantize import INT8_INSTEAD
+
+        single_label_only(read_meta(args.checkpoint), "int8 quantization", INT8_INSTEAD)
     onnx_out = args.out if args.format == "onnx" else None
     result = export_onnx(args.checkpoint, onnx_out, opset=args.opset, samples=args.samples,
                          atol=args.atol if args.atol is not None else 1e-3)

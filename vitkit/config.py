@@ -247,6 +247,15 @@ class TrainConfig:
     threshold_for: str = option("f1", "multi-label: each label's threshold chosen on validation for the best 'f1', or "
                                 "for a sensitivity, e.g. 'sensitivity=0.9' (the highest that finds 9 in 10 positives)",
                                 flag="--threshold-for", resume=FREE, metavar="f1|sensitivity=S")
+    multi_label_loss: str = option("bce", "multi-label: 'bce' (binary cross-entropy per label) or 'asl' (asymmetric "
+                                   "loss: easy negatives weighed down, for images with few of many labels)",
+                                   choices=("bce", "asl"), flag="--multi-label-loss", resume=REFUSE)
+    asl_gamma_neg: float = option(4.0, "asymmetric loss: focusing power on negatives (p^gamma)", check=NOT_NEGATIVE,
+                                  resume=REFUSE)
+    asl_gamma_pos: float = option(0.0, "asymmetric loss: focusing power on positives ((1-p)^gamma)",
+                                  check=NOT_NEGATIVE, resume=REFUSE)
+    asl_clip: float = option(0.05, "asymmetric loss: probability margin; negatives below it cost nothing",
+                             check=FRACTION, resume=REFUSE)
     layer_decay: float = option(1.0, "layer-wise lr decay: block i of L gets lr * layer_decay^(L+1-i); 1 turns it "
                                 "off", check=Range(0, 1, low_open=True), flag="--layer-decay", resume=REFUSE)
     backbone_lr_scale: float = option(1.0, "lr multiplier for everything but the head (e.g. 0.1 when fine-tuning)",

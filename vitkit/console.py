@@ -146,30 +146,38 @@ def duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def print_predictions(results: list, fmt: str, columns: int) -> None:
-    """`vitkit predict`'s answer: a table of the top-k per file, or JSON / CSV for scripts (raw, never wrapped)."""
+def print_predictions(results: list, fmt: str, columns: int, thresholds: dict[str, float] | None = None) -> None:
+    """`vitkit predict`'s answer: a table of the top-k per file, or JSON / CSV for scripts (raw, never wrapped).
+    `thresholds` (multi-label models, label -> threshold): the table adds the labels that pass, the CSV each row's
+    threshold and whether it passes."""
     import csv
 
+    multi = thresholds is not None
     if fmt == "json":
         print_json([r.to_dict() for r in results])
     elif fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["file", "rank", "class", "probability", "error"])
+        writer.writerow(["file", "rank", "class", "probability", *(["threshold", "passes"] if multi else []), "error"])
         for r in results:
+            passing = {c for c, _, _ in r.labels or []}
             for rank, (c, p) in enumerate(r.top or [], 1):
-                writer.writerow([r.source, rank, c, f"{p:.6f}", ""])
+                extra = [f"{thresholds[c]:.6f}", "yes" if c in passing else "no"] if multi else []
+                writer.writerow([r.source, rank, c, f"{p:.6f}", *extra, ""])
             if r.top is None:
-                writer.writerow([r.source, "", "", "", r.error])
+                writer.writerow([r.source, "", "", "", *(["", ""] if multi else []), r.error])
         sys.stdout.flush()  # a file name that is not UTF-8 goes out as the bytes it is on disk
         sys.stdout.buffer.write(buffer.getvalue().encode("utf-8", "surrogateescape"))
         sys.stdout.buffer.flush()
     else:
-        table = Table("file", *[f"top-{i + 1}" for i in range(columns)])
+        table = Table("file", *(["labels (at their thresholds)"] if multi else []),
+                      *[f"top-{i + 1}" for i in range(columns)])
         for r in results:
-            cells = ([shown(f"{c} {p:.1%}") for c, p in r.top] if r.top is not None
-                     else [f"[red]unreadable: {shown(r.error)}[/red]"])
-            table.add_row(shown(r.source), *cells)
+            if r.top is None:
+                table.add_row(shown(r.source), f"[red]unreadable: {shown(r.error)}[/red]")
+                continue
+            passing = [", ".join(shown(f"{c} {p:.1%}") for c, p, _ in r.labels) or "[dim]none[/dim]"] if multi else []
+            table.add_row(shown(r.source), *passing, *[shown(f"{c} {p:.1%}") for c, p in r.top[:columns]])
         out.print(table)
 
 

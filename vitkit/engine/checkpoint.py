@@ -28,11 +28,11 @@ EMA_FILE = "ema.safetensors"  # the weight average's latest weights (train.ema)
 STATE_FILE = "state.pt"
 
 
-def single_label_only(meta: dict, what: str) -> None:
-    """A one-line error where a command does not handle multi-label models yet (softmax, top-k, confusion matrix)."""
+def single_label_only(meta: dict, what: str, instead: str = "") -> None:
+    """A one-line error where a command does not handle multi-label models (its check is top-1 or its probe a
+    softmax); `instead`: what to do."""
     if meta.get("task") == "multi-label":
-        raise UserError(f"{what} of multi-label models is not in this version: 'vitkit evaluate' gives their metrics "
-                        "(mAP, per-label F1 at the thresholds kept in the checkpoint)")
+        raise UserError(f"{what} of multi-label models is not in this version" + (f": {instead}" if instead else ""))
 
 
 def model_meta(name: str, kwargs: dict, classes: list[str], mean, std, **extra) -> dict:

@@ -72,16 +72,35 @@ def build_parts(cfg: Config, data: DataBundle, model: torch.nn.Module, device: t
 
 class MultiLabelLoss(torch.nn.Module):
     """Binary cross-entropy of each label's sigmoid, averaged over the labels and summed over the images; uncertain
-    targets (NaN) are left out. `pos_weight` weighs each label's positives (`--balance loss`)."""
+    targets (NaN) are left out. `pos_weight` weighs each label's positives (`--balance loss`).
 
-    def __init__(self, pos_weight: torch.Tensor | None = None):
+    With `gamma_neg`, `gamma_pos` or `clip` it is the asymmetric loss (Ridnik et al., 2021): a positive costs
+    -(1-p)^gamma_pos log p, a negative -p_m^gamma_neg log(1-p_m) with p_m = max(p - clip, 0), so the many easy
+    negatives of an image with few of many labels weigh little; soft (mixed) targets weigh both terms."""
+
+    def __init__(self, pos_weight: torch.Tensor | None = None, gamma_neg: float = 0.0, gamma_pos: float = 0.0,
+                 clip: float = 0.0):
         super().__init__()
         self.register_buffer("pos_weight", pos_weight)
+        self.gamma_neg, self.gamma_pos, self.clip = gamma_neg, gamma_pos, clip
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         known = ~torch.isnan(target)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            logits, target.nan_to_num(0.0), pos_weight=self.pos_weight, reduction="none")
+        y = target.nan_to_num(0.0)
+        if not (self.gamma_neg or self.gamma_pos or self.clip):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, pos_weight=self.pos_weight,
+                                                                        reduction="none")
+            return (loss * known).sum() / target.shape[1]
+        logits = logits.float()
+        p = torch.sigmoid(logits)
+        shifted = (p - self.clip).clamp(min=0) if self.clip else p
+        positive = torch.nn.functional.logsigmoid(logits) * (1 - p).pow(self.gamma_pos)
+        if self.pos_weight is not None:
+            positive = positive * self.pos_weight
+        # log(1 - p_m); with no clip that is logsigmoid(-x), exact where p rounds to 1
+        negative = torch.log1p(-shifted.clamp(max=1 - 1e-6)) if self.clip else torch.nn.functional.logsigmoid(-logits)
+        negative = negative * shifted.pow(self.gamma_neg)
+        loss = -(y * positive + (1 - y) * negative)
         return (loss * known).sum() / target.shape[1]
 
 
@@ -97,8 +116,13 @@ def _losses(t, recipe, device: torch.device, train: Split | None = None) -> dict
             pos_weight = (negatives / positives.clamp(min=1)).clamp(min=1.0).to(device)
             log.info("--balance loss: positive weights from %.2f to %.2f", float(pos_weight.min()),
                      float(pos_weight.max()))
-        loss = MultiLabelLoss(pos_weight).to(device)
+        asl = {"gamma_neg": t.asl_gamma_neg, "gamma_pos": t.asl_gamma_pos, "clip": t.asl_clip} \
+            if t.multi_label_loss == "asl" else {}
+        loss = MultiLabelLoss(pos_weight, **asl).to(device)
         return {"loss_fn": loss, "soft_loss_fn": loss}
+    if t.multi_label_loss != "bce":
+        raise UserError(f"--multi-label-loss {t.multi_label_loss} is for multi-label data (several labels per image): "
+                        "drop it for single-label data")
     weights = recipe.class_weights.to(device) if t.balance == "loss" else None
     return {"loss_fn": torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=t.label_smoothing, reduction="sum"),
             "soft_loss_fn": torch.nn.CrossEntropyLoss(weight=weights, reduction="sum")}

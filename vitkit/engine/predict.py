@@ -15,7 +15,7 @@ from PIL import Image
 from ..data.images import IMAGE_SUFFIXES, BadImage, decode, is_hidden, prepare
 from ..errors import UserError
 from . import allocator
-from .checkpoint import load_model, single_label_only
+from .checkpoint import load_model
 from .device import resolve_device, resolve_precision
 from .evaluate import FrozenCompiled, compiled_for_inference, predict_logits
 
@@ -27,11 +27,18 @@ class Prediction:
     source: str
     top: list[tuple[str, float]] | None  # (class, probability), best first; None when the image was unreadable
     error: str | None = None
+    # multi-label models: the labels whose sigmoid probability reaches their threshold, most probable first, as
+    # (label, probability, threshold); None for single-label models (where probabilities are a softmax)
+    labels: list[tuple[str, float, float]] | None = None
 
     def to_dict(self) -> dict:
         if self.top is None:
             return {"file": self.source, "error": self.error}
-        return {"file": self.source, "top": [{"class": c, "probability": round(p, 6)} for c, p in self.top]}
+        out = {"file": self.source}
+        if self.labels is not None:
+            out["labels"] = [{"label": c, "probability": round(p, 6), "threshold": round(t, 6)}
+                             for c, p, t in self.labels]
+        return {**out, "top": [{"class": c, "probability": round(p, 6)} for c, p in self.top]}
 
 
 def collect_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -60,7 +67,6 @@ class TorchBackend:
         allocator.tune()
         self.device = resolve_device(device)
         self.model, self.meta = load_model(checkpoint, self.device)
-        single_label_only(self.meta, "prediction (predict, serve)")
         self.amp_dtype = resolve_precision(precision, self.device)
         # `compile`: logits from `compiled_for_inference` (worth it for thousands of images); the attention maps of
         # --explain keep using the eager model
@@ -171,7 +177,10 @@ class OpenVinoBackend:
 
 class Classifier:
     """`vitkit.load(path)`: predicts classes of images with the preprocessing stored in the model file, over a
-    backend that computes logits (`TorchBackend` for a checkpoint, `OnnxBackend` for an exported model)."""
+    backend that computes logits (`TorchBackend` for a checkpoint, `OnnxBackend` for an exported model).
+
+    A multi-label model (`multi_label`) gives each label its own sigmoid probability; the labels that reach their
+    threshold (chosen on validation when it was trained, 0.5 where none was kept) are its answer."""
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, device: str = "auto", precision: str = "auto",
                  compile: bool = False, *, backend: TorchBackend | OnnxBackend | None = None):
@@ -180,6 +189,12 @@ class Classifier:
         self.classes: list[str] = self.meta["classes"]
         self.img_size: int = self.meta["img_size"]
         self.in_chans: int = self.meta["in_chans"]
+        self.multi_label: bool = self.meta.get("task") == "multi-label"
+        self.thresholds: list[float] | None = None
+        if self.multi_label:
+            kept = self.meta.get("thresholds")
+            self.thresholds = [float(t) for t in kept] if kept and len(kept) == len(self.classes) else \
+                [0.5] * len(self.classes)
 
     @property
     def runtime(self) -> str:
@@ -208,12 +223,34 @@ class Classifier:
         """uint8 (N, C, H, W) at the model's size to logits (N, K)."""
         return self.backend.logits(images, batch_size)
 
+    def probabilities(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """uint8 (N, C, H, W) at the model's size to probabilities (N, K): softmax, or per-label sigmoid."""
+        logits = self.logits(images, batch_size).float()
+        return logits.sigmoid() if self.multi_label else logits.softmax(dim=1)
+
     def top_classes(self, images: torch.Tensor, top_k: int = 5, batch_size: int = 256
                     ) -> list[list[tuple[str, float]]]:
         """uint8 (N, C, H, W) at the model's size to each image's top-k (class, probability), best first."""
-        probs = self.logits(images, batch_size).softmax(dim=1)
-        values, indices = probs.topk(min(top_k, len(self.classes)), dim=1)
-        return [[(self.classes[c], p) for c, p in zip(i, v)] for v, i in zip(values.tolist(), indices.tolist())]
+        return [top for top, _ in self.classify(images, top_k, batch_size)]
+
+    def classify(self, images: torch.Tensor, top_k: int = 5, batch_size: int = 256
+                 ) -> list[tuple[list[tuple[str, float]], list[tuple[str, float, float]] | None]]:
+        """uint8 (N, C, H, W) to (top-k (class, probability), labels that pass their threshold) per image. The labels
+        are None for single-label models; for multi-label ones the top list also holds every passing label."""
+        probs = self.probabilities(images, batch_size)
+        k = len(self.classes) if self.multi_label else min(top_k, len(self.classes))
+        values, indices = probs.topk(k, dim=1)
+        tops = [[(self.classes[c], p) for c, p in zip(i, v)] for v, i in zip(values.tolist(), indices.tolist())]
+        if not self.multi_label:
+            return [(top, None) for top in tops]
+        cuts = torch.tensor(self.thresholds)
+        answers = []
+        for top, row in zip(tops, probs):
+            passing = [(self.classes[c], float(row[c]), self.thresholds[c]) for c in (row >= cuts).nonzero()[:, 0]]
+            passing.sort(key=lambda h: -h[1])
+            named = {c for c, _, _ in passing}  # a label can pass at a low threshold below the top-k's probabilities
+            answers.append(([t for rank, t in enumerate(top) if rank < top_k or t[0] in named], passing))
+        return answers
 
     def predict(self, images, top_k: int = 5, batch_size: int = 256) -> list[Prediction]:
         """Top-k (class, probability) for each path or Pillow image; unreadable files get an error, not a crash."""
@@ -228,8 +265,9 @@ class Classifier:
                 results.append(Prediction(name, None, str(err)))
         if arrays:
             ok = iter(r for r in results if r.top is not None)
-            for top in self.top_classes(torch.from_numpy(np.stack(arrays)), top_k, batch_size):
-                next(ok).top = top
+            for top, labels in self.classify(torch.from_numpy(np.stack(arrays)), top_k, batch_size):
+                r = next(ok)
+                r.top, r.labels = top, labels
         return results
 
 

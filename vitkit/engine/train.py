@@ -214,11 +214,7 @@ def _run(cfg: Config, device: torch.device, precision: tuple, resume: str | Path
         state = _fit(trainer, cfg, run_dir)
     seconds = time.perf_counter() - start
     if cfg.output.report and report is not None and dist.is_main():
-        if multi_label:
-            log.info("no report: the report of multi-label runs is not in this version (vitkit evaluate gives the "
-                     "metrics)")
-        else:
-            report(run_dir, data, device, amp_dtype)
+        report(run_dir, data, device, amp_dtype)
     if trackers:
         trackers.finish("finished", _outputs(run_dir, data, cfg))
     return RunResult(run_dir, run_dir / MODEL_FILE["best"], state.best_top1, state.best_epoch, state.epoch, seconds,

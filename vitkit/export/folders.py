@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from ..engine.checkpoint import load_model, single_label_only
+from ..engine.checkpoint import load_model
 from ..errors import ExportMismatch, UserError
 from ..models.pretrained import to_transformers
 from ..optional import require
@@ -63,7 +63,6 @@ def export_folder(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLik
         raise UserError(f"unknown folder format {fmt!r}: choose one of {', '.join(FOLDER_FORMATS)}")
     library = require("timm" if fmt == "timm" else "transformers", "interop")
     model, meta = load_model(checkpoint, "cpu")
-    single_label_only(meta, "export")
     model.float().eval()
     kwargs = meta["model_kwargs"]
     _check_exportable(kwargs, fmt)
@@ -119,6 +118,13 @@ def _check_exportable(kwargs: dict, fmt: str) -> None:
         raise UserError(f"transformers' ViT has no {', '.join(extras)}: export this model with --format timm or onnx")
 
 
+def _task(meta: dict) -> dict:
+    """A multi-label model's task and per-label thresholds (apply a sigmoid to each logit), for config.json."""
+    if meta.get("task") != "multi-label":
+        return {}
+    return {"vitkit_task": "multi-label", "vitkit_thresholds": meta.get("thresholds") or [0.5] * len(meta["classes"])}
+
+
 def _write_timm(folder: Path, model, meta: dict) -> None:
     k = meta["model_kwargs"]
     model_args = {"img_size": k["img_size"], "patch_size": k["patch_size"], "in_chans": k["in_chans"],
@@ -133,7 +139,7 @@ def _write_timm(folder: Path, model, meta: dict) -> None:
                                  "interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": "center",
                                  "mean": meta["mean"], "std": meta["std"], "num_classes": len(meta["classes"]),
                                  "first_conv": "patch_embed.proj", "classifier": "head"},
-              "exported_by": f"vitkit {__version__}", "vitkit_model": meta["model"]}
+              "exported_by": f"vitkit {__version__}", "vitkit_model": meta["model"], **_task(meta)}
     tensors = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -149,7 +155,9 @@ def _write_transformers(folder: Path, model, meta: dict) -> None:
               "layer_norm_eps": k.get("norm_eps", 1e-6), "image_size": k["img_size"], "patch_size": k["patch_size"],
               "num_channels": k["in_chans"], "qkv_bias": k.get("qkv_bias", True), "encoder_stride": k["patch_size"],
               "id2label": {str(i): c for i, c in enumerate(classes)}, "label2id": {c: i for i, c in enumerate(classes)},
-              "torch_dtype": "float32", "exported_by": f"vitkit {__version__}", "vitkit_model": meta["model"]}
+              "torch_dtype": "float32", "exported_by": f"vitkit {__version__}", "vitkit_model": meta["model"],
+              **({"problem_type": "multi_label_classification"} if meta.get("task") == "multi-label" else {}),
+              **_task(meta)}
     processor = {"image_processor_type": "ViTImageProcessor", "do_resize": True,
                  "size": {"height": k["img_size"], "width": k["img_size"]}, "resample": 3, "do_rescale": True,
                  "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": meta["mean"], "image_std": meta["std"]}

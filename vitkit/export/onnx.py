@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine.checkpoint import load_model, single_label_only
+from ..engine.checkpoint import load_model
 from ..engine.predict import ONNX_FORMAT, sidecar_path
 from ..errors import ExportMismatch
 from ..fileio import atomic_write
@@ -57,12 +57,18 @@ class ExportResult:
 
 
 def onnx_sidecar(meta: dict, opset: int) -> dict:
-    """What a runtime needs besides the graph: classes and preprocessing (normalization is inside the graph)."""
+    """What a runtime needs besides the graph: classes and preprocessing (normalization is inside the graph); for a
+    multi-label model also the task and each label's threshold on its sigmoid probability."""
+    multi = meta.get("task") == "multi-label"
+    task = {"task": "multi-label", "thresholds": meta.get("thresholds") or [0.5] * len(meta["classes"])} if multi \
+        else {"task": "single-label"}
+    note = ("a sigmoid of each logit gives that label's probability; a label is present where it reaches its "
+            "threshold" if multi else "softmax gives probabilities")
     return {"format": ONNX_FORMAT, "vitkit_version": __version__, "model": meta["model"], "classes": meta["classes"],
-            "img_size": meta["img_size"], "in_chans": meta["in_chans"], "opset": opset,
+            **task, "img_size": meta["img_size"], "in_chans": meta["in_chans"], "opset": opset,
             "input": {"name": "image", "dtype": "uint8", "shape": ["batch", meta["in_chans"], meta["img_size"],
                                                                   meta["img_size"]], "layout": "NCHW, RGB or gray"},
-            "output": {"name": "logits", "shape": ["batch", len(meta["classes"])], "note": "softmax gives probabilities"},
+            "output": {"name": "logits", "shape": ["batch", len(meta["classes"])], "note": note},
             "preprocess": meta.get("preprocess", "resize-shorter-side-center-crop"),
             "normalization_in_graph": {"mean": meta["mean"], "std": meta["std"]}}
 
@@ -90,7 +96,6 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike | None = N
     ort = require("onnxruntime", "export")
     require("onnxscript", "export")
     model, meta = load_model(checkpoint, "cpu")
-    single_label_only(meta, "export")
     model.float()
     model.set_attn_impl("math")  # plain MatMul/Softmax: every runtime runs it, ONNX Runtime fuses it
     wrapper = ImageModel(model, meta["mean"], meta["std"]).eval()

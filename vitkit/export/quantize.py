@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine.checkpoint import read_meta, single_label_only
 from ..engine.evaluate import prepare_evaluation
 from ..engine.predict import sidecar_path
 from ..errors import ExportMismatch
@@ -29,6 +30,7 @@ from ..optional import require
 log = logging.getLogger(__name__)
 
 QUANTIZED_OPS = ["MatMul", "Gemm", "Conv"]
+INT8_INSTEAD = "export in fp32 (--quantize none), which runs with onnxruntime or openvino"  # its check is top-1
 
 
 @dataclass
@@ -60,6 +62,7 @@ def quantize_int8(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, d
     """Quantize the checked fp32 export `onnx_path` of `checkpoint` to int8 beside it, calibrated on training images
     of `data` (default: the data the checkpoint was trained on) and checked on its evaluation split."""
     require("onnxruntime", "export")
+    single_label_only(read_meta(checkpoint), "int8 quantization", INT8_INSTEAD)
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 

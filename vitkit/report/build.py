@@ -14,26 +14,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from ..console import duration
-from ..data import MANIFEST, BadImage, Normalize, read_manifest
-from ..engine.checkpoint import MODEL_FILE, load_model, single_label_only
+from ..data import BadImage, Normalize
+from ..engine.checkpoint import MODEL_FILE, load_model
 from ..engine.evaluate import Evaluation, prepare_evaluation
 from ..errors import UserError
 from ..fileio import atomic_write
 from ..metrics import calibration, classification_report, confused_pairs
 from ..runs import read_history
-from ..models import count_flops, num_params
 from ..version import __version__
 from . import figures
 from . import html as h
 from .attention import explain, overlay
+from .common import FIGURE_DIR, REPORT_FILE, fig, run_section
+from .multilabel import build_multilabel_report
 
 log = logging.getLogger(__name__)
-
-REPORT_FILE = "report.html"
-FIGURE_DIR = "report"
 
 
 def resolve_target(target: str | Path) -> tuple[Path, Path | None]:
@@ -57,8 +53,9 @@ def build_report(target: str | Path, data: str | None = None, split: str | None 
     directory or checkpoint; returns the HTML file's path."""
     checkpoint, run_dir = resolve_target(target)
     ev = evaluation or prepare_evaluation(checkpoint, data, split, data_root, device, precision)
-    single_label_only(ev.meta, "the report")
     out = Path(out_dir) if out_dir else (run_dir or checkpoint.parent)
+    if ev.meta.get("task") == "multi-label":
+        return build_multilabel_report(ev, checkpoint, run_dir, out, samples)
     classes = ev.meta["classes"]
     logits = ev.logits()
     labels = ev.data.labels.numpy()
@@ -139,14 +136,8 @@ def _attention_figure(ev: Evaluation, labels: np.ndarray, samples: int) -> bytes
     return figures.image_grid(cells, captions, columns=2 + shown_heads)
 
 
-def _split_sizes(run_dir: Path | None) -> dict[str, int]:
-    if run_dir is None or not (run_dir / MANIFEST).is_file():
-        return {}
-    return dict(Counter(split for _, _, split in read_manifest(run_dir / MANIFEST)))
-
-
 def _render(ev, checkpoint, run_dir, metrics, calib, areas, pairs, history, pngs) -> str:
-    meta, classes = ev.meta, ev.meta["classes"]
+    meta = ev.meta
     model = ev.model
     summary = [("images", f"{metrics['num_images']:,}"), ("top-1", f"{metrics['top1']:.4f}"),
                ("top-5", f"{metrics['top5']:.4f}"), ("loss", f"{metrics['loss']:.4f}"), ("MCC", f"{metrics['mcc']:.4f}"),
@@ -155,23 +146,9 @@ def _render(ev, checkpoint, run_dir, metrics, calib, areas, pairs, history, pngs
         summary.append(("macro ROC AUC", f"{metrics['roc_auc_ovr_macro']:.4f}"))
     sections = [h.section(f"{ev.split} split", h.cards(summary), "summary")]
 
-    sizes = _split_sizes(run_dir)
-    run_cards = [("model", meta["model"]), ("parameters", f"{num_params(model) / 1e6:.2f}M"),
-                 ("GFLOPs / image", f"{count_flops(model) / 1e9:.3f}"), ("input", f"{meta['img_size']}px x "
-                                                                         f"{meta['in_chans']}ch"),
-                 ("classes", str(len(classes)))]
-    run_cards += [(f"{k} images", f"{v:,}") for k, v in sizes.items()]
-    if history:
-        best = max(history, key=lambda r: r.get("val_top1", float("-inf")))
-        run_cards += [("epochs", str(len(history))), ("best epoch", str(best["epoch"])),
-                      ("training time", duration(sum(r.get("seconds", 0.0) for r in history)))]
-    body = h.cards(run_cards) + f"<p class=\"muted\">classes: {h.esc(', '.join(classes))}</p>"
-    if meta.get("config"):
-        body += "<details><summary>configuration</summary><pre>" + h.esc(yaml.safe_dump(meta["config"],
-                                                                                      sort_keys=False)) + "</pre></details>"
-    sections.append(h.section("run", body, "run"))
+    sections.append(run_section(model, meta, run_dir, history))
     if "learning_curves" in pngs:
-        sections.append(h.section("learning curves", _fig(pngs, "learning_curves"), "curves"))
+        sections.append(h.section("learning curves", fig(pngs, "learning_curves"), "curves"))
 
     rows = [[r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", r["support"]]
             for r in metrics["per_class"]]
@@ -183,28 +160,23 @@ def _render(ev, checkpoint, run_dir, metrics, calib, areas, pairs, history, pngs
         body += f"<p>positive class <b>{h.esc(b['positive_class'])}</b></p>" + h.cards(
             [(k, f"{b[k]:.4f}") for k in ("sensitivity", "specificity", "precision", "f1", "mcc", "roc_auc")])
     sections.append(h.section("per-class metrics", body, "metrics"))
-    sections.append(h.section("confusion matrix", '<div class="grid2">' + _fig(pngs, "confusion_counts")
-                              + _fig(pngs, "confusion_normalized") + "</div>", "confusion"))
-    sections.append(h.section("ROC and precision-recall", _fig(pngs, "roc_pr"), "roc"))
-    sections.append(h.section("calibration", _fig(pngs, "reliability") + "<p class=\"muted\">Expected calibration "
+    sections.append(h.section("confusion matrix", '<div class="grid2">' + fig(pngs, "confusion_counts")
+                              + fig(pngs, "confusion_normalized") + "</div>", "confusion"))
+    sections.append(h.section("ROC and precision-recall", fig(pngs, "roc_pr"), "roc"))
+    sections.append(h.section("calibration", fig(pngs, "reliability") + "<p class=\"muted\">Expected calibration "
                               "error: the average gap between confidence and accuracy, weighted by how many images "
                               "fall in each confidence bin (15 bins).</p>", "calibration"))
     if pairs:
-        sections.append(h.section("most confused pairs", "".join(_fig(pngs, f"confused_{n}")
+        sections.append(h.section("most confused pairs", "".join(fig(pngs, f"confused_{n}")
                                                                  for n in range(1, len(pairs) + 1)), "confused"))
     if "attention" in pngs:
-        sections.append(h.section("attention maps", _fig(pngs, "attention"), "attention"))
+        sections.append(h.section("attention maps", fig(pngs, "attention"), "attention"))
     if ev.bad_files:
         sections.append(h.section("skipped files", h.table(["file", "reason"], [list(b) for b in ev.bad_files]),
                                   "skipped"))
     when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     subtitle = f"{checkpoint} on {ev.source} ({ev.split}), vitkit {__version__}, {when}"
     return h.page(f"vitkit report: {meta['model']}", subtitle, sections)
-
-
-def _fig(pngs: dict, name: str) -> str:
-    png, caption = pngs[name]
-    return h.figure(png, caption, name)
 
 
 @torch.inference_mode()
@@ -223,7 +195,7 @@ def explain_files(clf, paths: list, out_dir: str | Path, top_k: int = 5) -> list
             continue
         x = normalize(torch.from_numpy(image)[None].to(clf.device))
         logits, rollout, _ = explain(clf.model, x)
-        probs = logits.softmax(dim=1)[0].cpu()
+        probs = (logits.float().sigmoid() if clf.multi_label else logits.float().softmax(dim=1))[0].cpu()
         values, indices = probs.topk(min(top_k, len(clf.classes)))
         top = [(clf.classes[int(i)], float(v)) for v, i in zip(values, indices)]
         stem = Path(path).stem

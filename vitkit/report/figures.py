@@ -23,15 +23,22 @@ def _png(fig) -> bytes:
 
 
 def learning_curves(history: list[dict]) -> bytes:
-    """Loss, top-1 and learning rate per epoch, train beside val."""
+    """Loss, top-1 (multi-label: validation mAP, of the raw and the averaged weights) and learning rate per epoch,
+    train beside val."""
     epochs = [r["epoch"] for r in history]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     axes[0].plot(epochs, [r["train_loss"] for r in history], "o-", label="train", ms=3)
     axes[0].plot(epochs, [r["val_loss"] for r in history], "o-", label="val", ms=3)
     axes[0].set(title="loss", xlabel="epoch")
-    axes[1].plot(epochs, [r["train_acc"] for r in history], "o-", label="train", ms=3)
-    axes[1].plot(epochs, [r["val_top1"] for r in history], "o-", label="val", ms=3)
-    axes[1].set(title="top-1 accuracy", xlabel="epoch")
+    if "val_map" in history[0]:
+        axes[1].plot(epochs, [r["val_map"] for r in history], "o-", label="val", ms=3)
+        if any(r.get("val_map_ema") == r.get("val_map_ema") for r in history):  # NaN where no average was kept
+            axes[1].plot(epochs, [r.get("val_map_ema", float("nan")) for r in history], "o-", label="val (EMA)", ms=3)
+        axes[1].set(title="validation mAP", xlabel="epoch")
+    else:
+        axes[1].plot(epochs, [r["train_acc"] for r in history], "o-", label="train", ms=3)
+        axes[1].plot(epochs, [r["val_top1"] for r in history], "o-", label="val", ms=3)
+        axes[1].set(title="top-1 accuracy", xlabel="epoch")
     axes[2].plot(epochs, [r["lr"] for r in history], "o-", color="gray", ms=3)
     axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
     for ax in axes[:2]:
@@ -94,6 +101,90 @@ def roc_pr_curves(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> 
     return _png(fig), areas
 
 
+def _label_color(j: int):
+    return plt.get_cmap("tab20")(j % 20)
+
+
+def multilabel_curves(probs: np.ndarray, targets: np.ndarray, classes: list[str]) -> bytes:
+    """Each label's ROC and precision-recall curve (sigmoid probability against that label's known targets; NaN
+    targets, uncertain, left out), with its area in the legend; labels without positives or negatives are skipped."""
+    from sklearn import metrics as skm
+
+    fig, (roc, pr) = plt.subplots(1, 2, figsize=(11, 4.6))
+    for j, name in enumerate(classes):
+        known = ~np.isnan(targets[:, j])
+        truth = targets[known, j] > 0.5
+        if truth.all() or not truth.any():
+            continue
+        fpr, tpr, _ = skm.roc_curve(truth, probs[known, j])
+        precision, recall, _ = skm.precision_recall_curve(truth, probs[known, j])
+        ap = skm.average_precision_score(truth, probs[known, j])
+        roc.plot(fpr, tpr, lw=1.1, color=_label_color(j), label=f"{name} ({skm.auc(fpr, tpr):.3f})")
+        pr.plot(recall, precision, lw=1.1, color=_label_color(j), label=f"{name} ({ap:.3f})")
+    roc.plot([0, 1], [0, 1], "--", color="gray", lw=0.8)
+    roc.set(title="ROC per label (AUC)", xlabel="false positive rate", ylabel="true positive rate")
+    pr.set(title="precision-recall per label (average precision)", xlabel="recall", ylabel="precision")
+    for ax in (roc, pr):
+        ax.legend(fontsize=6.5, loc="lower right" if ax is roc else "lower left", ncol=2 if len(classes) > 10 else 1)
+    return _png(fig)
+
+
+def cooccurrence(counts: np.ndarray, classes: list[str]) -> bytes:
+    """How many images carry both labels (the diagonal: each label's images), coloured off the diagonal by the share
+    of the row label's images that also carry the column label."""
+    counts = np.asarray(counts, dtype=np.float64)
+    share = counts / np.maximum(np.diag(counts)[:, None], 1)
+    np.fill_diagonal(share, np.nan)  # 1 by definition: it would wash out the rest of the scale
+    top = max(float(np.nanmax(share)) if len(classes) > 1 else 0.0, 0.05)
+    k = len(classes)
+    size = max(4.0, 0.45 * k + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    cmap = plt.get_cmap("Purples").copy()
+    cmap.set_bad("#e4e7ec")
+    image = ax.imshow(np.ma.masked_invalid(share), cmap=cmap, vmin=0, vmax=top)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the row label's images")
+    ax.set(xticks=range(k), yticks=range(k), title="label co-occurrence (images with both labels)")
+    ax.set_xticklabels(classes, rotation=45, ha="right")
+    ax.set_yticklabels(classes)
+    ax.grid(False)
+    if k <= 25:
+        for i in range(k):
+            for j in range(k):
+                dark = i != j and share[i, j] > top / 2
+                ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7,
+                        color="white" if dark else "black", fontweight="bold" if i == j else "normal")
+    return _png(fig)
+
+
+def threshold_curves(probs: np.ndarray, targets: np.ndarray, classes: list[str], thresholds: list[float],
+                     columns: int = 4) -> bytes:
+    """Per label: precision, recall and F1 as its threshold moves, with the threshold the model keeps marked."""
+    cuts = np.linspace(0.0, 1.0, 101)
+    rows = -(-len(classes) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 2.3 * rows), squeeze=False, sharex=True,
+                             sharey=True)
+    for ax in axes.flat[len(classes):]:
+        ax.axis("off")
+    for j, (ax, name) in enumerate(zip(axes.flat, classes)):
+        known = ~np.isnan(targets[:, j])
+        truth, score = targets[known, j] > 0.5, probs[known, j]
+        passed = score[None, :] >= cuts[:, None]  # (cuts, images)
+        tp = (passed & truth).sum(1)
+        precision = np.where(passed.sum(1) > 0, tp / np.maximum(passed.sum(1), 1), np.nan)
+        recall = tp / max(int(truth.sum()), 1) if truth.any() else np.full(len(cuts), np.nan)
+        f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+        ax.plot(cuts, precision, lw=1.1, label="precision")
+        ax.plot(cuts, recall, lw=1.1, label="recall")
+        ax.plot(cuts, f1, lw=1.4, color="black", label="F1")
+        ax.axvline(thresholds[j], color="#c44e52", ls="--", lw=1)
+        ax.set_title(f"{name} (threshold {thresholds[j]:.2f})", fontsize=8)
+        ax.set(xlim=(0, 1), ylim=(0, 1.02))
+    axes.flat[0].legend(fontsize=7, loc="lower left")
+    fig.supxlabel("threshold on the label's probability", fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def reliability_diagram(bins: list[dict], ece: float) -> bytes:
     """Accuracy against confidence per bin; the gap to the diagonal is miscalibration."""
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
@@ -109,13 +200,15 @@ def reliability_diagram(bins: list[dict], ece: float) -> bytes:
     return _png(fig)
 
 
-def image_grid(images: list[np.ndarray], captions: list[str], columns: int = 8, title: str = "") -> bytes:
-    """uint8 images, (C, H, W) or (H, W, 3), in a grid with a caption under each."""
+def image_grid(images: list[np.ndarray | None], captions: list[str], columns: int = 8, title: str = "") -> bytes:
+    """uint8 images, (C, H, W) or (H, W, 3), in a grid with a caption under each; None leaves its cell empty."""
     rows = max(1, -(-len(images) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(1.5 * columns, 1.75 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, caption in zip(axes.flat, images, captions):
+        if image is None:
+            continue
         if image.ndim == 3 and image.shape[0] in (1, 3):
             image = image.transpose(1, 2, 0)
         ax.imshow(image.squeeze(), cmap="gray" if image.ndim == 2 or image.shape[-1] == 1 else None, vmin=0,

@@ -1,7 +1,7 @@
 """`vitkit serve`: a trained classifier behind an HTTP API and a web page.
 
-    POST /predict   multipart images (field `file`, repeatable) -> top-k classes per image; `?explain=1` adds an
-                    attention overlay (PNG data URI) per image
+    POST /predict   multipart images (field `file`, repeatable) -> top-k classes per image (multi-label models: also
+                    the labels that pass their thresholds); `?explain=1` adds an attention overlay (PNG data URI)
     GET  /health    liveness and queue length
     GET  /model     classes, input size, runtime, limits
     GET  /          the web page: drop images, see top-k bars and where the model looked
@@ -70,8 +70,10 @@ def decode_upload(data: bytes, size: int, channels: int, max_pixels: int | None 
 def make_infer(clf: Classifier, top_k: int):
     """The batch function the batcher runs: top-k per image, and an attention overlay where asked."""
     def infer(images: list[np.ndarray], explain: list[bool]) -> list[dict]:
-        tops = clf.top_classes(torch.from_numpy(np.stack(images)), top_k, batch_size=len(images))  # (B, C, H, W)
-        results = [{"top": Prediction("", top).to_dict()["top"]} for top in tops]
+        answers = clf.classify(torch.from_numpy(np.stack(images)), top_k, batch_size=len(images))  # (B, C, H, W)
+        # multi-label models: "labels" (those at or above their threshold) before "top" (sigmoid probabilities)
+        results = [{k: v for k, v in Prediction("", top, labels=labels).to_dict().items() if k != "file"}
+                   for top, labels in answers]
         wanted = [i for i, flag in enumerate(explain) if flag]
         if wanted and clf.model is not None:
             for i, uri in zip(wanted, overlays(clf, [images[i] for i in wanted])):
@@ -161,7 +163,8 @@ def _add_info_routes(app, clf: Classifier, s: ServeSettings, name: str, batcher:
     @app.get("/model")
     async def model_info() -> dict:
         """What the server runs: model, classes, input size, runtime and the request limits."""
-        return {"name": name, "model": clf.meta.get("model"), "classes": clf.classes, "img_size": clf.img_size,
+        task = {"task": "multi-label", "thresholds": clf.thresholds} if clf.multi_label else {"task": "single-label"}
+        return {"name": name, "model": clf.meta.get("model"), "classes": clf.classes, **task, "img_size": clf.img_size,
                 "in_chans": clf.in_chans, "runtime": clf.runtime, "explain": explainable(clf, s),
                 "vitkit_version": __version__, "limits": {k: v for k, v in asdict(s).items() if k in LIMITS}}
 
