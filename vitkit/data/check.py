@@ -27,7 +27,7 @@ from ..errors import DataError
 from .dataset import convert_channels, is_named, label_splits, label_text
 from .folder import list_folder
 from .images import MAX_ASPECT_RATIO, BadImage, exif_orientation, open_image, to_mode
-from .labels import LabelSpec, find_metadata, read_labels
+from .labels import LabelSpec, labeled_by_file, read_labels
 from .named import load_named
 from .splits import assign_splits, stratified_split
 
@@ -222,7 +222,7 @@ def check_data(source: str, *, data_root: str | None = None, val_fraction: float
     """Check an image folder or a named dataset; `report.blocking` says why training could not proceed.
     `max_image_pixels`: refuse larger images as possible decompression bombs (default: as training does). With a
     label file in `labels` (or a folder with Hugging Face's metadata file), the images it lists."""
-    if labels is not None and (labels.file or (Path(source).is_dir() and find_metadata(Path(source)))):
+    if labeled_by_file(source, labels):
         return _check_labeled(Path(source), labels, val_fraction, test_fraction, seed, max_bad_fraction,
                               near_duplicate_bits, show_progress, max_image_pixels)
     if is_named(source):

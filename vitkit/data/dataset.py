@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..errors import DataError
 from .cache import cache_root, content_key, load_entry, save_entry
 from .folder import decode_all, detect_channels, scan_folder
-from .labels import LabelSpec, LabelTable, find_metadata, read_labels
+from .labels import LabelSpec, LabelTable, labeled_by_file, read_labels
 from .named import DATASETS, load_named
 from .shards import ShardSet, is_sharded, read_index, shard_channels
 from .splits import ImageSet, Split, assign_splits, iterative_split, read_manifest, stratified_split
@@ -79,7 +79,7 @@ def load_data(source: str, *, img_size: int | None = None, channels: int | None 
     file in `labels` (or a folder with Hugging Face's metadata.csv/.jsonl), the images it lists under `source`.
     """
 
-    if labels is not None and (labels.file or (Path(source).is_dir() and find_metadata(Path(source)))):
+    if labeled_by_file(source, labels):
         rows = read_manifest(manifest) if manifest is not None and manifest.exists() else None
         return _load_labeled(Path(source), labels, img_size, channels, val_fraction, test_fraction, seed, rows,
                              splits, use_cache, show_progress, max_image_pixels)

@@ -92,6 +92,11 @@ def find_metadata(folder: Path) -> Path | None:
     return found[0] if found else None
 
 
+def labeled_by_file(source, spec: LabelSpec | None) -> bool:
+    """Whether DATA's labels come from a label file: one was given, or `source` is a folder with metadata."""
+    return spec is not None and bool(spec.file or (Path(source).is_dir() and find_metadata(Path(source))))
+
+
 # ------------------------------------------------------------------------------------------------- reading
 def read_rows(path: Path, delimiter: str | None = None) -> tuple[list[str], list[tuple[int, dict]]]:
     """The columns and the (row number, row) of a CSV/TSV or JSON Lines file."""
