@@ -13,11 +13,16 @@ Then, through the CLI, `vitkit train` with the chest X-ray flags (patients kept 
 and the test split scored twice from the same logits: at the per-label thresholds the run chose on validation, and
 at 0.5 for every label (binary cross-entropy without threshold tuning). Prints mAP, mean per-label F1 and the
 training time.
+
+The rest of the way, on the test split's files: `vitkit report` (timed), `vitkit export` to ONNX, the labels that
+pass predicted by the checkpoint (PyTorch) and by the ONNX model, and each test image posted to `vitkit serve`:
+how many images get the same labels from all three.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import subprocess
 import sys
 import time
@@ -89,6 +94,44 @@ def main() -> None:
         f1 = np.mean([v["f1"] for v in r["per_label"].values()])
         print(f"  test, {label}: mAP {r['mAP']:.4f}, micro mAP {r['mAP_micro']:.4f}, mean per-label F1 {f1:.4f}, "
               f"subset accuracy {r['subset_accuracy']:.4f}, Hamming loss {r['hamming_loss']:.4f}")
+    end_to_end(args.out / "runs" / name, args.out / "images")
+
+
+def end_to_end(run: Path, images: Path) -> None:
+    """Report, ONNX export, predict with both runtimes and serve, on the run's test files."""
+    from serve_load import multipart, start_server  # benchmarks/serve_load.py
+
+    from vitkit.engine.predict import load_classifier
+
+    with open(run / "split.csv", newline="") as fh:
+        files = [images / row["id"] for row in csv.DictReader(fh) if row["split"] == "test"]
+    for step in (["report", str(run), "--split", "test"], ["export", str(run / "best.safetensors")]):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "vitkit", *step], check=True, capture_output=True)
+        print(f"  vitkit {step[0]}: {time.perf_counter() - start:.1f} s")
+    answers = {}
+    for runtime, path in (("torch", run / "best.safetensors"), ("onnx", run / "best.onnx")):
+        start = time.perf_counter()
+        predictions = load_classifier(path, runtime).predict(files)
+        answers[runtime] = [[c for c, _, _ in r.labels] for r in predictions]
+        print(f"  predict ({runtime}): {len(files) / (time.perf_counter() - start):.0f} images/s")
+    proc, port = start_server(run / "best.safetensors", 8, ["--precision", "fp32"])
+    served = []
+    try:
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for f in files:
+            body, content_type = multipart(f.read_bytes())
+            conn.request("POST", "/predict", body, {"Content-Type": content_type})
+            answer = json.loads(conn.getresponse().read())
+            served.append([x["label"] for x in answer["predictions"][0]["labels"]])
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    same = sum(a == b == c for a, b, c in zip(answers["torch"], answers["onnx"], served))
+    print(f"  the same labels from PyTorch, ONNX Runtime and the server: {same} of {len(files)} test images; "
+          f"{sum(map(bool, answers['torch']))} with at least one label")
 
 
 if __name__ == "__main__":
