@@ -97,8 +97,14 @@ def test_a_save_killed_by_sigkill_leaves_no_partial_file_under_the_final_name(tm
 # ------------------------------------------------------------------------------------------------ signals
 # bf16 weights: the bf16 working copy is rebuilt from the fp32 master on resume; the conv stem's BatchNorm statistics
 # are the master's
+# timm's model (`--model timm:NAME`): its BatchNorm statistics and EMA resume too
+TIMM_STUDENT = {"model.name": "timm:test_resnet", "model.patch_size": None, "model.embed_dim": None,
+                "model.depth": None, "model.num_heads": None, "train.ema": 0.9}
+
+
 @pytest.mark.parametrize("precision", [{}, {"train.precision": "bf16", "train.bf16_weights": True,
-                                            "model.stem": "conv", "train.ema": 0.9}], ids=["fp32", "bf16-weights"])
+                                            "model.stem": "conv", "train.ema": 0.9}, TIMM_STUDENT],
+                         ids=["fp32", "bf16-weights", "timm-resnet"])
 def test_a_signal_mid_epoch_saves_and_the_resume_is_bit_exact(image_folder, tmp_path, monkeypatch, precision):
     options = {"train.epochs": 3, "train.batch_size": 8, **precision}
     # The compared runs read the images alike, from the decode cache: a run that decoded them itself has given a

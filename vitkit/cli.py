@@ -134,6 +134,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.explain and clf.model is None:
         raise UserError("--explain needs the PyTorch checkpoint (.safetensors): attention maps are not in an exported "
                         "graph")
+    if args.explain and not clf.explainable:
+        raise UserError(f"--explain shows a ViT's attention maps; {clf.meta['model']} is timm's model and has none: "
+                        "drop --explain")
     files = collect_images(args.paths)
     if not files:
         raise UserError("no image files found in the given paths: give image files or folders of images")
@@ -346,12 +349,30 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .models import model_kwargs, model_size
 
     overrides = dict(parse_assignment(a, none_is_null=True) for a in args.set)
+    if args.model.startswith("timm:"):
+        return _info_foreign(args.model, overrides)
     kwargs = model_kwargs(args.model, **overrides)
     params, flops, n_tokens = model_size(args.model, **overrides)
     out.print(f"[bold]{args.model}[/bold]")
     for key, value in kwargs.items():
         out.print(f"  {key}: {value}", markup=False)
     out.print(f"  tokens: {n_tokens}  parameters: {params:,}  FLOPs/image: {flops / 1e9:.3f} G")
+    return 0
+
+
+def _info_foreign(name: str, overrides: dict) -> int:
+    """`vitkit info timm:NAME`: timm's model, what vitkit trains of it, and what does not apply."""
+    from .console import out
+    from .models import create_timm, model_flops, num_params
+    from .models.foreign import VIT_ONLY, default_img_size, timm_kwargs
+
+    size = int(overrides.get("img_size") or default_img_size(name))
+    model = create_timm(name, timm_kwargs(size, int(overrides.get("in_chans") or 3),
+                                          int(overrides.get("num_classes") or 1000)))
+    out.print(f"[bold]{name}[/bold]: timm's model, not a vitkit ViT", markup=True)
+    out.print(f"  {type(model).__name__} from {type(model).__module__}", markup=False)
+    out.print(f"  input: {size} px  parameters: {num_params(model):,}  FLOPs/image: {model_flops(model) / 1e9:.3f} G")
+    out.print(f"  vitkit trains, evaluates, reports, serves and exports it to ONNX; {VIT_ONLY} do not apply")
     return 0
 
 
@@ -625,7 +646,7 @@ def _model_parsers(sub) -> None:
                    "clip, siglip, reg-gap or small")
     m.set_defaults(func=cmd_models)
     i = sub.add_parser("info", help="a model's configuration, parameters and FLOPs")
-    i.add_argument("model", metavar="MODEL", help="registered model name (vitkit models)")
+    i.add_argument("model", metavar="MODEL", help="registered model name (vitkit models), or timm:NAME")
     i.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. img_size=384")
     i.set_defaults(func=cmd_info)
 

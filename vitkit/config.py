@@ -71,7 +71,8 @@ def option(default, help: str, *, choices: tuple | None = None, check: Range | N
 
 @dataclass
 class ModelConfig:
-    name: str = option("vit_mini_patch4_32", "registered model; `vitkit models` lists them", flag="--model")
+    name: str = option("vit_mini_patch4_32", "registered model (`vitkit models` lists them), or timm:NAME for timm's "
+                       "model of that name trained from scratch", flag="--model")
     img_size: int | None = option(None, "input size in pixels; null: a named dataset's own size, else the model's",
                                   check=POSITIVE, flag="--img-size")
     in_chans: int | None = option(None, "1 (grayscale) or 3 (RGB); null: from the data", choices=(None, 1, 3))

@@ -19,7 +19,7 @@ from safetensors.torch import save as st_save
 
 from ..errors import NonFiniteLoss, UserError
 from ..fileio import atomic_write
-from ..models import VisionTransformer, model_kwargs
+from ..models import VisionTransformer, create_timm, is_foreign, model_kwargs
 from ..version import __version__
 
 FORMAT = "vitkit-model/1"
@@ -93,9 +93,13 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     meta = read_meta(path)
     if not isinstance(meta.get("model"), str) or not isinstance(meta.get("model_kwargs"), dict):
         raise UserError(f"{path} is damaged: its metadata names no model; use another checkpoint")
-    kwargs = model_kwargs(meta["model"], **meta["model_kwargs"])
-    check_architecture(path, kwargs, read_header(path))
-    model = VisionTransformer(**kwargs)
+    if is_foreign(meta["model"]):  # timm's model, rebuilt by timm
+        model = create_timm(meta["model"], meta["model_kwargs"])
+        _same_tensors(path, model.state_dict(), read_header(path))
+    else:
+        kwargs = model_kwargs(meta["model"], **meta["model_kwargs"])
+        check_architecture(path, kwargs, read_header(path))
+        model = VisionTransformer(**kwargs)
     try:
         state = st_load(Path(path).read_bytes())
     except SafetensorError as err:
@@ -118,9 +122,17 @@ def check_architecture(path, kwargs: dict, header: dict) -> None:
             expected = {k: tuple(v.shape) for k, v in VisionTransformer(**kwargs).state_dict().items()}
     except (TypeError, ValueError, RuntimeError) as err:
         raise UserError(f"{damaged} ({err})") from None
+    _same_tensors(path, expected, header)
+
+
+def _same_tensors(path, expected: dict, header: dict) -> None:
+    """The tensors a model expects (name -> tensor or shape) are exactly the file's."""
+    tensors = {k: tuple(v.get("shape", ())) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+    expected = {k: tuple(getattr(v, "shape", v)) for k, v in expected.items()}
     if expected != tensors:
         wrong = sorted(set(expected) ^ set(tensors)) or [k for k in expected if expected[k] != tensors[k]]
-        raise UserError(f"{damaged} (first difference: {wrong[0]})")
+        raise UserError(f"{path} is damaged: its metadata describes another model than its weights (first "
+                        f"difference: {wrong[0]})")
 
 
 def save_state(path: str | os.PathLike, state: dict) -> None:

@@ -51,6 +51,8 @@ def build_parts(cfg: Config, data: DataBundle, model: torch.nn.Module, device: t
         return _frozen_feature_parts(cfg, data, model.to(device), device, amp_dtype)
     model = model.to(device)
     if t.grad_checkpointing:
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise UserError(f"{cfg.model.name} has no gradient checkpointing in timm: drop train.grad_checkpointing")
         model.set_grad_checkpointing(True)  # before the bf16 copy, which copies the switch
     if bf16_weights:
         dist.broadcast_module(model)  # DDP below makes the copies agree; the masters must agree too

@@ -14,6 +14,7 @@ from PIL import Image
 
 from ..data.images import IMAGE_SUFFIXES, BadImage, decode, is_hidden, prepare
 from ..errors import UserError
+from ..models import has_attention_maps
 from . import allocator
 from .checkpoint import load_model
 from .device import resolve_device, resolve_precision
@@ -204,6 +205,11 @@ class Classifier:
     def model(self) -> torch.nn.Module | None:
         """The PyTorch model (for attention maps), or None with the ONNX backend."""
         return self.backend.model
+
+    @property
+    def explainable(self) -> bool:
+        """Whether attention maps can explain the predictions: our ViT in PyTorch (not ONNX, not a timm model)."""
+        return has_attention_maps(self.backend.model)
 
     @property
     def device(self) -> torch.device:

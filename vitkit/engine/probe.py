@@ -22,7 +22,7 @@ from ..data import load_data
 from ..data.dataset import adapt_stats, check_bad_files
 from ..errors import UserError
 from ..metrics import classification_report
-from ..models import create_model, get_spec, list_models
+from ..models import create_model, get_spec, is_foreign, list_models
 from ..models.pretrained import read_source
 from . import allocator
 from .checkpoint import load_model, read_header, single_label_only
@@ -58,6 +58,9 @@ def load_backbone(source: str, model_name: str | None = None, img_size: int | No
     if _is_checkpoint(source):
         model, meta = load_model(source, device)
         single_label_only(meta, "probing")
+        if is_foreign(meta["model"]):
+            raise UserError(f"{source} holds timm's {meta['model'][5:]}: vitkit probe reads a ViT's features; give a "
+                            "vitkit ViT checkpoint or a registered model")
         if img_size and img_size != meta["img_size"]:
             raise UserError(f"{source} takes {meta['img_size']} px images: drop --img-size")
         return Backbone(model, meta["model"], tuple(meta["mean"]), tuple(meta["std"]))

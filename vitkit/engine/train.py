@@ -19,7 +19,8 @@ from ..data.labels import label_spec
 from ..data.splits import is_multi_label
 from ..errors import DataError, UserError, out_of_memory
 from ..fileio import DirectoryLock
-from ..models import count_flops, get_spec, model_kwargs, num_params
+from ..models import create_timm, get_spec, is_foreign, model_flops, model_kwargs, num_params
+from ..models.foreign import VIT_ONLY, default_img_size, timm_kwargs
 from ..models.pretrained import Pretrained, load_pretrained, read_source
 from ..models.vit import VisionTransformer
 from ..tracking import RunOutputs, Trackers, experiment_name, open_trackers
@@ -84,8 +85,32 @@ def lock_run_dir(run_dir: Path, resume: bool) -> DirectoryLock:
     return lock
 
 
+def check_foreign(cfg: Config) -> None:
+    """`--model timm:NAME`: a one-line error for each option only our ViT has."""
+    if not is_foreign(cfg.model.name):
+        return
+    m, t = cfg.model, cfg.train
+    vit = [f"model.{f.name}" for f in dataclasses.fields(m) if f.name in VIT_OPTIONS and getattr(m, f.name) is not None]
+    vit += ["model.init"] * bool(m.init) + ["train.freeze=backbone"] * (t.freeze == "backbone")
+    vit += ["train.layer_decay"] * (t.layer_decay != 1.0) + ["model.attn_impl"] * (m.attn_impl != "auto")
+    vit += ["model.attn_drop_rate"] * (m.attn_drop_rate != 0.0)
+    if vit:
+        raise UserError(f"{', '.join(vit)} {'is' if len(vit) == 1 else 'are'} for vitkit's ViT, not {m.name}: drop "
+                        f"{'it' if len(vit) == 1 else 'them'} ({VIT_ONLY} do not apply to timm's models)")
+
+
+# the ViT's own model options (`--model timm:NAME` takes img_size, in_chans, drop_rate and drop_path_rate)
+VIT_OPTIONS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "global_pool", "stem", "stem_depth",
+               "class_token", "reg_tokens", "no_embed_class", "pre_norm", "init_values", "act_layer", "mlp_layer",
+               "fc_norm", "dist_token", "dynamic_img_size", "abs_pos_embed", "rope")
+
+
 def build_model_for(cfg: Config, data: DataBundle) -> tuple[VisionTransformer, dict]:
     m = cfg.model
+    if is_foreign(m.name):  # timm's model of that name, random weights
+        kwargs = timm_kwargs(data.img_size, data.channels, len(data.classes), m.drop_rate, m.drop_path_rate)
+        torch.manual_seed(cfg.train.seed)
+        return create_timm(m.name, kwargs), kwargs
     kwargs = model_kwargs(m.name, img_size=data.img_size, in_chans=data.channels, num_classes=len(data.classes),
                           patch_size=m.patch_size, embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
                           mlp_ratio=m.mlp_ratio, global_pool=m.global_pool, drop_rate=m.drop_rate,
@@ -104,7 +129,8 @@ def _load_bundle(cfg: Config, manifest: Path, show_progress: bool = True) -> Dat
                         "cifar100)")
     img_size = cfg.model.img_size
     if img_size is None and not is_named(cfg.data.source):
-        img_size = get_spec(cfg.model.name).kwargs.get("img_size", 224)
+        img_size = default_img_size(cfg.model.name) if is_foreign(cfg.model.name) else \
+            get_spec(cfg.model.name).kwargs.get("img_size", 224)
     return load_data(cfg.data.source, img_size=img_size, channels=cfg.model.in_chans, data_root=cfg.data.root,
                      val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction, seed=cfg.train.seed,
                      manifest=manifest, splits=("train", "val"), allow_empty_classes=cfg.data.allow_empty_classes,
@@ -150,6 +176,7 @@ def _train(cfg: Config, device: torch.device, resume: str | Path | None, show_pr
         torch.set_num_threads(cfg.train.threads)
     amp_dtype = resolve_precision(cfg.train.precision, device)
     bf16_weights = use_bf16_weights(cfg.train.bf16_weights, device, amp_dtype)  # both may refuse: before any file
+    check_foreign(cfg)
     pretrained = read_source(cfg.model.init) if cfg.model.init and not resume else None  # fail before any file
     if resume and not Path(resume).is_dir():
         raise UserError(f"{resume} is not a run directory: give the folder 'vitkit train' wrote (see 'vitkit runs')")
@@ -317,7 +344,7 @@ def _restore(trainer: Trainer, run_dir: Path, cfg: Config) -> None:
 def _run_facts(cfg: Config, data: DataBundle, model: VisionTransformer, device: torch.device, amp_dtype,
                bf16_weights: bool) -> dict[str, object]:
     """What a run is besides its config: the trackers' parameters and the start of the log."""
-    return {"run.parameters": num_params(model), "run.gflops_per_image": round(count_flops(model) / 1e9, 4),
+    return {"run.parameters": num_params(model), "run.gflops_per_image": round(model_flops(model) / 1e9, 4),
             **{f"run.{k}_images": len(v) for k, v in data.splits.items()}, "run.classes": len(data.classes),
             "run.image_size": data.img_size, "run.channels": data.channels, "run.device": device_name(device),
             "run.precision": "fp32" if amp_dtype is None else "bf16 weights, fp32 master copy" if bf16_weights

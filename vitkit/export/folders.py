@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 
 from ..engine.checkpoint import load_model
 from ..errors import ExportMismatch, UserError
+from ..models import is_foreign
 from ..models.pretrained import to_transformers
 from ..optional import require
 from ..version import __version__
@@ -63,6 +64,10 @@ def export_folder(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLik
         raise UserError(f"unknown folder format {fmt!r}: choose one of {', '.join(FOLDER_FORMATS)}")
     library = require("timm" if fmt == "timm" else "transformers", "interop")
     model, meta = load_model(checkpoint, "cpu")
+    if is_foreign(meta["model"]):
+        raise UserError(f"{checkpoint} holds timm's {meta['model'][5:]} with timm's tensor names already: load it with "
+                        f"timm.create_model('{meta['model'][5:]}', num_classes={len(meta['classes'])}, in_chans="
+                        f"{meta['in_chans']}) and load_state_dict, or export it with --format onnx")
     model.float().eval()
     kwargs = meta["model_kwargs"]
     _check_exportable(kwargs, fmt)

@@ -97,7 +97,8 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike | None = N
     require("onnxscript", "export")
     model, meta = load_model(checkpoint, "cpu")
     model.float()
-    model.set_attn_impl("math")  # plain MatMul/Softmax: every runtime runs it, ONNX Runtime fuses it
+    if hasattr(model, "set_attn_impl"):  # our ViT (a timm model exports as timm wrote it)
+        model.set_attn_impl("math")  # plain MatMul/Softmax: every runtime runs it, ONNX Runtime fuses it
     wrapper = ImageModel(model, meta["mean"], meta["std"]).eval()
     out = Path(out) if out else Path(checkpoint).with_suffix(".onnx")
     c, s = meta["in_chans"], meta["img_size"]

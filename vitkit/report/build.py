@@ -21,6 +21,7 @@ from ..engine.evaluate import Evaluation, prepare_evaluation
 from ..errors import UserError
 from ..fileio import atomic_write
 from ..metrics import calibration, classification_report, confused_pairs
+from ..models import has_attention_maps
 from ..runs import read_history
 from ..version import __version__
 from . import figures
@@ -116,7 +117,7 @@ def _sample_indices(labels: np.ndarray, count: int) -> list[int]:
 
 def _attention_figure(ev: Evaluation, labels: np.ndarray, samples: int) -> bytes | None:
     idx = _sample_indices(labels, samples)
-    if not idx:
+    if not idx or not has_attention_maps(ev.model):  # a timm model has no attention maps to show
         return None
     images = ev.data.images[idx]
     x = Normalize(ev.meta["mean"], ev.meta["std"], ev.device)(images.to(ev.device))

@@ -8,7 +8,7 @@ import yaml
 
 from ..console import duration
 from ..data import MANIFEST, read_manifest
-from ..models import count_flops, num_params
+from ..models import model_flops, num_params
 from . import html as h
 
 REPORT_FILE = "report.html"
@@ -26,7 +26,7 @@ def run_section(model, meta: dict, run_dir: Path | None, history: list[dict], sc
     """The model, its size, the split sizes, the epochs (best by `score`) and the configuration."""
     classes = meta["classes"]
     cards = [("model", meta["model"]), ("parameters", f"{num_params(model) / 1e6:.2f}M"),
-             ("GFLOPs / image", f"{count_flops(model) / 1e9:.3f}"),
+             ("GFLOPs / image", f"{model_flops(model) / 1e9:.3f}"),
              ("input", f"{meta['img_size']}px x {meta['in_chans']}ch"), (kind, str(len(classes)))]
     cards += [(f"{k} images", f"{v:,}") for k, v in split_sizes(run_dir).items()]
     if history:

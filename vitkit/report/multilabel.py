@@ -17,6 +17,7 @@ import torch
 from ..data import Normalize
 from ..fileio import atomic_write
 from ..metrics import multilabel_report
+from ..models import has_attention_maps
 from ..runs import read_history
 from ..version import __version__
 from . import figures
@@ -110,7 +111,7 @@ def _sample_indices(targets: np.ndarray, count: int) -> list[int]:
 
 def _attention_figure(ev, targets: np.ndarray, cuts: np.ndarray, samples: int) -> bytes | None:
     idx = _sample_indices(targets, samples)
-    if not idx:
+    if not idx or not has_attention_maps(ev.model):  # a timm model has no attention maps to show
         return None
     classes = ev.meta["classes"]
     images = ev.data.images[idx]

@@ -75,7 +75,7 @@ def make_infer(clf: Classifier, top_k: int):
         results = [{k: v for k, v in Prediction("", top, labels=labels).to_dict().items() if k != "file"}
                    for top, labels in answers]
         wanted = [i for i, flag in enumerate(explain) if flag]
-        if wanted and clf.model is not None:
+        if wanted and clf.explainable:
             for i, uri in zip(wanted, overlays(clf, [images[i] for i in wanted])):
                 results[i]["overlay"] = uri
         return results
@@ -175,7 +175,7 @@ def _add_info_routes(app, clf: Classifier, s: ServeSettings, name: str, batcher:
 
 def explainable(clf: Classifier, s: ServeSettings) -> bool:
     """Whether `?explain=1` is answered: the model runs in torch (not ONNX) and `--no-explain` was not given."""
-    return clf.model is not None and not s.no_explain
+    return clf.explainable and not s.no_explain
 
 
 def _add_docs_route(app) -> None:
@@ -212,7 +212,8 @@ def _add_predict_route(app, clf: Classifier, s: ServeSettings, name: str, batche
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             return error_response(415, "send the images as multipart/form-data, one or more fields named 'file'")
         if explain and not explainable(clf, s):
-            why = "are turned off on this server" if s.no_explain else "need the torch runtime"
+            why = "are turned off on this server" if s.no_explain else \
+                "need the torch runtime" if clf.model is None else "need a ViT (this model is timm's)"
             return error_response(403, f"attention overlays {why}: ask without ?explain")
         form = await request.form()
         uploads = [v for _, v in form.multi_items() if hasattr(v, "filename") and hasattr(v, "read")]
