@@ -78,3 +78,12 @@ def test_timm_names_are_checked_and_info_says_the_model_is_not_ours():
     assert r.returncode == 2 and "use --model timm:resnet18" in r.stderr
     r = run_cli("info", "timm:test_resnet", "--set", "img_size=32", "--set", "num_classes=3")
     assert r.returncode == 0 and "timm's model, not a vitkit ViT" in r.stdout and "parameters: " in r.stdout
+
+
+def test_an_unnamed_run_of_a_timm_model_gets_a_folder_name_without_a_colon(timm_run, tmp_path):
+    data = timm_run[0]
+    r = run_cli("train", data, "--model", "timm:test_resnet", "--img-size", "16", "--epochs", "1", "--out", tmp_path,
+                "--no-progress", "--set", "output.report=false")
+    assert r.returncode == 0, r.stderr
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert run.name.startswith("data-timm-test_resnet-") and (run / "best.safetensors").is_file()

@@ -252,7 +252,8 @@ class Classifier:
         cuts = torch.tensor(self.thresholds)
         answers = []
         for top, row in zip(tops, probs):
-            passing = [(self.classes[c], float(row[c]), self.thresholds[c]) for c in (row >= cuts).nonzero()[:, 0]]
+            passing = [(self.classes[c], float(row[c]), self.thresholds[c])
+                       for c in (row >= cuts).nonzero()[:, 0].tolist()]
             passing.sort(key=lambda h: -h[1])
             named = {c for c, _, _ in passing}  # a label can pass at a low threshold below the top-k's probabilities
             answers.append(([t for rank, t in enumerate(top) if rank < top_k or t[0] in named], passing))

@@ -61,7 +61,8 @@ def new_run_dir(cfg: Config) -> Path:
                             "or choose another --name")
         run_dir.mkdir(exist_ok=True)
         return run_dir
-    base = parent / f"{experiment_name(cfg)}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    model = cfg.model.name.replace(":", "-")  # timm:resnet18 -> timm-resnet18: no colon in a folder name
+    base = parent / f"{experiment_name(cfg)}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir, n = base, 1
     while True:
         try:
@@ -273,7 +274,7 @@ def _outputs(run_dir: Path, data: DataBundle, cfg: Config) -> RunOutputs:
     images = getattr(split, "images", None)
     example = images[:2].numpy() if isinstance(images, torch.Tensor) and len(images) else None
     return RunOutputs(run_dir, run_dir / MODEL_FILE["best"], example,
-                      f"{experiment_name(cfg)}-{cfg.model.name}")
+                      f"{experiment_name(cfg)}-{cfg.model.name.replace(':', '-')}")
 
 
 def _check_same_classes(run_dir: Path, data: DataBundle) -> None:
