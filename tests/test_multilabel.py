@@ -148,3 +148,19 @@ def _page_shows_the_labels(server: Server, files: list[Path], answers: list[dict
         assert "multi-label, 4 labels" in driver.find_element(By.ID, "model-info").text
     finally:
         driver.quit()
+
+
+def test_the_mlflow_model_gives_the_labels_that_pass(trained):
+    pytest.importorskip("mlflow")
+    import vitkit
+    from vitkit.tracking.mlflow_model import VitkitModel
+
+    root, run, _ = trained
+    clf = vitkit.load(run / "best.safetensors")
+    files = sorted((root / "images").iterdir())[:10]
+    pyfunc = VitkitModel()
+    pyfunc.classifier = clf  # what load_context builds from the logged checkpoint
+    table = pyfunc.predict(None, np.stack([clf.preprocess(f) for f in files]))
+    assert list(table["labels"]) == ["|".join(sorted((c for c, _, _ in p.labels), key=clf.classes.index))
+                                     for p in clf.predict(files)]
+    assert ((table[[f"p_{c}" for c in clf.classes]] >= 0) & (table[[f"p_{c}" for c in clf.classes]] <= 1)).all().all()

@@ -4,7 +4,9 @@ it loads the model; vitkit must be installed there).
     model = mlflow.pyfunc.load_model("models:/fashion-mnist-vit_mini_patch4_32/1")
     model.predict(images)  # uint8 (N, C, H, W) at the model's size, as vitkit.load(...).preprocess(path) gives
 
-returns a DataFrame with each image's class, its probability, and one probability column per class.
+returns a DataFrame with each image's class, its probability, and one probability column per class; for a multi-label
+model the probabilities are each label's sigmoid, and a `labels` column joins (with '|') those that reach their
+thresholds.
 """
 from __future__ import annotations
 
@@ -24,10 +26,13 @@ class VitkitModel(mlflow.pyfunc.PythonModel):
         images = np.asarray(model_input, dtype=np.uint8)
         if images.ndim == 3:  # one image
             images = images[None]
-        probs = self.classifier.logits(torch.from_numpy(np.ascontiguousarray(images))).softmax(dim=1).numpy()
+        probs = self.classifier.probabilities(torch.from_numpy(np.ascontiguousarray(images))).numpy()
         classes = self.classifier.classes
         best = probs.argmax(axis=1)
         table = {"class": [classes[i] for i in best], "probability": probs[np.arange(len(best)), best]}
+        if self.classifier.multi_label:
+            passing = probs >= np.asarray(self.classifier.thresholds)
+            table["labels"] = ["|".join(c for c, hit in zip(classes, row) if hit) for row in passing]
         table.update({f"p_{c}": probs[:, k] for k, c in enumerate(classes)})
         return pd.DataFrame(table)
 
