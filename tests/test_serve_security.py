@@ -17,7 +17,7 @@ from PIL import Image
 from tests.conftest import run_cli
 from tests.serving import Server, image_bytes, make_checkpoint, serve_command
 from tests.test_hardening import _jpeg_with_broken_exif
-from tests.test_serve import _browser_or_skip
+from tests.serving import browser_or_skip
 from vitkit.serve.batcher import DecodePool, QueueFull
 
 pytest.importorskip("fastapi")
@@ -82,7 +82,7 @@ def test_no_explain_refuses_overlays_and_docs_are_pinned_and_off_by_default(guar
 
 
 def test_the_page_asks_for_the_token_once_and_classifies(guarded, tmp_path):
-    webdriver = _browser_or_skip()
+    webdriver = browser_or_skip()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
