@@ -6,7 +6,6 @@ confused class pairs with their images, and attention maps of sample images.
 """
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 from collections import Counter
@@ -23,11 +22,10 @@ from ..fileio import atomic_write
 from ..metrics import calibration, classification_report, confused_pairs
 from ..models import has_attention_maps
 from ..runs import read_history
-from ..version import __version__
 from . import figures
 from . import html as h
 from .attention import explain, overlay
-from .common import FIGURE_DIR, REPORT_FILE, fig, run_section
+from .common import FIGURE_DIR, REPORT_FILE, fig, finish_page, run_section
 from .multilabel import build_multilabel_report
 
 log = logging.getLogger(__name__)
@@ -170,14 +168,7 @@ def _render(ev, checkpoint, run_dir, metrics, calib, areas, pairs, history, pngs
     if pairs:
         sections.append(h.section("most confused pairs", "".join(fig(pngs, f"confused_{n}")
                                                                  for n in range(1, len(pairs) + 1)), "confused"))
-    if "attention" in pngs:
-        sections.append(h.section("attention maps", fig(pngs, "attention"), "attention"))
-    if ev.bad_files:
-        sections.append(h.section("skipped files", h.table(["file", "reason"], [list(b) for b in ev.bad_files]),
-                                  "skipped"))
-    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    subtitle = f"{checkpoint} on {ev.source} ({ev.split}), vitkit {__version__}, {when}"
-    return h.page(f"vitkit report: {meta['model']}", subtitle, sections)
+    return finish_page(ev, checkpoint, pngs, sections, f"vitkit report: {meta['model']}")
 
 
 @torch.inference_mode()

@@ -1,6 +1,7 @@
 """What the single-label and the multi-label report share: the run section and figures placed in the page."""
 from __future__ import annotations
 
+import datetime
 from collections import Counter
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import yaml
 from ..console import duration
 from ..data import MANIFEST, read_manifest
 from ..models import model_flops, num_params
+from ..version import __version__
 from . import html as h
 
 REPORT_FILE = "report.html"
@@ -43,3 +45,14 @@ def run_section(model, meta: dict, run_dir: Path | None, history: list[dict], sc
 def fig(pngs: dict, name: str) -> str:
     png, caption = pngs[name]
     return h.figure(png, caption, name)
+
+
+def finish_page(ev, checkpoint, pngs: dict, sections: list[str], title: str) -> str:
+    """The page of either report: its sections, then the attention maps and the skipped files where there are any."""
+    if "attention" in pngs:
+        sections.append(h.section("attention maps", fig(pngs, "attention"), "attention"))
+    if ev.bad_files:
+        sections.append(h.section("skipped files", h.table(["file", "reason"], [list(b) for b in ev.bad_files]),
+                                  "skipped"))
+    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    return h.page(title, f"{checkpoint} on {ev.source} ({ev.split}), vitkit {__version__}, {when}", sections)

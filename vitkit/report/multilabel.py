@@ -7,7 +7,6 @@ most clearly missed positives of each label, and attention maps of sample images
 """
 from __future__ import annotations
 
-import datetime
 import json
 from pathlib import Path
 
@@ -19,11 +18,10 @@ from ..fileio import atomic_write
 from ..metrics import multilabel_report
 from ..models import has_attention_maps
 from ..runs import read_history
-from ..version import __version__
 from . import figures
 from . import html as h
 from .attention import explain, overlay
-from .common import FIGURE_DIR, REPORT_FILE, fig, run_section
+from .common import FIGURE_DIR, REPORT_FILE, fig, finish_page, run_section
 
 MISTAKES = 6  # images per row of a label's mistakes figure
 MISTAKE_LABELS = 16  # labels with a mistakes figure, those with the most mistakes first
@@ -166,11 +164,4 @@ def _render(ev, checkpoint, run_dir, metrics: dict, history: list[dict], pngs: d
     if mistakes:
         sections.append(h.section("most confident mistakes per label", "".join(fig(pngs, m) for m in mistakes),
                                   "mistakes"))
-    if "attention" in pngs:
-        sections.append(h.section("attention maps", fig(pngs, "attention"), "attention"))
-    if ev.bad_files:
-        sections.append(h.section("skipped files", h.table(["file", "reason"], [list(b) for b in ev.bad_files]),
-                                  "skipped"))
-    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    subtitle = f"{checkpoint} on {ev.source} ({ev.split}), vitkit {__version__}, {when}"
-    return h.page(f"vitkit report: {meta['model']} (multi-label)", subtitle, sections)
+    return finish_page(ev, checkpoint, pngs, sections, f"vitkit report: {meta['model']} (multi-label)")
