@@ -20,12 +20,41 @@ def dataset(n=50, classes=5, c=1, size=8):
 
 
 def test_full_crop_without_flip_is_identity_and_flip_mirrors():
-    x = images()
-    plain = Augment(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0)
+    """At crop scale 1 the aspect range cannot apply (the crop would not fit): each image is itself or its mirror."""
+    x = images(40)
+    plain = Augment(scale=(1.0, 1.0), hflip=0.0)
     g = torch.Generator().manual_seed(0)
     torch.testing.assert_close(plain.apply(x, plain.draw(len(x), g), IDENTITY), x.float())
-    flip = Augment(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=1.0)
+    flip = Augment(scale=(1.0, 1.0), hflip=1.0)
     torch.testing.assert_close(flip.apply(x, flip.draw(len(x), g), IDENTITY), x.float().flip(-1), atol=1e-3, rtol=0)
+    either = Augment(scale=(1.0, 1.0), hflip=0.5)
+    p = either.draw(len(x), g)
+    out = either.apply(x, p, IDENTITY)
+    mirrored, exact = either.view_keys(p)
+    assert exact.all() and 0 < int(mirrored.sum()) < len(x)
+    torch.testing.assert_close(out, torch.where(mirrored.bool().view(-1, 1, 1, 1), x.float().flip(-1), x.float()),
+                               atol=1e-3, rtol=0)
+    for m in (False, True):
+        torch.testing.assert_close(either.view(x, m, IDENTITY), x.float().flip(-1) if m else x.float(), atol=1e-3,
+                                   rtol=0)
+
+
+def test_random_resized_crops_keep_their_drawn_area():
+    """The aspect is drawn where a crop of the drawn area fits, so no side is clamped and the area holds."""
+    size = 64
+    ramp = (torch.arange(size) * 4).to(torch.uint8)
+    columns = ramp.view(1, 1, 1, size).expand(300, 1, size, size).contiguous()  # each pixel: its column
+    rows = columns.transpose(2, 3).contiguous()  # each pixel: its row
+    crop = Augment(scale=(0.9, 0.9), hflip=0.0)
+    p = crop.draw(len(columns), torch.Generator().manual_seed(0))
+
+    def extent(x):  # the share of the side the crop spans, from the range of the sampled ramp
+        out = crop.apply(x, p, IDENTITY)
+        return (out.amax(dim=(1, 2, 3)) - out.amin(dim=(1, 2, 3))) / 4 / (size - 1)
+
+    area = extent(columns) * extent(rows)
+    assert float(area.min()) > 0.87 and float(area.max()) < 0.93
+
 
 
 @pytest.mark.parametrize("policy", ["trivial", "randaugment"])

@@ -1,4 +1,6 @@
 """Distillation (DeiT): the losses, the two heads, teachers from vitkit and timm, exact resume, one-line errors."""
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,7 +9,8 @@ from safetensors.torch import load_file
 import vitkit
 from tests.conftest import TINY_MODEL, run_cli
 from tests.test_train import _interrupt_after, config
-from vitkit.engine.distill import Distiller, Teacher, distillation_loss
+from vitkit.data import Augment, BatchLoader, ImageSet
+from vitkit.engine.distill import Distiller, Teacher, cache_teacher, distillation_loss
 
 
 def test_distillation_losses_are_the_hand_computed_ones():
@@ -67,6 +70,38 @@ def test_a_teacher_that_disagrees_with_the_labels_pulls_the_student():
     assert (predicted == k).float().mean() > 0.95 and (predicted == labels).float().mean() < 0.05
 
 
+def _linear_distiller():
+    torch.manual_seed(0)
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)).eval()
+    return Distiller(Teacher(linear, "linear", None, 3, (0.5,), (0.25,), 1, None), (0.5,), (0.25,))
+
+
+def test_cached_teacher_logits_are_those_of_each_augmented_view():
+    """Flips only, with random erasing: the teacher's logits of every unerased image come from the cache and equal
+    those it computes on the batch the loader made; erased images are shown to it live."""
+    g = torch.Generator().manual_seed(0)
+    data = ImageSet(torch.randint(0, 256, (64, 1, 8, 8), generator=g, dtype=torch.uint8), torch.arange(64) % 3,
+                    [str(i) for i in range(64)])
+    loader = BatchLoader(data, 16, (0.5,), (0.25,), torch.device("cpu"), shuffle=True,
+                         augment=Augment(scale=(1.0, 1.0), erase=0.3))
+    distiller = _linear_distiller()
+    assert cache_teacher(distiller, loader, epochs=3, batch_size=16)
+    assert distiller.cache.shape == (128, 3)
+    live = mirrored = 0
+    for seed in (1, 2):
+        loader.set_epoch_seed(seed)
+        for batch in loader:
+            live += int((batch.views < 0).sum())
+            mirrored += int((batch.views % 2 == 1).sum())
+            torch.testing.assert_close(distiller.batch_logits(batch.x, batch.views), distiller.teacher_logits(batch.x))
+    assert 0 < live < 128 and 0 < mirrored < 128
+    cropping = BatchLoader(data, 16, (0.5,), (0.25,), torch.device("cpu"), shuffle=True,
+                           augment=Augment(scale=(0.8, 1.0)))
+    distiller = _linear_distiller()
+    assert not cache_teacher(distiller, cropping, epochs=3, batch_size=16)
+    assert distiller.cache is None and next(iter(cropping)).views is None
+
+
 @pytest.fixture(scope="module")
 def teacher(fake_mnist, tmp_path_factory):
     """A vitkit checkpoint trained one epoch on the fake Fashion-MNIST."""
@@ -106,9 +141,12 @@ def test_a_timm_teacher_with_local_weights(fake_mnist, tmp_path):
     assert result.epochs == 1 and (result.run_dir / "best.safetensors").is_file()
 
 
-def test_resuming_a_distillation_run_is_exact(fake_mnist, teacher, tmp_path, monkeypatch):
+def test_resuming_a_distillation_run_is_exact(fake_mnist, teacher, tmp_path, monkeypatch, caplog):
+    """With the teacher's logits cached (flips and erasing only), computed again in the resumed process."""
     extra = {"train.epochs": 2, "output.report": False, "train.teacher": str(teacher),
-             "model.dist_token": True, "train.distill": "soft", "train.distill_tau": 2.0}
+             "model.dist_token": True, "train.distill": "soft", "train.distill_tau": 2.0,
+             "data.crop_scale": [1.0, 1.0], "data.policy": "none", "data.erase": 0.25}
+    caplog.set_level(logging.INFO, logger="vitkit")
     whole = vitkit.train(config(tmp_path, "fashion-mnist", str(fake_mnist), **{**extra, "output.name": "whole"}),
                          show_progress=False)
     with monkeypatch.context() as m:
@@ -120,6 +158,7 @@ def test_resuming_a_distillation_run_is_exact(fake_mnist, teacher, tmp_path, mon
     resumed = vitkit.train(vitkit.engine.train.resume_config(run), resume=run, show_progress=False)
     a, b = load_file(whole.run_dir / "last.safetensors"), load_file(resumed.run_dir / "last.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert caplog.text.count("as they are and mirrored, computed once") == 3
 
 
 @pytest.mark.parametrize("teacher, message", [

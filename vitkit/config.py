@@ -242,6 +242,9 @@ class TrainConfig:
     distill_alpha: float = option(0.5, "weight of the distillation loss; the label loss gets 1 - alpha",
                                   check=PROBABILITY, resume=REFUSE)
     distill_tau: float = option(1.0, "soft distillation's temperature", check=POSITIVE, resume=REFUSE)
+    teacher_cache: bool = option(True, "compute the teacher's logits once per image and view when the augmentation "
+                                 "is flips only (erased images live); false runs the teacher on every batch",
+                                 resume=WARN)
     feature_cache: bool = option(True, "with --freeze backbone: compute the backbone's features once (cached on disk) "
                                  "and train the head on them; false runs the backbone every step, augmenting anew",
                                  resume=REFUSE)

@@ -65,6 +65,26 @@ class Augment:
             p["erase_seed"] = torch.randint(2 ** 62, (n,), generator=generator)
         return p
 
+    # ------------------------------------------------------------------------------------------ views
+    @property
+    def flip_only(self) -> bool:
+        """Whether each image's warp is one of two views, as it is or mirrored: no crop, translation or policy.
+        Random erasing may come on top (it changes only the images it draws)."""
+        return self.scale == (1.0, 1.0) and self.translate == 0 and self.policy == "none"
+
+    def view_keys(self, p: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """For a flip-only augmentation: each image's view (1 mirrored, 0 not) and whether `apply` returns exactly
+        that view (False where random erasing draws the image)."""
+        mirrored = (p["warp"][:, 4] < self.hflip).long()
+        exact = p["erase"][:, 0] >= self.erase if "erase" in p else torch.ones(len(mirrored), dtype=torch.bool)
+        return mirrored, exact
+
+    def view(self, images: torch.Tensor, mirrored: bool, normalize) -> torch.Tensor:
+        """`images` as `apply` returns them for the view `mirrored` of a flip-only augmentation, unerased."""
+        u = torch.full((len(images), 7), 0.5)
+        u[:, 4] = 0.0 if mirrored else 1.0  # flip where u < hflip: never at 1.0, always at 0.0 when hflip > 0
+        return self.apply(images, {"warp": u}, normalize)
+
     # ------------------------------------------------------------------------------------------ apply
     def apply(self, images: torch.Tensor, p: dict[str, torch.Tensor], normalize) -> torch.Tensor:
         """images: uint8 (B, C, H, W) with `p` drawn for them; returns float (B, C, H, W), normalized."""
@@ -82,8 +102,11 @@ class Augment:
         B, _, H, W = x.shape
         u = p["warp"]
         area = self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, 0]
-        log_r = math.log(self.ratio[0]) + (math.log(self.ratio[1]) - math.log(self.ratio[0])) * u[:, 1]
-        aspect = torch.exp(log_r)
+        # The aspect is drawn from the part of `ratio` where a crop of this area fits in the image (aspect in
+        # [area, 1 / area]), the support of torchvision's rejection sampling: at area 1 the crop is the whole image.
+        lo = torch.log(area).clamp(min=math.log(self.ratio[0]))
+        hi = (-torch.log(area)).clamp(max=math.log(self.ratio[1]))
+        aspect = torch.exp(lo + (hi - lo) * u[:, 1])
         w = torch.sqrt(area * aspect).clamp(max=1.0)  # crop width as a fraction of the image
         h = torch.sqrt(area / aspect).clamp(max=1.0)
         flip = torch.where(u[:, 4] < self.hflip, -1.0, 1.0)

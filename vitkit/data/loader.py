@@ -36,6 +36,7 @@ class Batch:
     y: torch.Tensor  # (b,) class indices (of the unmixed image)
     target: torch.Tensor | None  # (b, num_classes) soft targets when mixing, else None
     size: int  # images in the global batch (the loss divides by this)
+    views: torch.Tensor | None = None  # with `keep_views`: index * 2 + mirrored of each image, -1 where not exact
 
 
 class BatchLoader:
@@ -56,6 +57,7 @@ class BatchLoader:
         self.rank, self.world_size = rank, world_size
         self.mix, self.num_classes, self.repeats = mix if mix else None, num_classes, repeats
         self.class_weights = class_weights
+        self.keep_views = False  # set by a teacher that caches its logits per image and view (`distill.cache_teacher`)
         self.normalize = Normalize(mean, std, device)
         self.generator = torch.Generator()
         # Small datasets live on the training device once, instead of one copy per batch.
@@ -107,10 +109,18 @@ class BatchLoader:
         x = self._images(idx[positions], params, positions)
         y = self.labels[idx[positions].to(self.labels.device)].to(self.device, non_blocking=True)
         if mixing is None:
-            return Batch(x, y, None, n)
+            return Batch(x, y, None, n, self._views(idx[positions], params, positions) if self.keep_views else None)
         b = len(mine)
         x, target = self.mix.apply(x[:b], x[b:], y[:b], y[b:], self.num_classes, mixing)
         return Batch(x, y[:b], target, n)
+
+    def _views(self, idx: torch.Tensor, params: dict | None, positions: torch.Tensor) -> torch.Tensor:
+        """Each image's view of a flip-only augmentation, index * 2 + mirrored, or -1 where erasing changed it."""
+        if params is None:
+            return idx.to(self.device) * 2
+        mirrored, exact = self.augment.view_keys(params)
+        views = torch.where(exact[positions], idx * 2 + mirrored[positions], -1)
+        return views.to(self.device, non_blocking=True)
 
     def _images(self, idx: torch.Tensor, params: dict | None, positions: torch.Tensor) -> torch.Tensor:
         x = self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)

@@ -8,7 +8,9 @@ distillation loss is
 - soft: tau^2 * KL(teacher's softmax(z / tau) || student's softmax(z / tau)) per image (Hinton et al. 2015),
 
 and reads the distillation head (`dist_token`, `head_dist`) where the student has one, else the class head. At
-inference a distilled student averages its two heads (`VisionTransformer.heads`). The teacher is any vitkit
+inference a distilled student averages its two heads (`VisionTransformer.heads`). Where the augmentation is flips
+only, each training image has two views, and the teacher's logits for both are computed once before the first epoch
+(`cache_teacher`); images that random erasing changed are still shown to the teacher live. The teacher is any vitkit
 checkpoint, or a timm model (`timm:NAME[.TAG]`, or `timm:NAME` with `train.teacher_weights`); it sees the student's
 batch renormalized to its own mean and std, resized to its input size where that is fixed, and with one channel
 repeated to three (or three averaged to one) where the channels differ.
@@ -16,6 +18,7 @@ repeated to three (or three averaged to one) where the channels differ.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from .device import autocast
 log = logging.getLogger(__name__)
 
 KINDS = ("hard", "soft")
+CACHE_LIMIT = 2 ** 30  # bytes of cached teacher logits at most (images x 2 views x classes x 4 bytes)
 
 
 @dataclass
@@ -116,6 +120,7 @@ class Distiller:
         if kind not in KINDS:
             raise UserError(f"train.distill must be one of {', '.join(KINDS)}, not {kind!r}")
         self.teacher, self.kind, self.alpha, self.tau, self.amp_dtype = teacher, kind, alpha, tau, amp_dtype
+        self.cache: torch.Tensor | None = None  # (images * 2, classes): logits of each training image's two views
         device = next(teacher.model.parameters()).device
         self.device = device
         self.student_stats = (torch.tensor(mean, device=device).view(1, -1, 1, 1),
@@ -138,13 +143,57 @@ class Distiller:
         with autocast(self.device, self.amp_dtype):
             return self.teacher.model(self.teacher_input(x)).float()
 
-    def loss(self, outputs, x: torch.Tensor, label_loss) -> torch.Tensor:
+    def batch_logits(self, x: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
+        """The teacher's logits for the batch `x`: from the cache where `views` names a cached view, else computed."""
+        if self.cache is None or views is None:
+            return self.teacher_logits(x)
+        live = views < 0
+        logits = self.cache[views.clamp(min=0)]
+        if live.any():
+            logits[live] = self.teacher_logits(x[live])
+        return logits
+
+    def loss(self, outputs, x: torch.Tensor, label_loss, views: torch.Tensor | None = None) -> torch.Tensor:
         """Summed over the batch's images, as the trainer's losses are. `outputs`: the class head's logits, or the
-        class and distillation heads' (a student with a distillation token); `label_loss(logits)`: the usual loss."""
+        class and distillation heads' (a student with a distillation token); `label_loss(logits)`: the usual loss;
+        `views`: each image's cached view (`BatchLoader.keep_views`), -1 for those the teacher must see."""
         cls, dist = outputs if isinstance(outputs, tuple) else (outputs, outputs)
-        teacher = self.teacher_logits(x)
+        teacher = self.batch_logits(x, views)
         return (1 - self.alpha) * label_loss(cls.float()) + self.alpha * distillation_loss(
             dist.float(), teacher, self.kind, self.tau)
+
+
+def cache_teacher(distiller: Distiller, loader, epochs: int, batch_size: int) -> bool:
+    """Compute the teacher's logits for both views of every training image now, when the augmentation is flips
+    only (random erasing aside), the images are in memory and the run has more epochs than views. The loader then
+    names each image's view in its batches. Returns whether it did; the log says why not."""
+    augment = loader.augment
+    views = (0, 1) if augment is not None and augment.hflip > 0 else (0,)
+    reason = None
+    if not hasattr(loader, "keep_views"):
+        reason = "the images are streamed from shards"
+    elif loader.mix is not None or (augment is not None and not augment.flip_only):
+        reason = "crops, translation, a policy or mixing make every view new"
+    elif len(loader.images) * 2 * distiller.teacher.num_classes * 4 > CACHE_LIMIT:
+        reason = f"the logits of {len(loader.images)} images would take more than {CACHE_LIMIT >> 30} GiB"
+    elif epochs < len(views):
+        reason = f"{epochs} epoch(s) show each image less often than the cache would"
+    if reason:
+        log.info("the teacher sees every batch (%s)", reason)
+        return False
+    start, n = time.perf_counter(), len(loader.images)
+    cache = torch.empty(n * 2, distiller.teacher.num_classes, device=distiller.device)
+    for mirrored in views:
+        for first in range(0, n, batch_size):
+            images = loader.images[first:first + batch_size].to(distiller.device)
+            x = augment.view(images, bool(mirrored), loader.normalize) if augment is not None else \
+                loader.normalize(images)
+            cache[torch.arange(first, first + len(images), device=distiller.device) * 2 + mirrored] = \
+                distiller.teacher_logits(x)
+    distiller.cache, loader.keep_views = cache, True
+    log.info("teacher logits of %d images%s computed once in %.1f s (erased images are shown to the teacher live)",
+             n, ", as they are and mirrored," if len(views) > 1 else "", time.perf_counter() - start)
+    return True
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, tau: float = 1.0) -> torch.Tensor:

@@ -64,6 +64,10 @@ def build_parts(cfg: Config, data: DataBundle, model: torch.nn.Module, device: t
     net = ddp or train_net
     recipe = build_recipe(cfg, data)
     loader = make_loader(cfg, data, recipe, device)
+    if distiller is not None and t.teacher_cache:
+        from .distill import cache_teacher
+
+        cache_teacher(distiller, loader, t.epochs, max(t.batch_size // dist.world_size(), 1))
     optimizer = build_optimizer(model, t)
     return TrainParts(
         model=model, work=work, ddp=ddp, forward=compiled(net) if t.compile else net, loader=loader,

@@ -193,9 +193,10 @@ class Trainer:
         passes = self.cfg.train.accum_steps
         xs, ys = batch.x.chunk(passes), batch.y.chunk(passes)
         targets = batch.target.chunk(passes) if batch.target is not None else [None] * len(xs)
+        views = batch.views.chunk(passes) if batch.views is not None else [None] * len(xs)
         scale = dist.world_size() / batch.size  # sum over the images / global batch size, times DDP's averaging
         total, all_logits = torch.zeros((), device=self.device), []
-        for i, (x, y, target) in enumerate(zip(xs, ys, targets)):
+        for i, (x, y, target, view) in enumerate(zip(xs, ys, targets, views)):
             last = i == len(xs) - 1
             with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
                 if self.work is not None:  # the bf16 copy runs without autocast
@@ -203,7 +204,7 @@ class Trainer:
                 else:
                     casts = autocast(self.device, self.amp_dtype)
                 with casts:
-                    logits, loss = self._loss(x, y, target)
+                    logits, loss = self._loss(x, y, target, view)
                 if self.check_each_step and self.ddp is None and not torch.isfinite(loss):
                     self.zero_grad()
                     return self._skip(epoch, step, "loss")
@@ -227,8 +228,9 @@ class Trainer:
             self.ema.update(self.model)
         return total, torch.cat(all_logits)
 
-    def _loss(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None):
-        """(logits, summed loss) of one pass; with a teacher, the distillation loss mixed in."""
+    def _loss(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, views: torch.Tensor | None = None):
+        """(logits, summed loss) of one pass; with a teacher, the distillation loss mixed in (its logits read from
+        its cache for the images whose `views` it holds)."""
         outputs = self.forward(x)
 
         def label_loss(logits):
@@ -236,7 +238,7 @@ class Trainer:
 
         if self.distiller is None:
             return outputs, label_loss(outputs)
-        return merged_logits(outputs), self.distiller.loss(outputs, x, label_loss)
+        return merged_logits(outputs), self.distiller.loss(outputs, x, label_loss, views)
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
