@@ -18,7 +18,7 @@ pytest.importorskip("openvino")
 def trained(fake_mnist, tmp_path_factory):
     """A tiny model trained on the 4-class stand-in for Fashion-MNIST (600 train, 200 test images)."""
     runs = tmp_path_factory.mktemp("runtimes")
-    result = run_cli("train", "fashion-mnist", "--data-root", fake_mnist, *TINY_MODEL, "--epochs", "3", "--lr", "3e-3",
+    result = run_cli("train", "fashion-mnist", "--data-root", fake_mnist, *TINY_MODEL, "--epochs", "8", "--lr", "3e-3",
                      "--batch-size", "32", "--out", runs, "--name", "tiny", "--no-progress",
                      "--set", "output.report=false")
     assert result.returncode == 0, result.stderr
@@ -51,7 +51,7 @@ def test_int8_export_is_calibrated_on_training_images_and_checked_on_the_test_sp
 def test_every_runtime_gives_the_same_classes_on_the_test_split(trained, exports, fake_mnist):
     test = load_data("fashion-mnist", data_root=str(fake_mnist), img_size=16, channels=1, splits=("test",))
     images = test.splits["test"].images
-    torch_top = load_classifier(trained).logits(images).argmax(1).numpy()
+    torch_top = load_classifier(trained, precision="fp32").logits(images).argmax(1).numpy()
     for path, runtime, least in ((trained.with_suffix(".onnx"), "onnx", 1.0), (exports["int8"]["path"], "onnx", 0.97),
                                  (exports["openvino"]["path"], "openvino", 0.97)):
         clf = load_classifier(path, runtime, precision="fp32")
