@@ -29,8 +29,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 
-def write_photos(folder: Path, n: int, classes: int = 10, seed: int = 0) -> None:
-    """n JPEGs, classes x (n / classes), 160-400 px on a side: blobs whose colours depend on the class."""
+def write_photos(folder: Path, n: int, classes: int = 10, seed: int = 0, val_every: int = 0) -> None:
+    """n JPEGs, classes x (n / classes), 160-400 px on a side: blobs whose colours depend on the class. With
+    `val_every` k, every k-th image of each class goes to `val/CLASS/` and the others to `train/CLASS/` (a fixed
+    split that vitkit and timm's pipeline both read), else all to `CLASS/`."""
     rng = np.random.default_rng(seed)
     palette = rng.integers(0, 256, (classes, 3, 3))
     for i in range(n):
@@ -45,7 +47,8 @@ def write_photos(folder: Path, n: int, classes: int = 10, seed: int = 0) -> None
             x, y, r = int(rng.integers(0, w)), int(rng.integers(0, h)), int(rng.integers(15, max(16, min(w, h) // 3)))
             draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(int(c) for c in np.clip(colour, 0, 255)))
         img = img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.5, 2.0))))
-        path = folder / f"class{label}" / f"{i:05d}.jpg"
+        split = ("val" if (i // classes) % val_every == 0 else "train") if val_every else ""
+        path = folder / split / f"class{label}" / f"{i:05d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         img.save(path, "JPEG", quality=int(rng.integers(70, 95)))
 

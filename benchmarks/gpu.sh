@@ -14,8 +14,11 @@
 #   ckpt      ViT-L/16 at 224, batch 32: peak memory and step time with and without gradient checkpointing
 #   demo      the demo recipe (configs/demo.yaml, 18 epochs of Fashion-MNIST) end to end, wall time and test top-1;
 #             needs Fashion-MNIST at $FMNIST_ROOT/fashion-mnist (the machine has no network)
-#   folder    ViT-S/16 fine-tuning at 224 on a folder of photo-like JPEGs (benchmarks/frozen_features.py's
-#             writer): the first epoch (which fills the decode cache) and the second, end to end
+#   photos    writes 10,000 photo-like JPEGs of varied sizes, train/ and val/ (benchmarks/frozen_features.py)
+#   folder    ViT-S/16 training at 224 on them, end to end: the first epoch (which fills the decode cache) and the
+#             second (metrics.csv of the run)
+#   folder-timm  the same model, crops and epochs through timm's data pipeline (benchmarks/timm_folder.py), with
+#             as many loader workers as the machine has cores
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,12 +47,12 @@ if [ "$SMOKE" = 1 ]; then  # toy sizes on the CPU: every command line and option
   DEVICE=cpu PREC=fp32 SCALE=5  # time limits x5: a CPU runs even toy sizes slowly
   B_MODEL=vit_micro_patch7_28 B_SIZE=28 B_BATCH=8 S_MODEL=vit_micro_patch7_28 S_BATCH=8 L_MODEL=vit_micro_patch7_28
   L_BATCH=4 STEPS="--steps 2 --warmup 1 --repeats 1" DEMO_SET="--epochs 1 --set train.compile=false --set data.val_fraction=0.85"
-  PHOTOS=60 FOLDER_MODEL=vit_micro_patch7_28 FOLDER_SIZE=28
+  PHOTOS=60 FOLDER_SIZE=32 FOLDER_BATCH=8
 else
   DEVICE=cuda PREC=bf16 SCALE=1
   B_MODEL=vit_base_patch16_224 B_SIZE=224 B_BATCH=64 S_MODEL=vit_small_patch16_224 S_BATCH=128
   L_MODEL=vit_large_patch16_224 L_BATCH=32 STEPS="--steps 20 --warmup 5 --repeats 3" DEMO_SET=""
-  PHOTOS=10000 FOLDER_MODEL=vit_small_patch16_224 FOLDER_SIZE=224
+  PHOTOS=10000 FOLDER_SIZE=224 FOLDER_BATCH=128
 fi
 
 step env 60 bash -c "(nvidia-smi || echo 'no nvidia-smi'); $PY -c 'import torch, timm, platform; \
@@ -70,10 +73,15 @@ step demo 150 bash -c "rm -rf '$OUT/runs/demo' && $VITKIT train --config configs
 --no-progress ${ROOT_FLAG[*]:-} $DEMO_SET && $VITKIT evaluate '$OUT/runs/demo/best.safetensors' fashion-mnist \
 --split test --json ${FMNIST_ROOT:+--data-root $FMNIST_ROOT}"
 
-step folder 300 bash -c "rm -rf '$OUT/runs/folder' && $PY -c 'import sys; sys.path.insert(0, \"benchmarks\"); from pathlib import Path; \
-from frozen_features import write_photos; write_photos(Path(\"$OUT/photos\"), $PHOTOS)' && \
-$VITKIT train '$OUT/photos' --model $FOLDER_MODEL --img-size $FOLDER_SIZE --epochs 2 --device $DEVICE \
---out '$OUT/runs' --name folder --no-progress --set output.report=false"
+step photos 200 bash -c "rm -rf '$OUT/photos' && $PY -c 'import sys; sys.path.insert(0, \"benchmarks\"); \
+from pathlib import Path; from frozen_features import write_photos; write_photos(Path(\"$OUT/photos\"), $PHOTOS, val_every=10)'"
+# the same recipe on both sides: random-resized crops of 80-100% of the area, flips, no colour policy or erasing
+step folder 300 bash -c "rm -rf '$OUT/runs/folder' && $VITKIT train '$OUT/photos' --model vit_small_patch16_224 \
+--img-size $FOLDER_SIZE --batch-size $FOLDER_BATCH --epochs 2 --device $DEVICE --precision $PREC --out '$OUT/runs' \
+--name folder --no-progress --set output.report=false --set data.policy=none --set data.erase=0 && \
+cat '$OUT/runs/folder/metrics.csv'"
+step folder-timm 300 $PY benchmarks/timm_folder.py "$OUT/photos" --preset photos --img-size $FOLDER_SIZE \
+--batch-size $FOLDER_BATCH --epochs 2 --device $DEVICE --precision $PREC --workers "$(nproc)"
 
 echo "results in $OUT/ (*.out: each step's answer, *.log: its log)"
 if [ ${#FAILED[@]} -gt 0 ]; then echo "failed: ${FAILED[*]}"; exit 1; fi
