@@ -83,7 +83,7 @@ def test_evaluate_predict_export_and_serve_agree_on_the_labels(trained, tmp_path
     report = json.loads(r.stdout)
     assert report["task"] == "multi-label" and report["mAP"] > 0.5  # learned something in three epochs
     files = sorted((root / "images").iterdir())[:12]
-    r = run_cli("predict", best, *files, "--json", "--top-k", "2")
+    r = run_cli("predict", best, *files, "--json", "--top-k", "2", "--precision", "fp32")  # as ONNX runs it
     assert r.returncode == 0, r.stderr
     torch_answers = json.loads(r.stdout)
     meta = read_meta(best)
@@ -95,8 +95,8 @@ def test_evaluate_predict_export_and_serve_agree_on_the_labels(trained, tmp_path
             assert x["probability"] >= thresholds[x["label"]] - 1e-6
         assert passing <= {t["class"] for t in answer["top"]}  # the top list holds every passing label
         assert all(t["probability"] < thresholds[t["class"]] + 1e-6 for t in answer["top"] if t["class"] not in passing)
-    rows = list(csv.DictReader(io.StringIO(run_cli("predict", best, *files, "--format", "csv", "--top-k",
-                                                   "2").stdout)))
+    rows = list(csv.DictReader(io.StringIO(run_cli("predict", best, *files, "--precision", "fp32", "--format", "csv",
+                                                   "--top-k", "2").stdout)))
     assert {(Path(row["file"]).name, row["class"]) for row in rows if row["passes"] == "yes"} == \
         {(Path(a["file"]).name, x["label"]) for a in torch_answers for x in a["labels"]}
     table = run_cli("predict", best, *files[:2]).stdout
