@@ -135,6 +135,9 @@ class DataConfig:
     test_fraction: float = option(0.0, "share of each class held out for testing (image folders without test/)",
                                   check=FRACTION, flag="--test-fraction", resume=REFUSE)
     crop_scale: list[float] = option([0.8, 1.0], "random-resized-crop area range [low, high]", resume=REFUSE)
+    crop_stretch: float = option(1.0, "largest one-axis stretch of a crop whose drawn aspect does not fit the image "
+                                 "(1: none; 1.16: full-scale crops stretched by up to 15 percent)",
+                                 check=Range(1, 2), resume=REFUSE)
     hflip: float | None = option(None, "horizontal flip probability; null: 0.5 unless flips change the class (MNIST)",
                                  check=PROBABILITY, resume=REFUSE)
     translate: float = option(0.0, "random shift of up to this fraction of the size each way, black fill (0.1: ~3 "

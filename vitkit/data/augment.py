@@ -37,12 +37,14 @@ POLICIES = ("none", "trivial", "randaugment")
 
 @dataclass
 class Augment:
-    """Random resized crop (area fraction in `scale`, aspect in `ratio`), flip, translation (fraction of the size),
-    a policy ('none', 'trivial', 'randaugment' with `ops` ops at `magnitude` of 10) and random erasing (`erase`:
-    probability, `erase_area`: area fraction range)."""
+    """Random resized crop (area fraction in `scale`, aspect in `ratio`, stretched along one axis by up to
+    `stretch` where the drawn aspect does not fit otherwise), flip, translation (fraction of the size), a policy
+    ('none', 'trivial', 'randaugment' with `ops` ops at `magnitude` of 10) and random erasing (`erase`: probability,
+    `erase_area`: area fraction range)."""
 
     scale: tuple[float, float] = (0.8, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    stretch: float = 1.0
     hflip: float = 0.5
     translate: float = 0.0
     policy: str = "none"
@@ -70,7 +72,7 @@ class Augment:
     def flip_only(self) -> bool:
         """Whether each image's warp is one of two views, as it is or mirrored: no crop, translation or policy.
         Random erasing may come on top (it changes only the images it draws)."""
-        return self.scale == (1.0, 1.0) and self.translate == 0 and self.policy == "none"
+        return self.scale == (1.0, 1.0) and self.stretch == 1 and self.translate == 0 and self.policy == "none"
 
     def view_keys(self, p: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """For a flip-only augmentation: each image's view (1 mirrored, 0 not) and whether `apply` returns exactly
@@ -104,8 +106,10 @@ class Augment:
         area = self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, 0]
         # The aspect is drawn from the part of `ratio` where a crop of this area fits in the image (aspect in
         # [area, 1 / area]), the support of torchvision's rejection sampling: at area 1 the crop is the whole image.
-        lo = torch.log(area).clamp(min=math.log(self.ratio[0]))
-        hi = (-torch.log(area)).clamp(max=math.log(self.ratio[1]))
+        # `stretch` s widens that to [area / s^2, s^2 / area]: a crop too long for the image is clamped to its side
+        # and stretched along it by up to s (at area 1 and s^2 >= 4/3: a random one-axis stretch of up to 15%).
+        lo = (torch.log(area) - 2 * math.log(self.stretch)).clamp(min=math.log(self.ratio[0]))
+        hi = (2 * math.log(self.stretch) - torch.log(area)).clamp(max=math.log(self.ratio[1]))
         aspect = torch.exp(lo + (hi - lo) * u[:, 1])
         w = torch.sqrt(area * aspect).clamp(max=1.0)  # crop width as a fraction of the image
         h = torch.sqrt(area / aspect).clamp(max=1.0)
@@ -120,7 +124,7 @@ class Augment:
             crop[:, 1, 2] += 2 * self.translate * (2 * u[:, 6] - 1)
         for r in range(p["op"].shape[1] if "op" in p else 0):
             crop = crop @ self._geometry(p, r, H, W)
-        if not moved and self.scale == (1.0, 1.0) and self.hflip == 0:
+        if not moved and self.scale == (1.0, 1.0) and self.stretch == 1 and self.hflip == 0:
             return x
         grid = F.affine_grid(crop[:, :2], list(x.shape), align_corners=False)  # (B, H, W, 2)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
