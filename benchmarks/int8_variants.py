@@ -3,10 +3,11 @@
     python benchmarks/int8_variants.py MODEL.onnx [--out /tmp/int8-variants]
 
 MODEL.onnx is a `vitkit export` of a model trained on Fashion-MNIST (its sidecar gives the input size). Variants:
-static QDQ on MatMul/Gemm/Conv (what `vitkit export --quantize int8` writes), the same in QOperator form, static with
+static QDQ on MatMul/Gemm/Conv (what `vitkit export --quantize int8` writes), the same with convolutions (a conv
+stem) left in float, the same in QOperator form, static with
 only weight matrices (attention's activation products left in float), static on every op, and dynamic quantization
 (weights int8, activations quantized per batch). All use per-channel weights in the 7-bit range. Each is timed at
-batch 8, 32 and 128 (3 rounds of 1.5 s, runtimes taking turns, median) and its top-1 measured on 2,000 test images.
+batch 8, 32 and 128 (`--batches`; `--rounds` of 1.5 s, default 3, runtimes taking turns, median) and its top-1 measured on 2,000 test images.
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", type=Path)
     p.add_argument("--out", type=Path, default=Path("/tmp/int8-variants"))
+    p.add_argument("--batches", type=int, nargs="+", default=[8, 32, 128])
+    p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     side = json.loads(Path(f"{args.model}.json").read_text())
@@ -55,6 +58,8 @@ def main() -> None:
     ops = ["MatMul", "Gemm", "Conv"]
     variants = {"fp32": args.model}
     for name, kwargs in {"static QDQ (vitkit)": dict(quant_format=QuantFormat.QDQ, op_types_to_quantize=ops),
+                         "static QDQ, stem in float": dict(quant_format=QuantFormat.QDQ,
+                                                           op_types_to_quantize=["MatMul", "Gemm"]),
                          "static QOperator": dict(quant_format=QuantFormat.QOperator, op_types_to_quantize=ops),
                          "static, weights only": dict(quant_format=QuantFormat.QDQ, op_types_to_quantize=ops,
                                                       extra_options={"MatMulConstBOnly": True}),
@@ -69,12 +74,12 @@ def main() -> None:
     for name, session in sessions.items():
         top = np.concatenate([session.run(None, {"image": test[i:i + 250]})[0] for i in range(0, len(test), 250)])
         report[name] = {"top1": float((top.argmax(1) == labels).mean())}
-    for batch in (8, 32, 128):
+    for batch in args.batches:
         x = test[:batch]
         for session in sessions.values():
             session.run(None, {"image": x})
         speeds = {k: [] for k in sessions}
-        for _ in range(3):
+        for _ in range(args.rounds):
             for name, session in sessions.items():
                 start, n = time.perf_counter(), 0
                 while time.perf_counter() - start < 1.5:
