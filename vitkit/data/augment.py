@@ -70,7 +70,7 @@ class Augment:
     # ------------------------------------------------------------------------------------------ views
     @property
     def flip_only(self) -> bool:
-        """Whether each image's warp is one of two views, as it is or mirrored: no crop, translation or policy.
+        """Whether each image's warp is one of two views, as it is or mirrored: no crop, stretch, shift or policy.
         Random erasing may come on top (it changes only the images it draws)."""
         return self.scale == (1.0, 1.0) and self.stretch == 1 and self.translate == 0 and self.policy == "none"
 
