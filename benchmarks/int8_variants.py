@@ -4,10 +4,10 @@
 
 MODEL.onnx is a `vitkit export` of a model trained on Fashion-MNIST (its sidecar gives the input size). Variants:
 static QDQ on MatMul/Gemm/Conv (what `vitkit export --quantize int8` writes), the same with convolutions (a conv
-stem) left in float, the same in QOperator form, static with
-only weight matrices (attention's activation products left in float), static on every op, and dynamic quantization
-(weights int8, activations quantized per batch). All use per-channel weights in the 7-bit range. Each is timed at
-batch 8, 32 and 128 (`--batches`; `--rounds` of 1.5 s, default 3, runtimes taking turns, median) and its top-1 measured on 2,000 test images.
+stem) left in float, the same in QOperator form, static with only weight matrices (attention's activation products
+left in float), static on every op, and dynamic quantization (weights int8, activations quantized per batch). All use
+per-channel weights in the 7-bit range. Each is timed at batch 8, 32 and 128 (`--batches`; `--rounds` of 1.5 s,
+default 3, runtimes taking turns, median) and its top-1 measured on 2,000 test images.
 """
 from __future__ import annotations
 

@@ -39,44 +39,38 @@ def test_full_crop_without_flip_is_identity_and_flip_mirrors():
                                    rtol=0)
 
 
-def test_random_resized_crops_keep_their_drawn_area():
-    """The aspect is drawn where a crop of the drawn area fits, so no side is clamped and the area holds."""
-    size = 64
+def crop_extents(crop: Augment, n: int, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The share of the width and of the height each of `n` drawn crops spans, from the range of the ramp it samples
+    (images whose pixels hold their column, or their row)."""
     ramp = (torch.arange(size) * 4).to(torch.uint8)
-    columns = ramp.view(1, 1, 1, size).expand(300, 1, size, size).contiguous()  # each pixel: its column
+    columns = ramp.view(1, 1, 1, size).expand(n, 1, size, size).contiguous()  # each pixel: its column
     rows = columns.transpose(2, 3).contiguous()  # each pixel: its row
-    crop = Augment(scale=(0.9, 0.9), hflip=0.0)
-    p = crop.draw(len(columns), torch.Generator().manual_seed(0))
+    p = crop.draw(n, torch.Generator().manual_seed(0))
 
-    def extent(x):  # the share of the side the crop spans, from the range of the sampled ramp
+    def extent(x):
         out = crop.apply(x, p, IDENTITY)
         return (out.amax(dim=(1, 2, 3)) - out.amin(dim=(1, 2, 3))) / 4 / (size - 1)
 
-    area = extent(columns) * extent(rows)
+    return extent(columns), extent(rows)
+
+
+def test_random_resized_crops_keep_their_drawn_area():
+    """The aspect is drawn where a crop of the drawn area fits, so no side is clamped and the area holds."""
+    w, h = crop_extents(Augment(scale=(0.9, 0.9), hflip=0.0), 300)
+    area = w * h
     assert float(area.min()) > 0.87 and float(area.max()) < 0.93
 
 
 def test_crop_stretch_at_full_scale_stretches_one_axis_by_at_most_its_factor():
     """data.crop_stretch: at scale 1 a crop whose drawn aspect does not fit keeps one whole side and spans 1/s of
     the other, s up to the factor (log-uniform aspect as before the fit fix); at 1 the whole image, unchanged."""
-    size = 64
-    ramp = (torch.arange(size) * 4).to(torch.uint8)
-    columns = ramp.view(1, 1, 1, size).expand(400, 1, size, size).contiguous()
-    rows = columns.transpose(2, 3).contiguous()
     for stretch, most in ((1.0, 0.0), (1.1, 0.1), (1.16, 2 / 3 ** 0.5 - 1)):
         crop = Augment(scale=(1.0, 1.0), stretch=stretch, hflip=0.0)
-        p = crop.draw(len(columns), torch.Generator().manual_seed(0))
-
-        def extent(x):
-            out = crop.apply(x, p, IDENTITY)
-            return (out.amax(dim=(1, 2, 3)) - out.amin(dim=(1, 2, 3))) / 4 / (size - 1)
-
-        w, h = extent(columns), extent(rows)
+        w, h = crop_extents(crop, 400)
         factor = 1 / torch.minimum(w, h)  # the stretch of the narrowed axis
         assert float(torch.maximum(w, h).min()) > 0.99  # one side is whole
         assert float(factor.max()) <= 1 + most + 0.02 and float(factor.max()) >= 1 + 0.8 * most
         assert crop.flip_only == (stretch == 1.0)
-
 
 
 @pytest.mark.parametrize("policy", ["trivial", "randaugment"])

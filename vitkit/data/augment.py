@@ -69,10 +69,15 @@ class Augment:
 
     # ------------------------------------------------------------------------------------------ views
     @property
+    def whole_image(self) -> bool:
+        """Whether every crop is the whole image, unstretched."""
+        return self.scale == (1.0, 1.0) and self.stretch == 1
+
+    @property
     def flip_only(self) -> bool:
         """Whether each image's warp is one of two views, as it is or mirrored: no crop, stretch, shift or policy.
         Random erasing may come on top (it changes only the images it draws)."""
-        return self.scale == (1.0, 1.0) and self.stretch == 1 and self.translate == 0 and self.policy == "none"
+        return self.whole_image and self.translate == 0 and self.policy == "none"
 
     def view_keys(self, p: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """For a flip-only augmentation: each image's view (1 mirrored, 0 not) and whether `apply` returns exactly
@@ -124,7 +129,7 @@ class Augment:
             crop[:, 1, 2] += 2 * self.translate * (2 * u[:, 6] - 1)
         for r in range(p["op"].shape[1] if "op" in p else 0):
             crop = crop @ self._geometry(p, r, H, W)
-        if not moved and self.scale == (1.0, 1.0) and self.stretch == 1 and self.hflip == 0:
+        if not moved and self.whole_image and self.hflip == 0:
             return x
         grid = F.affine_grid(crop[:, :2], list(x.shape), align_corners=False)  # (B, H, W, 2)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
