@@ -110,3 +110,29 @@ def test_the_newer_families_export_to_onnx_with_the_parity_check(tmp_path, optio
     save_model(path, model, model_meta("vit_tiny_patch16_224", kwargs, ["a", "b", "c"], [0.5] * 3, [0.25] * 3))
     result = export_onnx(path, samples=8)
     assert result.max_abs_diff < 1e-4 and result.top1_agreement == 1.0
+
+
+def test_attention_is_one_node_on_the_tokens_and_an_older_opset_writes_it_out(exported, tmp_path):
+    """Opset 23 (the default): each block's attention is one Attention node fed by a Split of the fused qkv
+    projection, (batch, tokens, heads x dim), with no reshaping into heads around it; the last block, which computes
+    the class token's row alone, keeps its 4D node. `--opset 18` writes MatMul/Softmax; both give the same logits."""
+    import onnx
+
+    checkpoint, result = exported
+    model = onnx.load(result["path"])
+    assert {o.domain: o.version for o in model.opset_import}[""] == 23
+    nodes = model.graph.node
+    producers = {out: n for n in nodes for out in n.output}
+    attention = [n for n in nodes if n.op_type == "Attention"]
+    heads = [{a.name: a.i for a in n.attribute}.get("q_num_heads") for n in attention]
+    assert len(attention) == 2 and heads == [2, None]  # depth 2, 2 heads
+    assert [producers[i].op_type for i in attention[0].input] == ["Split"] * 3
+    into_heads = [n for n in nodes if n.op_type == "Transpose" and list(n.attribute[0].ints) == [2, 0, 3, 1, 4]]
+    assert len(into_heads) == 1  # the last block's
+    old = tmp_path / "opset18.onnx"
+    r = run_cli("export", checkpoint, "--opset", "18", "--out", old, "--json")
+    assert r.returncode == 0, r.stderr
+    assert not any(n.op_type == "Attention" for n in onnx.load(old).graph.node)
+    images = sample_images(9, 3, 16, seed=4).numpy()
+    new, older = (ort.InferenceSession(str(p)).run(None, {"image": images})[0] for p in (result["path"], old))
+    np.testing.assert_allclose(new, older, atol=1e-5)

@@ -556,7 +556,8 @@ def _export_parser(sub) -> None:
     x.add_argument("--check-images", type=int, default=2000, help="int8: evaluation images compared in fp32 and int8")
     x.add_argument("--max-drop", type=float, default=1.0,
                    help="int8: largest accepted top-1 drop from fp32, in points; beyond, nothing is kept")
-    x.add_argument("--opset", type=int, default=18, help="ONNX opset version")
+    x.add_argument("--opset", type=int, default=23, help="ONNX opset version: from 23 on attention is one Attention "
+                   "node (ONNX Runtime 1.24+, OpenVINO 2026.3+); 17-22 write it as MatMul and Softmax")
     x.add_argument("--samples", type=int, default=32, help="seeded test images compared after export")
     x.add_argument("--atol", type=float, help="largest accepted logit difference from PyTorch (default 1e-3 for "
                                               "ONNX, 1e-4 for the folders)")

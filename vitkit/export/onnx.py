@@ -4,6 +4,9 @@ The exported graph contains the normalization the checkpoint records, so another
 (shorter side, bicubic) and centre-crop the image to the model's size, as `vitkit/data/images.py` does. A JSON sidecar
 (`MODEL.onnx.json`) carries the class names and that preprocessing. After export, ONNX Runtime and PyTorch run the
 same seeded inputs; an export whose logits differ beyond the tolerance is deleted and reported, never kept.
+
+From opset 23 on, attention is written as ONNX's `Attention` node rather than MatMul/Softmax, and each block's
+split into heads is folded into it (`fold_heads`): ONNX Runtime and OpenVINO run it as one fused kernel.
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ from ..version import __version__
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OPSET = 18
+DEFAULT_OPSET = 23
+ATTENTION_OPSET = 23  # the first opset with an Attention op (ONNX Runtime 1.24 for its int8 too, OpenVINO 2026.3)
 SINGLE_FILE_LIMIT = 1_800_000_000  # bytes of weights; protobuf stops at 2 GiB, larger models use external data
 
 
@@ -98,7 +102,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike | None = N
     model, meta = load_model(checkpoint, "cpu")
     model.float()
     if hasattr(model, "set_attn_impl"):  # our ViT (a timm model exports as timm wrote it)
-        model.set_attn_impl("math")  # plain MatMul/Softmax: every runtime runs it, ONNX Runtime fuses it
+        model.set_attn_impl("sdpa" if opset >= ATTENTION_OPSET else "math")  # one Attention node, or MatMul/Softmax
     wrapper = ImageModel(model, meta["mean"], meta["std"]).eval()
     out = Path(out) if out else Path(checkpoint).with_suffix(".onnx")
     c, s = meta["in_chans"], meta["img_size"]
@@ -108,6 +112,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike | None = N
         program = torch.onnx.export(wrapper, (example,), None, input_names=["image"], output_names=["logits"],
                                     opset_version=opset, dynamo=True, verbose=False,
                                     dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    log.debug("%d attention nodes take (batch, tokens, heads x dim) directly", fold_heads(program.model))
     large = sum(p.numel() * p.element_size() for p in model.parameters()) > SINGLE_FILE_LIMIT
     payload = None if large else program.model_proto.SerializeToString()
     check_path = out if large else payload
@@ -139,3 +144,87 @@ def check_export(ort, model_file, wrapper: nn.Module, samples: int, channels: in
                              f"top-1 agreement {agreement:.1%}); nothing was kept. Please report this with the "
                              "checkpoint's model name, vitkit, torch and onnxruntime versions")
     return len(images), diff, agreement
+
+
+def fold_heads(model) -> int:
+    """Fold the split into heads around each `Attention` node of an onnx_ir model (changed in place) into the node.
+
+    The exporter writes multi-head attention in 4D: the fused qkv projection is reshaped to (B, N, 3, H, d),
+    transposed, sliced and squeezed into q, k and v of (B, H, N, d), and the output is transposed and reshaped back.
+    Opset 23's Attention takes (B, N, H*d) inputs with `q_num_heads` instead, so that chain becomes one Split and
+    ONNX Runtime's kernel reads the heads in place. Attention in other shapes (a last block that computes the class
+    token's row alone) is left as it is. Returns how many nodes were folded; the export's parity check runs after.
+    """
+    import onnx_ir as ir
+
+    graph, folded = model.graph, 0
+    for node in [n for n in graph if n.op_type == "Attention" and n.domain in ("", "ai.onnx")]:
+        heads = [_head_of(v) for v in node.inputs]
+        after = _merge_of(node.outputs[0])
+        if len(heads) != 3 or None in heads or after is None or [h[1] for h in heads] != [0, 1, 2] \
+                or len({id(h[0]) for h in heads}) != 1 or len(node.outputs) != 1:
+            continue
+        packed, num_heads = heads[0][0], heads[0][2]
+        split = ir.node("Split", [packed], {"axis": -1, "num_outputs": 3}, num_outputs=3)
+        attributes = {**{a.name: a.value for a in node.attributes.values()}, "q_num_heads": num_heads,
+                      "kv_num_heads": num_heads}
+        fused = ir.node("Attention", list(split.outputs), attributes, name=node.name)
+        graph.insert_before(node, [split, fused])
+        after.replace_all_uses_with(fused.outputs[0])
+        fused.outputs[0].shape, fused.outputs[0].type = after.shape, after.type
+        folded += 1
+    if folded:
+        ir.passes.common.RemoveUnusedNodesPass()(model)  # the chains that fed and followed the 4D nodes
+    return folded
+
+
+def _ints(value) -> list[int] | None:
+    """The integers a constant onnx_ir value holds (an initializer or a Constant node's output), else None."""
+    from onnx_ir.convenience import get_const_tensor
+
+    tensor = None if value is None else get_const_tensor(value)
+    return None if tensor is None else [int(i) for i in tensor.numpy().reshape(-1)]
+
+
+def _perm(node) -> list[int] | None:
+    """A Transpose node's permutation, else None."""
+    if node is None or node.op_type != "Transpose" or "perm" not in node.attributes:
+        return None
+    return list(node.attributes["perm"].value)
+
+
+def _head_of(value):
+    """(packed, i, H) when `value` is Squeeze(Slice(Transpose(Reshape(packed, (B, N, 3, H, d)), perm (2, 0, 3, 1, 4)),
+    i:i+1 on axis 0), axis 0): the i-th of q, k, v taken from a fused projection; else None."""
+    squeeze = value.producer()
+    if squeeze is None or squeeze.op_type != "Squeeze" or len(value.uses()) != 1 or len(squeeze.inputs) != 2:
+        return None
+    sliced = squeeze.inputs[0].producer()
+    if _ints(squeeze.inputs[1]) != [0] or sliced is None or sliced.op_type != "Slice" or len(sliced.inputs) != 4:
+        return None
+    starts, ends, axes = (_ints(v) for v in sliced.inputs[1:])
+    transpose = sliced.inputs[0].producer()
+    if axes != [0] or not starts or ends != [starts[0] + 1] or _perm(transpose) != [2, 0, 3, 1, 4]:
+        return None
+    reshape = transpose.inputs[0].producer()
+    shape = None if reshape is None or reshape.op_type != "Reshape" else reshape.outputs[0].shape
+    packed = None if shape is None else reshape.inputs[0]
+    if packed is None or packed.shape is None or len(packed.shape) != 3 or len(shape) != 5 or shape[2] != 3 \
+            or not isinstance(shape[3], int):
+        return None
+    return packed, starts[0], shape[3]
+
+
+def _merge_of(value):
+    """The (B, N, H*d) value when `value` (B, H, N, d) is only transposed (0, 2, 1, 3) and reshaped to it, else None."""
+    uses = value.uses()
+    transpose = uses[0].node if len(uses) == 1 else None
+    if _perm(transpose) != [0, 2, 1, 3] or len(transpose.outputs[0].uses()) != 1:
+        return None
+    reshape = transpose.outputs[0].uses()[0].node
+    shape, merged = value.shape, reshape.outputs[0] if reshape.op_type == "Reshape" else None
+    if merged is None or merged.is_graph_output() or shape is None or merged.shape is None or len(merged.shape) != 3 \
+            or not all(isinstance(d, int) for d in (shape[1], shape[3], merged.shape[2])) \
+            or merged.shape[2] != shape[1] * shape[3]:
+        return None
+    return merged

@@ -6,8 +6,9 @@ The fp32 graph is prepared (shape inference, graph optimizations), then its matr
 quantized in QDQ form: weights per output channel to int8 within a 7-bit range (on CPUs without VNNI, ONNX Runtime's
 int8 kernels add products in 16 bits, and the full range saturates them: 1.5 points of Fashion-MNIST top-1 lost on
 the demo model, none with 7 bits), activations to uint8 with ranges measured on `calibration` training images of the
-run's own split. LayerNorm, softmax and GELU stay in float. The int8 model is then run beside the fp32 one on the
-evaluation split (test, else val) of the run's data: a top-1 drop beyond `max_drop` points keeps nothing.
+run's own split. LayerNorm, GELU and the Attention nodes (q times k, softmax, times v) stay in float. The int8 model
+is then run beside the fp32 one on the evaluation split (test, else val) of the run's data: a top-1 drop beyond
+`max_drop` points keeps nothing.
 """
 from __future__ import annotations
 
@@ -81,7 +82,9 @@ def quantize_int8(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, d
     out = int8_path(onnx_path)
     with tempfile.TemporaryDirectory(dir=Path(onnx_path).parent, prefix=".quantize.") as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
-        quant_pre_process(str(onnx_path), str(prepared))
+        # ONNX Runtime's symbolic shape inference reads an opset-23 Attention node as its own contrib op and fails;
+        # ONNX's shape inference, which the pre-processing runs as well, knows it
+        quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=has_attention_op(onnx_path))
         quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         reduce_range=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                         op_types_to_quantize=QUANTIZED_OPS)
@@ -97,6 +100,14 @@ def quantize_int8(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, d
     atomic_write(sidecar_path(out), json.dumps(side, indent=2, ensure_ascii=False) + "\n")
     return QuantizeResult(str(out), str(sidecar_path(out)), len(picked), mb_fp32=Path(onnx_path).stat().st_size / 1e6,
                           mb_int8=out.stat().st_size / 1e6, **check)
+
+
+def has_attention_op(onnx_path: str | os.PathLike) -> bool:
+    """Whether the graph holds ONNX's own Attention node (opset 23 and later)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return any(node.op_type == "Attention" and node.domain in ("", "ai.onnx") for node in graph.node)
 
 
 def check_int8(checkpoint, fp32_path, int8_file, data, data_root, limit: int, seed: int) -> dict:
