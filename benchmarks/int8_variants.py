@@ -28,6 +28,7 @@ from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantT
 from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: E402
 
 from vitkit.data import load_data  # noqa: E402
+from vitkit.export.quantize import has_attention_op  # noqa: E402
 
 
 def main() -> None:
@@ -52,7 +53,7 @@ def main() -> None:
             return next(self.batches, None)
 
     prepared = args.out / "prepared.onnx"
-    quant_pre_process(str(args.model), str(prepared))
+    quant_pre_process(str(args.model), str(prepared), skip_symbolic_shape=has_attention_op(args.model))
     common = dict(per_channel=True, reduce_range=True, weight_type=QuantType.QInt8)
     static = dict(common, activation_type=QuantType.QUInt8)
     ops = ["MatMul", "Gemm", "Conv"]
