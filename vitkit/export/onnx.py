@@ -112,7 +112,8 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike | None = N
         program = torch.onnx.export(wrapper, (example,), None, input_names=["image"], output_names=["logits"],
                                     opset_version=opset, dynamo=True, verbose=False,
                                     dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
-    log.debug("%d attention nodes take (batch, tokens, heads x dim) directly", fold_heads(program.model))
+    folded = fold_heads(program.model)
+    log.debug("%d attention nodes take (batch, tokens, heads x dim) directly", folded)
     large = sum(p.numel() * p.element_size() for p in model.parameters()) > SINGLE_FILE_LIMIT
     payload = None if large else program.model_proto.SerializeToString()
     check_path = out if large else payload
