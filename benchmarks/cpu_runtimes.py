@@ -9,7 +9,8 @@ throughput is timed on batches of `--batch` test images for at least a second pe
 taking turns round by round so that a drifting machine hits all alike (median of the rounds). `--vit-s-224` adds a
 ViT-S/16 at 224 px with random weights (speed only; its int8 ranges are calibrated on Fashion-MNIST images scaled to
 224 px). `--baseline-opset 18` adds ONNX Runtime fp32 and int8 of an export at that opset (attention as MatMul and
-Softmax, before opset 23's Attention node) to the same rounds.
+Softmax, before opset 23's Attention node) to the same rounds; `--quantize int8-dynamic` makes the int8 exports with
+dynamic quantization.
 """
 from __future__ import annotations
 
@@ -39,16 +40,16 @@ def cli(*args) -> dict:
     return json.loads(done.stdout)
 
 
-def export_all(checkpoint: Path, extra: list[str], baseline_opset: int | None) -> dict[str, str]:
+def export_all(checkpoint: Path, extra: list[str], baseline_opset: int | None, quantize: str) -> dict[str, str]:
     fp32 = cli("export", checkpoint, "--format", "openvino", *extra)
-    int8 = cli("export", checkpoint, "--format", "openvino", "--quantize", "int8", "--check-images", "10000", *extra)
+    int8 = cli("export", checkpoint, "--format", "openvino", "--quantize", quantize, "--check-images", "10000", *extra)
     print(f"  int8 check: {json.dumps(int8['int8'])}", flush=True)
     files = {"torch fp32": str(checkpoint), "onnxruntime fp32": fp32["onnx"]["path"],
              "onnxruntime int8": int8["int8"]["path"], "openvino fp32": fp32["openvino"]["path"],
              "openvino int8": int8["openvino"]["path"]}
     if baseline_opset:
         out = checkpoint.with_name(f"{checkpoint.stem}.opset{baseline_opset}.onnx")
-        old = cli("export", checkpoint, "--quantize", "int8", "--check-images", "10000", "--opset", baseline_opset,
+        old = cli("export", checkpoint, "--quantize", quantize, "--check-images", "10000", "--opset", baseline_opset,
                   "--out", out, *extra)
         files.update({f"onnxruntime fp32, opset {baseline_opset}": old["onnx"]["path"],
                       f"onnxruntime int8, opset {baseline_opset}": old["int8"]["path"]})
@@ -113,6 +114,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--baseline-opset", type=int, help="also time ONNX Runtime on an export at this opset")
+    p.add_argument("--quantize", choices=["int8", "int8-dynamic"], default="int8", help="the int8 export's method")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"torch": torch.__version__, "threads": torch.get_num_threads(), "models": {}}
@@ -120,14 +122,14 @@ def main() -> None:
         meta = load_classifier(checkpoint).meta
         data = load_data("fashion-mnist", img_size=meta["img_size"], channels=1, splits=("test",)).splits["test"]
         print(f"{checkpoint} ({meta['model']}):", flush=True)
-        files = export_all(checkpoint, [], args.baseline_opset)
+        files = export_all(checkpoint, [], args.baseline_opset, args.quantize)
         report["models"][str(checkpoint)] = measure(files, data.images, data.labels, args.batch, args.rounds, 8)
         print(json.dumps(report["models"][str(checkpoint)], indent=1), flush=True)
     if args.vit_s_224:
         test = load_data("fashion-mnist", img_size=28, channels=1, splits=("test",)).splits["test"].images
         checkpoint, extra = vit_s_224(args.out, test)
         print(f"{checkpoint} (ViT-S/16, 224 px, random weights):", flush=True)
-        files = export_all(checkpoint, extra, args.baseline_opset)
+        files = export_all(checkpoint, extra, args.baseline_opset, args.quantize)
         images = torch.from_numpy(np.stack([np.asarray(Image.open(f))[None] for f in
                                             sorted((args.out / "fmnist-224").rglob("*.png"))[:args.batch * 2]]))
         report["models"]["vit_s16_224"] = measure(files, images, None, args.batch, args.rounds, 2)

@@ -89,3 +89,25 @@ def test_an_int8_model_that_loses_too_much_is_not_kept(trained, fake_mnist, tmp_
     assert result.returncode == 1 and "nothing was kept" in result.stderr, result.stderr
     assert copy.with_suffix(".onnx").exists() and not list(tmp_path.glob("*.int8.*"))
     assert not list(tmp_path.glob(".quantize*"))
+
+
+def test_dynamic_int8_needs_no_calibration_and_predict_runs_it(trained, fake_mnist, tmp_path):
+    """`--quantize int8-dynamic`: int8 weights and integer matrix products on activations quantized per batch (no
+    QDQ nodes, no calibration images, the conv stem's convolutions in float), checked like static int8."""
+    import onnx
+
+    out = tmp_path / "dyn.onnx"
+    result = run_cli("export", trained, "--quantize", "int8-dynamic", "--data-root", fake_mnist, "--out", out, "--json")
+    assert result.returncode == 0, result.stderr
+    int8 = json.loads(result.stdout)["int8"]
+    assert int8["path"] == str(tmp_path / "dyn.int8.onnx") and int8["calibration_images"] == 0
+    assert int8["top1_int8"] >= int8["top1_fp32"] - 0.01 and int8["top1_agreement"] >= 0.97, int8
+    side = json.loads((tmp_path / "dyn.int8.onnx.json").read_text())["quantization"]
+    assert side["method"] == "dynamic" and side["calibration_images"] == 0
+    ops = {node.op_type for node in onnx.load(int8["path"]).graph.node}
+    assert "DynamicQuantizeLinear" in ops or "DynamicQuantizeMatMul" in ops, ops
+    assert "QuantizeLinear" not in ops and "Conv" in ops and "ConvInteger" not in ops
+    image = tmp_path / "x.png"
+    image.write_bytes(image_bytes(3, (28, 28), "L"))
+    predicted = run_cli("predict", int8["path"], image, "--json")
+    assert predicted.returncode == 0 and json.loads(predicted.stdout)[0]["top"], predicted.stderr
