@@ -28,7 +28,7 @@ import numpy as np
 from ..engine.checkpoint import read_meta, single_label_only
 from ..engine.evaluate import prepare_evaluation
 from ..engine.predict import sidecar_path
-from ..errors import ExportMismatch
+from ..errors import ExportMismatch, UserError
 from ..fileio import atomic_write
 from ..optional import require
 
@@ -68,6 +68,8 @@ def quantize_int8(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, d
     """Quantize the checked fp32 export `onnx_path` of `checkpoint` to int8 beside it and check it on the evaluation
     split of `data` (default: the data the checkpoint was trained on). `method`: 'static' (activation ranges
     calibrated on training images of `data`) or 'dynamic' (activations quantized per batch, no calibration)."""
+    if method not in ("static", "dynamic"):
+        raise UserError(f"int8 quantization method {method!r}: use 'static' (calibrated) or 'dynamic'")
     require("onnxruntime", "export")
     single_label_only(read_meta(checkpoint), "int8 quantization", INT8_INSTEAD)
     from onnxruntime.quantization.shape_inference import quant_pre_process
