@@ -11,7 +11,7 @@ from tests.serving import CLASSES, make_checkpoint
 from vitkit.engine.checkpoint import load_model, model_meta, save_model
 from vitkit.export.onnx import sample_images
 from vitkit.models import model_kwargs
-from vitkit.models.pretrained import from_transformers, to_transformers
+from vitkit.models.layouts import from_transformers, to_transformers
 
 timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")

@@ -7,7 +7,7 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 from vitkit.engine.checkpoint import load_model, model_meta, save_model
 from vitkit.errors import UserError
 from vitkit.models import count_flops, create_model, get_spec, list_models, model_kwargs, model_size, num_params
-from vitkit.models.pretrained import to_eva_layout, to_timm_layout
+from vitkit.models.layouts import to_eva_layout, to_timm_layout
 
 
 # ViT-L is ViT-B's code at another size (its parameter count is checked against timm below); building it takes

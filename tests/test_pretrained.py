@@ -7,7 +7,8 @@ from safetensors.torch import save_file
 from tests.conftest import TINY_MODEL, run_cli
 from vitkit import UserError, create_model
 from vitkit.models import VisionTransformer
-from vitkit.models.pretrained import load_pretrained, resample_patch_kernel, resample_pos_embed, to_jax
+from vitkit.models.layouts import to_jax
+from vitkit.models.pretrained import load_pretrained, resample_patch_kernel, resample_pos_embed
 
 timm = pytest.importorskip("timm")
 

@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from ..engine.checkpoint import load_model
 from ..errors import ExportMismatch, UserError
 from ..models import is_foreign
-from ..models.pretrained import to_transformers
+from ..models.layouts import to_transformers
 from ..optional import require
 from ..version import __version__
 from .onnx import compare_logits, sample_images
