@@ -9,6 +9,8 @@ import vitkit
 from vitkit.config import build_config
 from vitkit.engine import trainer as trainer_mod
 from vitkit.engine.checkpoint import read_meta
+from vitkit.report.figures import curve, learning_curves
+from vitkit.runs import read_history
 
 TINY = {"model.name": "vit_micro_patch7_28", "model.img_size": 16, "model.patch_size": 4, "model.embed_dim": 32,
         "model.depth": 2, "model.num_heads": 2, "model.drop_path_rate": 0.1, "train.batch_size": 32,
@@ -83,3 +85,30 @@ def test_non_finite_loss_stops_with_a_hint(fake_mnist, tmp_path):
                                                                 "train.grad_clip": 0.0, "train.optimizer": "sgd"})
     with pytest.raises(trainer_mod.NonFiniteLoss, match="lower the learning rate"):
         vitkit.train(cfg, show_progress=False)
+
+
+def test_val_every_validates_every_nth_epoch_and_the_last(fake_mnist, tmp_path, caplog):
+    cfg = config(tmp_path, "fashion-mnist", str(fake_mnist), **{"train.epochs": 5, "train.val_every": 2,
+                                                                "train.ema": 0.9, "output.name": "r"})
+    with caplog.at_level("INFO", logger="vitkit"):
+        result = vitkit.train(cfg, show_progress=False)
+    rows = list(csv.DictReader(open(result.run_dir / "metrics.csv")))
+    validated = [int(r["epoch"]) for r in rows if r["val_top1"] != "nan"]
+    assert validated == [2, 4, 5] and all(r["val_loss"] == "nan" for r in rows if int(r["epoch"]) in (1, 3))
+    assert result.best_epoch in validated
+    assert read_meta(result.run_dir / "best.safetensors")["epoch"] == result.best_epoch
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert "validation next at epoch 2" in lines[0] and "validation next at epoch 4" in lines[2]
+    assert "top-1" in lines[1] and "top-1" in lines[4]
+    history = read_history(result.run_dir)
+    assert curve(history, "val_top1")[0] == [2, 4, 5] and curve(history, "train_loss")[0] == [1, 2, 3, 4, 5]
+    assert learning_curves(history)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_patience_counts_epochs_and_is_checked_at_validations(fake_mnist, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_mod.Trainer, "validate",
+                        lambda self: {"val_loss": 1.0, "val_top1": 0.5, "val_top5": 1.0, "val_top1_ema": float("nan")})
+    cfg = config(tmp_path, "fashion-mnist", str(fake_mnist), **{"train.epochs": 10, "train.patience": 2,
+                                                                "train.val_every": 3})
+    result = vitkit.train(cfg, show_progress=False)
+    assert result.epochs == 6 and result.best_epoch == 3  # epochs 4 and 5 are not validated: no stop before 6

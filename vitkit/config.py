@@ -225,6 +225,9 @@ class TrainConfig:
                        resume=REFUSE)
     patience: int = option(0, "stop after this many epochs without a better val top-1; 0 turns early stopping off",
                            check=NOT_NEGATIVE, flag="--patience", resume=FREE)
+    val_every: int = option(1, "validate every N epochs and after the last one (fewer passes over a large val "
+                            "split); best.safetensors and early stopping see the validated epochs only",
+                            check=AT_LEAST_1, flag="--val-every", resume=FREE)
     threads: int | None = option(None, "CPU threads for torch; null: torch's default", check=AT_LEAST_1, resume=FREE)
     grad_checkpointing: bool = option(False, "recompute each block's activations in the backward pass: far less "
                                       "memory for about one more forward pass of time per step", resume=FREE)

@@ -101,9 +101,12 @@ class RunWriter:
         self.status("finished")
 
 
-def epoch_summary(row: dict, epochs: int, has_val: bool, with_ema: bool, improved: bool) -> str:
-    """The log line of one epoch."""
-    if has_val and "val_map" in row:
+def epoch_summary(row: dict, epochs: int, has_val: bool, with_ema: bool, improved: bool,
+                  next_validation: int | None = None) -> str:
+    """The log line of one epoch; `next_validation`: this epoch had no validation pass, the next is then."""
+    if next_validation is not None:
+        val = f"validation next at epoch {next_validation}"
+    elif has_val and "val_map" in row:
         ema = f" (EMA {row['val_map_ema']:.4f})" if with_ema else ""
         val = f"val loss {row['val_loss']:.4f} mAP {row['val_map']:.4f}{ema}"
     elif has_val:

@@ -116,7 +116,7 @@ class Trainer:
             for epoch in range(self.state.epoch + 1, epochs + 1):
                 start = time.perf_counter()
                 train_loss, train_acc, images, earlier_seconds = self.train_epoch(epoch)
-                val = self.validate()
+                val = self.validate() if self.validates(epoch) else self.no_validation()
                 seconds = time.perf_counter() - start + earlier_seconds
                 row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, **val,
                        "lr": max(g["lr"] for g in self.optimizer.param_groups), "seconds": round(seconds, 2),
@@ -280,11 +280,19 @@ class Trainer:
     def has_val(self) -> bool:
         return self.val is not None and len(self.val) > 0
 
+    def validates(self, epoch: int) -> bool:
+        """Whether `epoch` ends with a validation pass: every `train.val_every`-th epoch, and the last one."""
+        return self.has_val and (epoch % self.cfg.train.val_every == 0 or epoch == self.cfg.train.epochs)
+
+    def no_validation(self) -> dict:
+        """The validation columns of an epoch without a validation pass: NaN (empty in the report's curves)."""
+        keys = ("val_loss", "val_map", "val_map_ema") if self.multi_label else \
+            ("val_loss", "val_top1", "val_top5", "val_top1_ema")
+        return dict.fromkeys(keys, float("nan"))
+
     def validate(self) -> dict:
         if not self.has_val:
-            keys = ("val_loss", "val_map", "val_map_ema") if self.multi_label else \
-                ("val_loss", "val_top1", "val_top5", "val_top1_ema")
-            return dict.fromkeys(keys, float("nan"))
+            return self.no_validation()
         if self.multi_label:
             return self._validate_multi_label()
         logits = self._val_logits(self.model)
@@ -328,8 +336,10 @@ class Trainer:
         top1 = row[self.score]  # val top-1, or multi-label: val mAP
         if self.ema is not None and row[f"{self.score}_ema"] > top1:  # the better of the raw and averaged weights
             top1 = row[f"{self.score}_ema"]
-        # Without validation there is nothing to compare on: the latest weights are the best we know.
-        improved = not self.has_val or (not math.isnan(top1) and top1 > s.best_top1)
+        # Without validation there is nothing to compare on: the latest weights are the best we know. Between the
+        # validations of `train.val_every` the best model stays, and patience (in epochs) is checked at the next one.
+        validated = self.validates(s.epoch)
+        improved = not self.has_val or (validated and not math.isnan(top1) and top1 > s.best_top1)
         if improved:
             s.best_top1, s.best_epoch, s.epochs_without_improvement = top1, s.epoch, 0
         else:
@@ -337,10 +347,15 @@ class Trainer:
         self.writer.epoch(row, self.model, self.ema.module if self.ema else None, improved, self.has_val,
                           self.state_dict() if dist.is_main() else {}, s.history, self.score, self.thresholds)
         if dist.is_main():
-            log.info(epoch_summary(row, self.cfg.train.epochs, self.has_val, self.ema is not None, improved))
+            log.info(epoch_summary(row, self.cfg.train.epochs, self.has_val, self.ema is not None, improved,
+                                   None if validated or not self.has_val else self._next_validation(s.epoch)))
         self.trackers.epoch(row, s.epoch * len(self.train_loader))
         patience = self.cfg.train.patience
-        return patience > 0 and s.epochs_without_improvement >= patience
+        return validated and patience > 0 and s.epochs_without_improvement >= patience
+
+    def _next_validation(self, epoch: int) -> int:
+        every = self.cfg.train.val_every
+        return min((epoch // every + 1) * every, self.cfg.train.epochs)
 
     def save_partial(self, epoch: int, step: int, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int,
                      seconds: float) -> None:

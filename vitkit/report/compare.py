@@ -13,7 +13,7 @@ from ..errors import UserError
 from ..fileio import atomic_write
 from ..runs import RunInfo, read_history, read_run
 from . import html as h
-from .figures import _png
+from .figures import _png, curve
 
 PAGE = "compare.html"
 FIGURE_DIR = "compare"
@@ -51,10 +51,10 @@ def curve_figure(runs, kind: str) -> bytes:
     for n, (info, history, _) in enumerate(runs):
         color = f"C{n % 10}"
         for column in CURVES[kind]:
-            points = [(r["epoch"], r[column]) for r in history if column in r]
-            if points:
+            points = curve(history, column)
+            if points[0]:
                 style = "--" if column.startswith("train") and len(CURVES[kind]) > 1 else "-"
-                ax.plot(*zip(*points), style, color=color, marker="o", ms=2.5,
+                ax.plot(*points, style, color=color, marker="o", ms=2.5,
                         label=info.name if column == CURVES[kind][-1] else None)
     ax.set(title=TITLES[kind], xlabel="epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -94,9 +94,11 @@ def _final_table(runs) -> str:
     rows = []
     for info, history, _ in runs:
         last = history[-1] if history else {}
+        validated = curve(history, "val_loss")[0]  # the epochs with a validation pass (see train.val_every)
+        last_val = next((r for r in reversed(history) if r["epoch"] in validated[-1:]), {})
         rows.append([info.name, info.model, info.data, info.status, f"{info.epochs}/{info.planned}",
-                     _pct(info.best_val), _pct(info.test), _pct(last.get("val_top1")),
-                     f"{last['val_loss']:.4f}" if "val_loss" in last else "-",
+                     _pct(info.best_val), _pct(info.test), _pct(last_val.get("val_top1")),
+                     f"{last_val['val_loss']:.4f}" if "val_loss" in last_val else "-",
                      duration(info.seconds), f"{last['img_per_s']:.0f}" if "img_per_s" in last else "-"])
     return h.table(["run", "model", "data", "status", "epochs", "best val top-1", "test top-1", "last val top-1",
                     "last val loss", "training time", "img/s"], rows)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import matplotlib
 
@@ -22,24 +23,30 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
+def curve(history: list[dict], key: str) -> tuple[list, list]:
+    """(epochs, values) of the epochs that have a value for `key`: validation columns are NaN on epochs without a
+    validation pass (`train.val_every`, or no validation split), which would otherwise break the line."""
+    points = [(r["epoch"], r[key]) for r in history if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    return [e for e, _ in points], [v for _, v in points]
+
+
 def learning_curves(history: list[dict]) -> bytes:
     """Loss, top-1 (multi-label: validation mAP, of the raw and the averaged weights) and learning rate per epoch,
     train beside val."""
-    epochs = [r["epoch"] for r in history]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    axes[0].plot(epochs, [r["train_loss"] for r in history], "o-", label="train", ms=3)
-    axes[0].plot(epochs, [r["val_loss"] for r in history], "o-", label="val", ms=3)
+    axes[0].plot(*curve(history, "train_loss"), "o-", label="train", ms=3)
+    axes[0].plot(*curve(history, "val_loss"), "o-", label="val", ms=3)
     axes[0].set(title="loss", xlabel="epoch")
     if "val_map" in history[0]:
-        axes[1].plot(epochs, [r["val_map"] for r in history], "o-", label="val", ms=3)
-        if any(r.get("val_map_ema") == r.get("val_map_ema") for r in history):  # NaN where no average was kept
-            axes[1].plot(epochs, [r.get("val_map_ema", float("nan")) for r in history], "o-", label="val (EMA)", ms=3)
+        axes[1].plot(*curve(history, "val_map"), "o-", label="val", ms=3)
+        if curve(history, "val_map_ema")[0]:  # none where no average was kept
+            axes[1].plot(*curve(history, "val_map_ema"), "o-", label="val (EMA)", ms=3)
         axes[1].set(title="validation mAP", xlabel="epoch")
     else:
-        axes[1].plot(epochs, [r["train_acc"] for r in history], "o-", label="train", ms=3)
-        axes[1].plot(epochs, [r["val_top1"] for r in history], "o-", label="val", ms=3)
+        axes[1].plot(*curve(history, "train_acc"), "o-", label="train", ms=3)
+        axes[1].plot(*curve(history, "val_top1"), "o-", label="val", ms=3)
         axes[1].set(title="top-1 accuracy", xlabel="epoch")
-    axes[2].plot(epochs, [r["lr"] for r in history], "o-", color="gray", ms=3)
+    axes[2].plot(*curve(history, "lr"), "o-", color="gray", ms=3)
     axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
     for ax in axes[:2]:
         ax.legend()
