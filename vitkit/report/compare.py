@@ -3,6 +3,7 @@ configs side by side with the differences first and highlighted, and their final
 (compare/*.png) for slides and notes."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -94,8 +95,8 @@ def _final_table(runs) -> str:
     rows = []
     for info, history, _ in runs:
         last = history[-1] if history else {}
-        validated = curve(history, "val_loss")[0]  # the epochs with a validation pass (see train.val_every)
-        last_val = next((r for r in reversed(history) if r["epoch"] in validated[-1:]), {})
+        # the last epoch with a validation pass (see train.val_every)
+        last_val = next((r for r in reversed(history) if math.isfinite(r.get("val_loss", math.nan))), {})
         rows.append([info.name, info.model, info.data, info.status, f"{info.epochs}/{info.planned}",
                      _pct(info.best_val), _pct(info.test), _pct(last_val.get("val_top1")),
                      f"{last_val['val_loss']:.4f}" if "val_loss" in last_val else "-",
