@@ -270,11 +270,22 @@ def check_bad_files(bad: list[tuple[str, str]], total: int, max_fraction: float,
                         f"fix the data (run 'vitkit data check' on it) or raise the limit")
 
 
-def folder_stats(images: ImageSet | None, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of the training images (on up to 10,000 of them)."""
+def folder_stats(images: ImageSet | None, channels: int, chunk: int | None = None
+                 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of the training images (on up to 10,000 of them), summed `chunk` images at a time
+    (default: about 2M pixel values, 16 MB of float64): memory stays flat instead of holding the whole sample as
+    floats (12 GB for 9,000 RGB images at 224 px)."""
     if images is None or len(images) == 0:
         return (0.5,) * channels, (0.5,) * channels
-    x = images.images[:: max(1, len(images) // 10_000)].float() / 255.0
-    mean = x.mean(dim=(0, 2, 3)).tolist()
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-    return tuple(round(m, 4) for m in mean), tuple(round(s, 4) for s in std)
+    sample = images.images[:: max(1, len(images) // 10_000)]  # a strided view: nothing is copied yet
+    sums = torch.zeros(channels, dtype=torch.float64)
+    squares = torch.zeros(channels, dtype=torch.float64)
+    for part in sample.split(chunk or max(1, 2**21 // sample[0].numel())):
+        x = part.to(torch.float64)
+        sums += x.sum(dim=(0, 2, 3))
+        squares += x.square().sum(dim=(0, 2, 3))
+    n = sample.numel() // channels
+    mean = sums / n
+    std = ((squares - n * mean.square()) / max(n - 1, 1)).clamp_min(0).sqrt()
+    mean, std = mean / 255.0, (std / 255.0).clamp_min(1e-3)
+    return tuple(round(m, 4) for m in mean.tolist()), tuple(round(s, 4) for s in std.tolist())
