@@ -58,3 +58,31 @@ def test_bench_trains_as_vitkit_train_does_bf16_weights_on_a_cpu_unless_turned_o
     assert json.loads(off.stdout)["bf16_weights"] is False
     fp32 = run_cli(*common, "fp32", "--bf16-weights")
     assert fp32.returncode == 2 and "needs bf16 training" in fp32.stderr
+
+
+def test_the_blocked_mlp_of_the_mlp_benchmark_computes_what_the_mlp_does():
+    """`benchmarks/mlp_step.py` times an MLP run over blocks of rows: its outputs and gradients must be the model's."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    from vitkit.models.vit import Mlp
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "mlp_step.py"
+    spec = importlib.util.spec_from_file_location("mlp_step", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    mlp = Mlp(8, 32).double()
+    x = torch.randn(2, 7, 8, dtype=torch.float64, requires_grad=True)  # 14 rows: blocks of 4, 4, 4 and 2
+    results = []
+    for fn in (mlp.forward, lambda t: module.BlockedMlpFunction.apply(t, mlp.fc1.weight, mlp.fc1.bias,
+                                                                       mlp.fc2.weight, mlp.fc2.bias, 4)):
+        mlp.zero_grad()
+        x.grad = None
+        out = fn(x)
+        out.pow(2).sum().backward()
+        results.append([out, x.grad] + [p.grad.clone() for p in mlp.parameters()])
+    for want, got in zip(*results):
+        torch.testing.assert_close(got, want)
