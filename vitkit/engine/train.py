@@ -87,8 +87,10 @@ def lock_run_dir(run_dir: Path, resume: bool) -> DirectoryLock:
 
 
 def check_foreign(cfg: Config) -> None:
-    """`--model timm:NAME`: a one-line error for each option only our ViT has."""
+    """`--model timm:NAME`: a one-line error for each option only our ViT has; our model names are checked here too,
+    so that a misspelt one fails before any data is read or downloaded."""
     if not is_foreign(cfg.model.name):
+        get_spec(cfg.model.name)
         return
     m, t = cfg.model, cfg.train
     vit = [f"model.{f.name}" for f in dataclasses.fields(m) if f.name in VIT_OPTIONS and getattr(m, f.name) is not None]
