@@ -169,3 +169,18 @@ def test_repeated_augmentation_and_balanced_sampler():
     sampler.set_epoch_seed(0)
     drawn = labels[torch.cat([sampler.order() for _ in range(20)])]
     assert abs(float((drawn == 1).float().mean()) - 0.5) < 0.05
+
+
+def test_larger_images_come_out_at_the_augmentations_size():
+    """`size`: training images decoded larger (`data.decode_scale`) are cropped and resampled to the model's input:
+    the whole image, unflipped, is the antialiased resize; a crop spans the drawn share of the larger image."""
+    x = images(20, c=3, size=24)
+    g = torch.Generator().manual_seed(0)
+    plain = Augment(scale=(1.0, 1.0), hflip=0.0, size=16)
+    out = plain.apply(x, plain.draw(len(x), g), IDENTITY)
+    want = torch.nn.functional.interpolate(x.float(), size=(16, 16), mode="bilinear", antialias=True)
+    torch.testing.assert_close(out, want)
+    for aug in (Augment(size=16, policy="trivial", erase=0.5), Augment(scale=(1.0, 1.0), hflip=1.0, size=16)):
+        assert aug.apply(x, aug.draw(len(x), g), IDENTITY).shape == (20, 3, 16, 16)
+    w, h = crop_extents(Augment(scale=(0.5, 0.5), hflip=0.0, size=32), 200)  # 64 px images to 32 px crops
+    torch.testing.assert_close(w * h, torch.full_like(w, 0.5), atol=0.03, rtol=0)

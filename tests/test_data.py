@@ -17,7 +17,7 @@ from vitkit.data import load_data, load_image, read_manifest, write_manifest
 from vitkit.data import named
 from vitkit.data.splits import stratified_split
 from vitkit.data.images import BadImage, to_mode
-from vitkit.errors import DataError
+from vitkit.errors import DataError, UserError
 
 from .conftest import write_folder
 
@@ -336,3 +336,15 @@ def test_normalization_statistics_are_exact_and_need_no_float_copy_of_the_images
     )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert int(run.stdout) < 400, f"peak memory grew by {run.stdout.strip()} MB"  # 40-100 MB; as floats: +1.8 GB
+
+
+def test_the_training_split_can_be_decoded_larger_than_the_model_input(image_folder, fake_mnist):
+    """`decode_scale`: training images at 1.5x (for crops resampled to the input size), validation at the input
+    size, each split cached at its own size; named datasets are used at their own size and refuse it in one line."""
+    data = load_data(str(image_folder), img_size=16, val_fraction=0.2, seed=0, decode_scale=1.5, use_cache=False)
+    assert data.img_size == 16
+    assert data.splits["train"].images.shape[1:] == (3, 24, 24) and data.splits["val"].images.shape[1:] == (3, 16, 16)
+    same = load_data(str(image_folder), img_size=16, val_fraction=0.2, seed=0, use_cache=False)
+    assert data.splits["train"].ids == same.splits["train"].ids  # the same split, only the size differs
+    with pytest.raises(UserError, match="decode_scale applies to image folders and label files"):
+        load_data("fashion-mnist", data_root=str(fake_mnist), decode_scale=1.5)

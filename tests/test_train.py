@@ -112,3 +112,18 @@ def test_patience_counts_epochs_and_is_checked_at_validations(fake_mnist, tmp_pa
                                                                 "train.val_every": 3})
     result = vitkit.train(cfg, show_progress=False)
     assert result.epochs == 6 and result.best_epoch == 3  # epochs 4 and 5 are not validated: no stop before 6
+
+
+def test_a_run_on_training_images_decoded_larger_learns_and_keeps_the_input_size(image_folder, tmp_path, caplog):
+    """`data.decode_scale` 1.5: the 16 px model trains on crops resampled from 24 px images, validates at 16 px,
+    writes a 16 px checkpoint and a report; a teacher's cached views go through the same resampling."""
+    caplog.set_level("INFO")
+    extra = {"train.epochs": 4, "data.decode_scale": 1.5, "data.cache": False, "data.crop_scale": [1.0, 1.0],
+             "data.policy": "none", "data.erase": 0.0}  # flips only: the teacher's views are cached
+    result = vitkit.train(config(tmp_path, image_folder, **extra), show_progress=False)
+    assert "train: decoded at 24x24 for crops resampled to 16x16" in caplog.text
+    assert read_meta(result.best_checkpoint)["img_size"] == 16 and result.best_val_top1 > 0.6
+    extra.update({"train.teacher": str(result.best_checkpoint), "output.name": "taught"})
+    taught = vitkit.train(config(tmp_path, image_folder, **extra), show_progress=False)
+    assert "teacher logits of 81 images, as they are and mirrored, computed once" in caplog.text
+    assert taught.epochs == 4 and taught.best_val_top1 > 0.6

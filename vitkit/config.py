@@ -138,6 +138,9 @@ class DataConfig:
     crop_stretch: float = option(1.0, "largest one-axis stretch of a crop whose drawn aspect does not fit the image "
                                  "(1: none; 1.16: full-scale crops stretched by up to 15 percent)",
                                  check=Range(1, 2), resume=REFUSE)
+    decode_scale: float = option(1.0, "image files: the training split decoded (and cached) this much larger than "
+                                 "the model's input (1.143: 256 px for 224), so random-resized crops keep detail; "
+                                 "validation and test stay at the input size", check=Range(1, 2), resume=REFUSE)
     hflip: float | None = option(None, "horizontal flip probability; null: 0.5 unless flips change the class (MNIST)",
                                  check=PROBABILITY, resume=REFUSE)
     translate: float = option(0.0, "random shift of up to this fraction of the size each way, black fill (0.1: ~3 "

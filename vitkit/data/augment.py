@@ -40,7 +40,8 @@ class Augment:
     """Random resized crop (area fraction in `scale`, aspect in `ratio`, stretched along one axis by up to
     `stretch` where the drawn aspect does not fit otherwise), flip, translation (fraction of the size), a policy
     ('none', 'trivial', 'randaugment' with `ops` ops at `magnitude` of 10) and random erasing (`erase`: probability,
-    `erase_area`: area fraction range)."""
+    `erase_area`: area fraction range). `size`: the side of the images it returns (the model's input), when the
+    images it is given are larger (`data.decode_scale`); None: the side they have."""
 
     scale: tuple[float, float] = (0.8, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -52,6 +53,7 @@ class Augment:
     magnitude: float = 9.0
     erase: float = 0.0
     erase_area: tuple[float, float] = (0.02, 1 / 3)
+    size: int | None = None
 
     # ------------------------------------------------------------------------------------------ draw
     def draw(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -129,9 +131,10 @@ class Augment:
             crop[:, 1, 2] += 2 * self.translate * (2 * u[:, 6] - 1)
         for r in range(p["op"].shape[1] if "op" in p else 0):
             crop = crop @ self._geometry(p, r, H, W)
+        out = [B, x.shape[1], self.size or H, self.size or W]
         if not moved and self.whole_image and self.hflip == 0:
-            return x
-        grid = F.affine_grid(crop[:, :2], list(x.shape), align_corners=False)  # (B, H, W, 2)
+            return x if out == list(x.shape) else F.interpolate(x, size=out[2:], mode="bilinear", antialias=True)
+        grid = F.affine_grid(crop[:, :2], out, align_corners=False)  # (B, out H, out W, 2)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     def _level(self, p: dict, r: int) -> torch.Tensor:

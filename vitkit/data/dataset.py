@@ -1,7 +1,8 @@
 """One entry point for every kind of DATA: a named dataset or an image folder, split into train/val[/test].
 
-Everything is decoded once into memory as uint8 tensors at the model's resolution. The split is written as a
-manifest (id, label, split) and read back by resume and evaluate, so the validation set is never the training set.
+Everything is decoded once into memory as uint8 tensors at the model's resolution (an image folder's training split,
+with `data.decode_scale`, a little larger, for the augmentation's crops). The split is written as a manifest (id,
+label, split) and read back by resume and evaluate, so the validation set is never the training set.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import DataError
+from ..errors import DataError, UserError
 from .cache import cache_root, content_key, load_entry, save_entry
 from .folder import decode_all, detect_channels, scan_folder
 from .labels import LabelSpec, LabelTable, labeled_by_file, read_labels
@@ -71,25 +72,31 @@ def load_data(source: str, *, img_size: int | None = None, channels: int | None 
               data_root: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.0, seed: int = 0,
               manifest: Path | None = None, splits: tuple[str, ...] | None = None,
               allow_empty_classes: bool = False, use_cache: bool = True, show_progress: bool = True,
-              max_image_pixels: int | None = None, labels: LabelSpec | None = None) -> DataBundle:
+              max_image_pixels: int | None = None, labels: LabelSpec | None = None,
+              decode_scale: float = 1.0) -> DataBundle:
     """Load DATA into memory, split it (or reuse `manifest`), at `img_size` with `channels` (None: the data's own).
 
     `splits` limits which splits are decoded (evaluate needs only one); image files of more than
     `max_image_pixels` pixels are refused as possible decompression bombs (default: Pillow's limit). With a label
     file in `labels` (or a folder with Hugging Face's metadata.csv/.jsonl), the images it lists under `source`.
+    With `decode_scale` > 1 (image files only), the training split is decoded at that multiple of `img_size`, for
+    crops that the augmentation resamples to `img_size` (`Augment.size`); the other splits stay at `img_size`.
     """
-
-    if labeled_by_file(source, labels):
+    by_file = labeled_by_file(source, labels)
+    if decode_scale != 1 and not by_file and (is_sharded(source) or is_named(source)):
+        raise UserError("data.decode_scale applies to image folders and label files, which are decoded from larger "
+                        f"images; {source} is used at its own size: drop data.decode_scale")
+    if by_file:
         rows = read_manifest(manifest) if manifest is not None and manifest.exists() else None
         return _load_labeled(Path(source), labels, img_size, channels, val_fraction, test_fraction, seed, rows,
-                             splits, use_cache, show_progress, max_image_pixels)
+                             splits, use_cache, show_progress, max_image_pixels, decode_scale)
     if is_sharded(source):
         return _load_shards(Path(source), img_size, channels, splits)
     rows = read_manifest(manifest) if manifest is not None and manifest.exists() else None
     if is_named(source):
         return _load_named(source.lower(), img_size, channels, data_root, val_fraction, seed, rows, splits)
     return _load_folder(Path(source), img_size, channels, val_fraction, test_fraction, seed, rows, splits,
-                        allow_empty_classes, use_cache, show_progress, max_image_pixels)
+                        allow_empty_classes, use_cache, show_progress, max_image_pixels, decode_scale)
 
 
 def _load_named(name, img_size, channels, data_root, val_fraction, seed, rows, wanted) -> DataBundle:
@@ -126,8 +133,19 @@ def adapt_stats(mean, std, channels):
     return (m,) * channels, (s,) * channels
 
 
+def split_size(img_size: int, split: str, decode_scale: float) -> int:
+    """The side a split of image files is decoded at: the training split's `decode_scale` times larger."""
+    if split != "train" or decode_scale == 1:
+        return img_size
+    size = round(img_size * decode_scale)
+    log.info("train: decoded at %dx%d for crops resampled to %dx%d (data.decode_scale %g)", size, size, img_size,
+             img_size, decode_scale)
+    return size
+
+
 def _load_folder(root, img_size, channels, val_fraction, test_fraction, seed, rows, wanted,
-                 allow_empty_classes, use_cache=True, show_progress=True, max_pixels=None) -> DataBundle:
+                 allow_empty_classes, use_cache=True, show_progress=True, max_pixels=None,
+                 decode_scale=1.0) -> DataBundle:
     scan = scan_folder(root, allow_empty_classes)
     if img_size is None:
         raise DataError("an image folder needs an image size: pass --img-size or choose a model with one")
@@ -152,7 +170,8 @@ def _load_folder(root, img_size, channels, val_fraction, test_fraction, seed, ro
         chosen = [(p, c) for p, c, s in assigned if s == split]
         if not chosen or (wanted and split not in wanted):
             continue
-        stacked, keep, bad_here = decode_split(root, [p for p, _ in chosen], img_size, channels, split, use_cache,
+        size = split_size(img_size, split, decode_scale)
+        stacked, keep, bad_here = decode_split(root, [p for p, _ in chosen], size, channels, split, use_cache,
                                                  show_progress, max_pixels)
         bad += bad_here
         images = torch.from_numpy(stacked)
@@ -163,7 +182,7 @@ def _load_folder(root, img_size, channels, val_fraction, test_fraction, seed, ro
 
 
 def _load_labeled(root, spec, img_size, channels, val_fraction, test_fraction, seed, rows, wanted, use_cache,
-                  show_progress, max_pixels) -> DataBundle:
+                  show_progress, max_pixels, decode_scale=1.0) -> DataBundle:
     """The images a label file lists, split (by group where it has groups, stratified by label) or as `rows` say."""
     table = read_labels(root, spec)
     if img_size is None:
@@ -175,7 +194,8 @@ def _load_labeled(root, spec, img_size, channels, val_fraction, test_fraction, s
         chosen = [i for i, s in enumerate(split_of) if s == split]
         if not chosen or (wanted and split not in wanted):
             continue
-        stacked, keep, bad_here = decode_split(root, [table.files[i] for i in chosen], img_size, channels, split,
+        stacked, keep, bad_here = decode_split(root, [table.files[i] for i in chosen],
+                                                 split_size(img_size, split, decode_scale), channels, split,
                                                  use_cache, show_progress, max_pixels)
         bad += bad_here
         picked = [chosen[k] for k in keep]

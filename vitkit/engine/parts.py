@@ -144,6 +144,9 @@ def _frozen_feature_parts(cfg: Config, data: DataBundle, model: torch.nn.Module,
     if dist.world_size() > 1:
         raise UserError("frozen-feature training runs in one process (the head trains in seconds): drop --nproc, or "
                         "--set train.feature_cache=false")
+    if d.decode_scale != 1:
+        raise UserError("frozen-feature training caches each image's features at the model's input size, so "
+                        "data.decode_scale does not apply: drop it, or --set train.feature_cache=false")
     recipe = build_recipe(cfg, data)
     if recipe.mix is not None or d.repeats > 1:
         log.warning("train.mixup/cutmix and data.repeats do not apply to cached features; data.probe_views adds "

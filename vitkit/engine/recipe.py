@@ -42,7 +42,8 @@ def build_recipe(cfg: Config, data: DataBundle) -> Recipe:
                  len(train), SMALL_DATA, policy, erase)
     hflip = d.hflip if d.hflip is not None else (0.5 if data.hflip else 0.0)
     augment = Augment(scale=tuple(d.crop_scale), stretch=d.crop_stretch, hflip=hflip, translate=d.translate,
-                      policy=policy, ops=d.randaugment_ops, magnitude=d.randaugment_magnitude, erase=erase)
+                      policy=policy, ops=d.randaugment_ops, magnitude=d.randaugment_magnitude, erase=erase,
+                      size=data.img_size)
     mix = Mix(t.mixup, t.cutmix, t.mix_prob, t.mix_switch, t.label_smoothing) if t.mixup or t.cutmix else None
     if is_multi_label(train):  # multi-label: --balance loss weighs each label's positives (`parts._losses`)
         if t.balance == "sampler":

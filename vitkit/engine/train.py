@@ -14,7 +14,7 @@ import torch
 
 from ..config import Config, resume_config  # noqa: F401 (resume_config: where earlier versions had it)
 from ..data import MANIFEST, DataBundle, is_named, load_data
-from ..data.dataset import adapt_stats, check_bad_files
+from ..data.dataset import adapt_stats, check_bad_files, resize_images
 from ..data.labels import label_spec
 from ..data.splits import is_multi_label
 from ..errors import DataError, UserError, out_of_memory
@@ -138,7 +138,7 @@ def _load_bundle(cfg: Config, manifest: Path, show_progress: bool = True) -> Dat
                      val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction, seed=cfg.train.seed,
                      manifest=manifest, splits=("train", "val"), allow_empty_classes=cfg.data.allow_empty_classes,
                      use_cache=cfg.data.cache, show_progress=show_progress, max_image_pixels=cfg.data.max_image_pixels,
-                     labels=label_spec(dataclasses.asdict(cfg.data)))
+                     labels=label_spec(dataclasses.asdict(cfg.data)), decode_scale=cfg.data.decode_scale)
 
 
 def _report_bad_files(data: DataBundle, writer: RunWriter, max_fraction: float) -> None:
@@ -274,7 +274,9 @@ def _outputs(run_dir: Path, data: DataBundle, cfg: Config) -> RunOutputs:
     """What the trackers get from a finished run: the best checkpoint and two images as the model takes them."""
     split = data.splits.get("val") or data.splits["train"]
     images = getattr(split, "images", None)
-    example = images[:2].numpy() if isinstance(images, torch.Tensor) and len(images) else None
+    example = None
+    if isinstance(images, torch.Tensor) and len(images):
+        example = resize_images(images[:2], data.img_size).numpy()  # training images may be larger (decode_scale)
     return RunOutputs(run_dir, run_dir / MODEL_FILE["best"], example,
                       f"{experiment_name(cfg)}-{cfg.model.name.replace(':', '-')}")
 
