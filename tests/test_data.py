@@ -315,7 +315,7 @@ def test_decoding_shows_no_progress_bar_off_a_terminal(tmp_path, capsys):
 
 def test_normalization_statistics_are_exact_and_need_no_float_copy_of_the_images():
     """`folder_stats` matches a float64 reference, and summing in chunks keeps its memory flat: the whole sample
-    as floats was 14 GB at 10,000 RGB images of 224 px."""
+    as floats took 12 GB for 9,000 RGB images of 224 px."""
     from vitkit.data.dataset import folder_stats
     from vitkit.data.splits import ImageSet
 
@@ -340,7 +340,7 @@ def test_normalization_statistics_are_exact_and_need_no_float_copy_of_the_images
 
 def test_the_training_split_can_be_decoded_larger_than_the_model_input(image_folder, fake_mnist):
     """`decode_scale`: training images at 1.5x (for crops resampled to the input size), validation at the input
-    size, each split cached at its own size; named datasets are used at their own size and refuse it in one line."""
+    size, the same split; named datasets are used at their own size and refuse it in one line."""
     data = load_data(str(image_folder), img_size=16, val_fraction=0.2, seed=0, decode_scale=1.5, use_cache=False)
     assert data.img_size == 16
     assert data.splits["train"].images.shape[1:] == (3, 24, 24) and data.splits["val"].images.shape[1:] == (3, 16, 16)

@@ -116,7 +116,7 @@ def test_patience_counts_epochs_and_is_checked_at_validations(fake_mnist, tmp_pa
 
 def test_a_run_on_training_images_decoded_larger_learns_and_keeps_the_input_size(image_folder, tmp_path, caplog):
     """`data.decode_scale` 1.5: the 16 px model trains on crops resampled from 24 px images, validates at 16 px,
-    writes a 16 px checkpoint and a report; a teacher's cached views go through the same resampling."""
+    writes a 16 px checkpoint; a teacher's cached views go through the same resampling."""
     caplog.set_level("INFO")
     extra = {"train.epochs": 4, "data.decode_scale": 1.5, "data.cache": False, "data.crop_scale": [1.0, 1.0],
              "data.policy": "none", "data.erase": 0.0}  # flips only: the teacher's views are cached
