@@ -90,6 +90,8 @@ def test_resume_of_a_finished_run_continues_with_more_epochs(trained):
     (["train", "fashion-mnist", "--set", "train.lrr=0.1"], "unknown config key 'train.lrr' (did you mean 'train.lr'?)"),
     (["train", "fashion-mnist", "--set", "train.optimizer=adam"], "train.optimizer must be one of adamw, sgd"),
     (["train", "no/such/folder"], "data folder no/such/folder does not exist"),
+    (["train", "no/such/folder", "--freeze", "backbone", "--set", "data.decode_scale=1.5"],  # before the data
+     "data.decode_scale does not apply"),
     (["train", "fashion-mnist", "--img-size", "30", "--data-root", "{data}"], "not divisible by patch size"),
     (["train", "--resume", "no/such/run"], "is not a vitkit run directory"),
     (["train", "fashion-mnist", "--config", "missing.yaml"], "config file missing.yaml not found"),

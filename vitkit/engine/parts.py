@@ -40,6 +40,19 @@ class TrainParts:
     feature_seconds: float | None = None  # the time computing the frozen features took (0: read from the cache)
 
 
+def uses_feature_cache(cfg: Config) -> bool:
+    """Whether the run trains its heads on cached features of a frozen backbone (no teacher to run on each view)."""
+    t = cfg.train
+    return t.freeze == "backbone" and t.feature_cache and not t.teacher
+
+
+def check_feature_cache(cfg: Config) -> None:
+    """Before any data is read: options that cached features cannot honour."""
+    if uses_feature_cache(cfg) and cfg.data.decode_scale != 1:
+        raise UserError("frozen-feature training caches each image's features at the model's input size, so "
+                        "data.decode_scale does not apply: drop it, or --set train.feature_cache=false")
+
+
 def build_parts(cfg: Config, data: DataBundle, model: torch.nn.Module, device: torch.device,
                 bf16_weights: bool = False, amp_dtype: torch.dtype | None = None) -> TrainParts:
     t = cfg.train
@@ -47,7 +60,7 @@ def build_parts(cfg: Config, data: DataBundle, model: torch.nn.Module, device: t
         raise UserError(f"train.batch_size {t.batch_size} is the global batch: it must hold at least one image per "
                         f"process and pass ({dist.world_size()} x {t.accum_steps})")
     distiller = build_distiller(cfg, data, model, device, amp_dtype) if t.teacher else None
-    if t.freeze == "backbone" and t.feature_cache and distiller is None:
+    if uses_feature_cache(cfg):
         return _frozen_feature_parts(cfg, data, model.to(device), device, amp_dtype)
     model = model.to(device)
     if t.grad_checkpointing:
@@ -144,9 +157,6 @@ def _frozen_feature_parts(cfg: Config, data: DataBundle, model: torch.nn.Module,
     if dist.world_size() > 1:
         raise UserError("frozen-feature training runs in one process (the head trains in seconds): drop --nproc, or "
                         "--set train.feature_cache=false")
-    if d.decode_scale != 1:
-        raise UserError("frozen-feature training caches each image's features at the model's input size, so "
-                        "data.decode_scale does not apply: drop it, or --set train.feature_cache=false")
     recipe = build_recipe(cfg, data)
     if recipe.mix is not None or d.repeats > 1:
         log.warning("train.mixup/cutmix and data.repeats do not apply to cached features; data.probe_views adds "

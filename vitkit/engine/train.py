@@ -31,7 +31,7 @@ from .device import device_name, resolve_device, resolve_precision
 from .evaluate import source_key
 from .interrupt import Interrupted
 from .master import use_bf16_weights
-from .parts import build_parts
+from .parts import build_parts, check_feature_cache
 from .run_writer import RunWriter
 from .trainer import Trainer
 
@@ -180,6 +180,7 @@ def _train(cfg: Config, device: torch.device, resume: str | Path | None, show_pr
     amp_dtype = resolve_precision(cfg.train.precision, device)
     bf16_weights = use_bf16_weights(cfg.train.bf16_weights, device, amp_dtype)  # both may refuse: before any file
     check_foreign(cfg)
+    check_feature_cache(cfg)
     pretrained = read_source(cfg.model.init) if cfg.model.init and not resume else None  # fail before any file
     if resume and not Path(resume).is_dir():
         raise UserError(f"{resume} is not a run directory: give the folder 'vitkit train' wrote (see 'vitkit runs')")
